@@ -1,0 +1,6 @@
+"""`python -m translate` (what `torchrun -m translate` runs)."""
+
+from translate.cli import main
+
+if __name__ == "__main__":
+    main()
