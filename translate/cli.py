@@ -1,0 +1,143 @@
+"""The `translate` command: parse, call the library, turn known errors into one line.
+
+Each command is a short function; the work is in library modules that tests call directly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from translate.errors import TranslateError
+
+app = typer.Typer(
+    name="translate",
+    help="Image-to-image translation with deep generative models: train from a recipe, translate folders.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the recipes, one line each."""
+    from translate.recipes import list_recipes, load_recipe
+
+    for name in list_recipes():
+        try:
+            r = load_recipe(name)
+            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}", highlight=False)
+        except TranslateError as e:
+            out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False)
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe name (see `translate recipes`) "
+                                               "or path to a TOML file.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Data folder (sets data.path).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder for weights, samples, "
+                                                 "log. Default: runs/<recipe>.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: "
+                                                   "section.key=value (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly "
+                                                "where it stopped.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a model from a recipe.
+
+    Writes to the run folder: recipe.toml (resolved), log.jsonl, samples/*.png, latest.safetensors
+    (weights for inference) and latest.state.pt (for --resume). Ctrl-C or SIGTERM finishes the
+    current step, saves and exits with 130 / 143.
+    """
+    from translate import train as training
+    from translate.recipes import load_recipe
+
+    overrides = list(set_ or [])
+    try:
+        if resume is not None:
+            if recipe or data:
+                fail("--resume takes the recipe and data from the run folder; use --set to change fields")
+            result = training.resume(resume, overrides, quiet=quiet)
+        else:
+            if not recipe:
+                fail("give --recipe NAME (see `translate recipes`) or --resume RUN_DIR")
+            if data is not None:
+                overrides.insert(0, f"data.path={data.expanduser().resolve()}")
+            r = load_recipe(recipe, overrides)
+            result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
+    except training.TrainingInterrupted as e:
+        err.print(str(e), highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except TranslateError as e:
+        fail(str(e))
+    skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
+    err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s; "
+              f"weights {result.weights}{skipped}", highlight=False)
+
+
+@app.command("import")
+def import_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="The reference's latest_net_G*.pth state dict.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
+    arch: Annotated[str | None, typer.Option("--arch", help="resnet_9blocks | resnet_6blocks | unet_128 | "
+                                             "unet_256 (default: read from the tensors).")] = None,
+    norm: Annotated[str | None, typer.Option("--norm", help="instance | batch | none (default: read from "
+                                             "the tensors).")] = None,
+) -> None:
+    """Convert a pytorch-CycleGAN-and-pix2pix generator checkpoint to our safetensors weights.
+
+    The file is read with torch.load(weights_only=True): nothing in it is unpickled as code.
+    """
+    from translate.checkpoints import save_weights
+    from translate.reference import import_reference
+
+    try:
+        net, spec = import_reference(checkpoint, arch=arch, norm=norm)
+        save_weights(output, {"G": net}, {"G": spec}, "", {"source": f"reference:{checkpoint.name}"})
+    except TranslateError as e:
+        fail(str(e))
+    k = spec["kwargs"]
+    err.print(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}"
+              f"{' dropout' if k.get('dropout') else ''}", highlight=False)
+
+
+@app.command("info")
+def info_cmd() -> None:
+    """Versions, devices, and the precision `auto` picks on each."""
+    import platform
+
+    import torch
+
+    from translate import __version__
+    from translate.devices import bf16_native, cpu_name, fp16_native, resolve_precision
+
+    out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}")
+    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    for d in devices:
+        name = cpu_name() if d.type == "cpu" else torch.cuda.get_device_name(d)
+        out.print(f"{str(d):<8} {name} | bf16 native: {'yes' if bf16_native(d) else 'no'} | "
+                  f"fp16 native: {'yes' if fp16_native(d) else 'no'} | auto precision (inference): "
+                  f"{resolve_precision('auto', d)}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,56 @@
+"""Random crop and flip as batched tensor ops on the training device (kornia).
+
+Both images of a pair get the same crop and flip (they are cropped as one stacked tensor); the
+two domains of unpaired data get independent ones, as in the reference. Randomness comes from
+torch's global generator, whose state checkpoints save, so a resumed run draws the same crops.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor
+
+from translate.recipes import DataConfig
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range every network here works in."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1] for saving."""
+    return (x.float() + 1.0) / 2.0
+
+
+class Augment:
+    """Turns a collated uint8 batch on the device into float [-1, 1] training tensors."""
+
+    def __init__(self, cfg: DataConfig, paired: bool) -> None:
+        self.cfg, self.paired = cfg, paired
+        ops = []
+        if "crop" in cfg.preprocess:
+            ops.append(K.RandomCrop((cfg.crop_size, cfg.crop_size)))
+        if cfg.flip:
+            ops.append(K.RandomHorizontalFlip())
+        self.ops = K.AugmentationSequential(*ops) if ops else None
+
+    def _random(self, x: Tensor) -> Tensor:
+        return self.ops(x) if self.ops is not None else x
+
+    def __call__(self, batch: dict[str, Tensor], train: bool = True) -> dict[str, Tensor]:
+        a, b = to_signed(batch["A"]), to_signed(batch["B"])
+        if not train:
+            return {"A": self._center(a), "B": self._center(b)}
+        if self.paired:
+            ab = self._random(torch.cat([a, b], 1))
+            return {"A": ab[:, : a.shape[1]], "B": ab[:, a.shape[1] :]}
+        return {"A": self._random(a), "B": self._random(b)}
+
+    def _center(self, x: Tensor) -> Tensor:
+        if "crop" not in self.cfg.preprocess:
+            return x
+        c = self.cfg.crop_size
+        top, left = (x.shape[-2] - c) // 2, (x.shape[-1] - c) // 2
+        return x[..., top : top + c, left : left + c]

@@ -1,0 +1,229 @@
+"""Image folders in the reference's layouts, decoded in DataLoader workers.
+
+Workers do only what is deterministic (decode, convert to RGB, resize to ``load_size``); the random
+crop and flip happen later, batched on the training device (see ``augment.py``). So data order and
+augmentation are both driven by seeded generators in the main process, which is what makes
+``--resume`` exact.
+
+Layouts (``data.layout = auto`` picks from what the folder holds):
+
+- ``aligned``: side-by-side A|B images in ``train/`` (or directly in the folder);
+- ``paired_folders``: ``A/`` and ``B/`` with matching file names (``A/train`` and ``B/train`` too);
+- ``unaligned``: ``trainA/`` and ``trainB/``, B drawn independently of A.
+
+An unreadable or truncated file yields an item with an ``error``; :func:`collate` drops it and
+the trainer reports it once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from translate.errors import TranslateError
+from translate.images import list_images, read_rgb
+from translate.recipes import DataConfig
+
+Item = dict[str, Any]
+
+
+def _resize(img: Tensor, h: int, w: int) -> Tensor:
+    if img.shape[-2:] == (h, w):
+        return img
+    return TF.resize(img, [h, w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def prepare(img: Tensor, cfg: DataConfig) -> tuple[Tensor, str | None]:
+    """The deterministic part of the reference's preprocessing; returns (image, warning)."""
+    h, w = img.shape[-2:]
+    p, load, crop = cfg.preprocess, cfg.load_size, cfg.crop_size
+    warning = None
+    if p == "resize_and_crop":
+        img = _resize(img, load, load)
+    elif p.startswith("scale_width"):
+        new_w = load
+        new_h = max(int(round(load * h / w)), crop if "crop" in p else 1)
+        img = _resize(img, new_h, new_w)
+    elif p == "none":  # sizes a multiple of 4, as the reference's make_power_2(base=4)
+        img = _resize(img, max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
+    h, w = img.shape[-2:]
+    if "crop" in p and (h < crop or w < crop):
+        scale = crop / min(h, w)
+        img = _resize(img, max(crop, round(h * scale)), max(crop, round(w * scale)))
+        warning = f"{h}x{w} is smaller than crop_size {crop}: resized up"
+    return img, warning
+
+
+def _load(path: Path, cfg: DataConfig) -> tuple[Tensor | None, list[str]]:
+    try:
+        img = read_rgb(path)
+    except Exception as e:  # PIL raises many types for bad files; each is a skip, not a crash
+        return None, [f"{path}: unreadable ({type(e).__name__}: {e})"]
+    if cfg.channels == 1:
+        img = TF.rgb_to_grayscale(img)
+    return img, []
+
+
+class AlignedDataset(Dataset):
+    """Side-by-side pairs: the left half is A, the right half B."""
+
+    def __init__(self, files: list[Path], cfg: DataConfig) -> None:
+        self.files, self.cfg = files, cfg
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item:
+        path = self.files[i]
+        img, notes = _load(path, self.cfg)
+        if img is None:
+            return {"error": notes[0], "path": str(path)}
+        half = img.shape[-1] // 2
+        a, b = img[..., :half], img[..., half : 2 * half]
+        return _pair(a, b, path, self.cfg, notes)
+
+
+class PairedFoldersDataset(Dataset):
+    """A/name and B/name are one pair."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], cfg: DataConfig) -> None:
+        self.pairs, self.cfg = pairs, cfg
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Item:
+        pa, pb = self.pairs[i]
+        a, na = _load(pa, self.cfg)
+        b, nb = _load(pb, self.cfg)
+        if a is None or b is None:
+            return {"error": (na + nb)[0], "path": str(pa)}
+        if a.shape[-2:] != b.shape[-2:]:
+            b = _resize(b, *a.shape[-2:])
+        return _pair(a, b, pa, self.cfg, na + nb)
+
+
+def _pair(a: Tensor, b: Tensor, path: Path, cfg: DataConfig, notes: list[str]) -> Item:
+    if cfg.direction == "BtoA":
+        a, b = b, a
+    a, wa = prepare(a, cfg)
+    b, _ = prepare(b, cfg)
+    if wa:
+        notes = [*notes, f"{path}: {wa}"]
+    return {"A": a, "B": b, "path": str(path), "notes": notes}
+
+
+class UnalignedDataset(Dataset):
+    """Two unpaired domains. A is walked in order; B is drawn at random, independently.
+
+    The B index depends only on (seed, epoch, index), so it is the same in any worker, after a
+    resume, and on any rank.
+    """
+
+    def __init__(self, files_a: list[Path], files_b: list[Path], cfg: DataConfig, seed: int = 0) -> None:
+        if cfg.direction == "BtoA":
+            files_a, files_b = files_b, files_a
+        self.files_a, self.files_b, self.cfg, self.seed = files_a, files_b, cfg, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return max(len(self.files_a), len(self.files_b))
+
+    def b_index(self, i: int) -> int:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i)
+        return int(torch.randint(len(self.files_b), (), generator=g))
+
+    def __getitem__(self, i: int) -> Item:
+        pa, pb = self.files_a[i % len(self.files_a)], self.files_b[self.b_index(i)]
+        a, na = _load(pa, self.cfg)
+        b, nb = _load(pb, self.cfg)
+        if a is None or b is None:
+            return {"error": (na + nb)[0], "path": str(pa if a is None else pb)}
+        a, wa = prepare(a, self.cfg)
+        b, wb = prepare(b, self.cfg)
+        notes = na + nb + [f"{p}: {w}" for p, w in ((pa, wa), (pb, wb)) if w]
+        return {"A": a, "B": b, "path": str(pa), "notes": notes}
+
+
+def _pick_layout(root: Path, kind: str) -> str:
+    if (root / "trainA").is_dir() or (root / "trainB").is_dir():
+        return "unaligned"
+    if (root / "A").is_dir() and (root / "B").is_dir():
+        return "paired_folders" if kind == "paired" else "unaligned"
+    return "aligned"
+
+
+def _need(files: list[Path], where: Path, what: str) -> list[Path]:
+    if not files:
+        raise TranslateError(f"no images found in {where} ({what})")
+    return files
+
+
+def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
+    """Open ``cfg.path`` for a method that wants ``kind`` = ``paired`` or ``unpaired`` data."""
+    if not cfg.path:
+        raise TranslateError("no data folder given (use --data DIR)")
+    root = Path(cfg.path).expanduser()
+    if not root.exists():
+        raise TranslateError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise TranslateError(f"data path is not a folder: {root}")
+    layout = cfg.layout if cfg.layout != "auto" else _pick_layout(root, kind)
+    limit = cfg.max_dataset_size or None
+    if kind == "unpaired":
+        if layout == "aligned":
+            raise TranslateError(
+                f"{root}: unpaired training needs trainA/ and trainB/ folders (found neither)")
+        a_dir, b_dir = (root / "trainA", root / "trainB") if (root / "trainA").is_dir() or (
+            root / "trainB").is_dir() else (root / "A", root / "B")
+        for d in (a_dir, b_dir):
+            if not d.is_dir():
+                raise TranslateError(f"{root}: unpaired training needs trainA/ and trainB/; missing {d.name}/")
+        files_a = _need(list_images(a_dir), a_dir, "domain A")[:limit]
+        files_b = _need(list_images(b_dir), b_dir, "domain B")[:limit]
+        return UnalignedDataset(files_a, files_b, cfg, seed)
+    if kind != "paired":
+        raise ValueError(f"unknown data kind {kind!r}")
+    if layout == "unaligned":
+        raise TranslateError(f"{root}: paired training needs side-by-side A|B images in train/ "
+                             "or A/ and B/ folders with matching names, not trainA/trainB")
+    if layout == "paired_folders":
+        a_dir, b_dir = root / "A", root / "B"
+        if (a_dir / "train").is_dir():
+            a_dir, b_dir = a_dir / "train", b_dir / "train"
+        b_by_stem = {p.relative_to(b_dir).with_suffix(""): p for p in list_images(b_dir)}
+        pairs = [(p, b_by_stem[k]) for p in list_images(a_dir)
+                 if (k := p.relative_to(a_dir).with_suffix("")) in b_by_stem]
+        if not pairs:
+            raise TranslateError(f"{root}: no file in A/ has a partner of the same name in B/")
+        return PairedFoldersDataset(pairs[:limit], cfg)
+    folder = root / "train" if (root / "train").is_dir() else root
+    files = _need(list_images(folder), folder, "side-by-side A|B pairs")[:limit]
+    return AlignedDataset(files, cfg)
+
+
+def collate(items: list[Item]) -> dict[str, Any]:
+    """Stack good items; carry errors and notes along for the trainer to report.
+
+    Images of unequal size in one batch (``crop`` or ``none`` preprocessing over mixed sizes) are
+    centre-cropped to the smallest, so they can be stacked.
+    """
+    good = [it for it in items if "error" not in it]
+    out: dict[str, Any] = {
+        "errors": [it["error"] for it in items if "error" in it],
+        "notes": [n for it in good for n in it.get("notes", [])],
+        "paths": [it["path"] for it in good],
+    }
+    for key in ("A", "B"):
+        imgs = [it[key] for it in good]
+        if not imgs:
+            continue
+        h = min(t.shape[-2] for t in imgs)
+        w = min(t.shape[-1] for t in imgs)
+        out[key] = torch.stack([TF.center_crop(t, [h, w]) if t.shape[-2:] != (h, w) else t for t in imgs])
+    return out

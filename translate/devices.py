@@ -1,0 +1,162 @@
+"""Device choice, precision from what the hardware runs natively, and distributed set-up.
+
+Precision is decided here and nowhere else. ``auto`` means: bf16 where the device computes it
+natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX, as oneDNN reports), fp32
+elsewhere. On an AVX2-only CPU bf16 is emulated and several times slower than fp32, so it is never
+picked there by ``auto``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from translate.errors import TranslateError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> this rank's CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TranslateError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TranslateError(f"device {name!r} asked for, but this machine has no usable CUDA GPU")
+    return dev
+
+
+def cpu_bf16_native() -> bool:
+    """True where the CPU has native bf16 (AVX512-BF16 / AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_fp16_native() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_bf16_native()
+    return False
+
+
+def fp16_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return cpu_fp16_native()
+    return False
+
+
+def resolve_precision(name: str, device: torch.device, training: bool = False) -> str:
+    """Turn ``auto`` into fp32 / bf16 / fp16 for this device.
+
+    For training on the CPU ``auto`` stays fp32: bf16 training there is a speed option one asks for.
+    """
+    if name != "auto":
+        if name not in DTYPES:
+            raise TranslateError(f"unknown precision {name!r}; choose from auto, {', '.join(DTYPES)}")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and not training and cpu_bf16_native():
+        return "bf16"
+    return "fp32"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for benchmark headers)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class Precision:
+    """Autocast and (for fp16 on CUDA) loss scaling, so methods need not know which is in use."""
+
+    name: str
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        use_scaler = self.name == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.name == "fp32":
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=DTYPES[self.name]):
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def update(self) -> None:
+        """Call once per iteration after all optimizer steps."""
+        if self.scaler:
+            self.scaler.update()
+
+
+@dataclass
+class Dist:
+    """This process's place in a torch.distributed job (world size 1 when not launched so)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group that torchrun (or any launcher setting WORLD_SIZE) describes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))

@@ -1,0 +1,87 @@
+"""Losses shared by the GAN methods, and the reference's pool of past fakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GAN_MODES = ("lsgan", "vanilla", "hinge", "wgangp")
+
+
+class GANLoss(nn.Module):
+    """Adversarial loss on discriminator outputs of any shape (PatchGAN maps included).
+
+    ``lsgan``: least squares to 1/0; ``vanilla``: BCE with logits; ``hinge``: max(0, 1 -+ D) for D and
+    -D for G; ``wgangp``: -D / +D (pair it with :func:`gradient_penalty`).
+    """
+
+    def __init__(self, mode: str = "lsgan") -> None:
+        super().__init__()
+        if mode not in GAN_MODES:
+            raise ValueError(f"unknown gan_mode {mode!r}; choose from {', '.join(GAN_MODES)}")
+        self.mode = mode
+
+    def forward(self, pred: Tensor, target_is_real: bool, for_discriminator: bool = True) -> Tensor:
+        pred = pred.float()
+        if self.mode == "lsgan":
+            target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
+            return F.mse_loss(pred, target)
+        if self.mode == "vanilla":
+            target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
+            return F.binary_cross_entropy_with_logits(pred, target)
+        if self.mode == "hinge" and for_discriminator:
+            return F.relu(1 - pred).mean() if target_is_real else F.relu(1 + pred).mean()
+        # wgangp, and hinge for the generator: raise D's score on fakes
+        return -pred.mean() if target_is_real else pred.mean()
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, weight: float = 10.0) -> Tensor:
+    """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on random interpolates of real and fake."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = D(x_hat)
+    (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+    norm = grad.flatten(1).norm(2, dim=1)
+    return weight * ((norm - 1) ** 2).mean()
+
+
+class ImagePool:
+    """Buffer of past generated images (Shrivastava et al.), as the reference's ImagePool.
+
+    Until full, each new image is stored and returned. Then, with probability 1/2, a stored image
+    is returned and replaced by the new one; otherwise the new image is returned. Its random
+    choices come from its own generator, so its state can be saved for exact resumption.
+    """
+
+    def __init__(self, size: int = 50, seed: int = 0) -> None:
+        self.size = size
+        self.images: list[Tensor] = []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def query(self, images: Tensor) -> Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand((), generator=self.gen).item() > 0.5:
+                i = int(torch.randint(0, self.size, (), generator=self.gen))
+                out.append(self.images[i].clone())
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": [t.cpu() for t in self.images], "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.images = [t.to(device) for t in state["images"]]
+        self.gen.set_state(state["gen"])

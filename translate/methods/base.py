@@ -1,0 +1,132 @@
+"""The contract between a method (pix2pix, cyclegan, ...) and the one training loop.
+
+A method owns its networks, optimizers and losses, and one ``train_step``. The Trainer owns
+everything else (devices, precision, distributed wrapping, data, schedules, checkpoints, logging),
+so every method gets those without code of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from translate.devices import Precision
+from translate.errors import TranslateError
+from translate.recipes import Recipe, at_least, choice
+from translate.registry import create_net
+
+
+GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+DISCRIMINATORS = ("basic", "n_layers", "pixel")
+
+
+@dataclass
+class TranslatorModel:
+    """Networks of an image-to-image translator (names as the reference's options)."""
+
+    generator: str = choice("resnet_9blocks", *GENERATORS)
+    discriminator: str = choice("basic", *DISCRIMINATORS)
+    n_layers_D: int = at_least(3, 1)
+    ngf: int = at_least(64, 1)
+    ndf: int = at_least(64, 1)
+    norm: str = choice("instance", "instance", "batch", "none")
+    init_type: str = choice("normal", "normal", "xavier", "kaiming", "orthogonal")
+    init_gain: float = at_least(0.02, 0.0)
+    dropout: bool = False
+    input_nc: int = at_least(3, 1)
+    output_nc: int = at_least(3, 1)
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement the three methods.
+
+    ``nets`` (all networks, saved for resume) and ``optimizers`` are filled by ``__init__``;
+    ``export_names`` lists the nets inference needs (saved in the weights file).
+    """
+
+    ModelConfig: ClassVar[type] = TranslatorModel
+    LossConfig: ClassVar[type]
+    data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired"
+    export_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision) -> None:
+        self.recipe, self.device, self.amp = recipe, device, precision
+        self.nets: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.check_size(recipe.data.crop_size)
+
+    def check_size(self, size: int) -> None:
+        """The generator's down-sampling decides which training sizes work; say so up front."""
+        gen = getattr(self.recipe.model, "generator", "")
+        multiple = {"unet_128": 128, "unet_256": 256}.get(gen, 4 if gen.startswith("resnet") else 1)
+        if size % multiple:
+            raise TranslateError(f"data.crop_size {size} does not suit model.generator {gen}: it needs a "
+                                 f"multiple of {multiple} (or pick another generator)")
+
+    # --- what subclasses implement -------------------------------------------------------------
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One iteration on a batch of augmented tensors in [-1, 1]; returns detached scalar losses."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rows for the sample grid: (N, C, H, k*W) in [-1, 1]."""
+        raise NotImplementedError
+
+    # --- shared helpers ------------------------------------------------------------------------
+    def arch(self, name: str) -> dict[str, Any]:
+        """How to rebuild net ``name`` (kept in weights metadata): registry name and kwargs."""
+        return self._arch[name]
+
+    def build(self, name: str, net: str, init: bool = True, **kwargs: Any) -> nn.Module:
+        """Create a registered network, initialise it as the recipe says and move it to the device."""
+        from translate.nets import init_weights
+
+        module = create_net(net, **kwargs)
+        if init:
+            init_weights(module, self.recipe.model.init_type, self.recipe.model.init_gain)
+        self._arch = getattr(self, "_arch", {})
+        self._arch[name] = {"net": net, "kwargs": kwargs}
+        module = module.to(self.device)
+        if self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self.nets[name] = module
+        return module
+
+    def adam(self, *modules: nn.Module) -> torch.optim.Optimizer:
+        t = self.recipe.train
+        params = [p for m in modules for p in m.parameters()]
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+
+    def export(self) -> dict[str, nn.Module]:
+        """The nets inference needs, unwrapped from DDP."""
+        return {n: getattr(self.nets[n], "module", self.nets[n]) for n in self.export_names}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond nets and optimizers (e.g. the image pool), for exact resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def wrap(self, fn: Any) -> None:
+        """Apply ``fn`` (e.g. a DDP wrapper) to every trainable net; methods read nets via self.nets."""
+        for name, net in self.nets.items():
+            if any(p.requires_grad for p in net.parameters()):
+                self.nets[name] = fn(net)
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    """Freeze discriminators while the generator steps (saves their parameter gradients)."""
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def as_rgb(x: Tensor) -> Tensor:
+    """Grayscale or other channel counts shown as 3-channel images in sample grids."""
+    x = x.float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]

@@ -1,0 +1,97 @@
+"""pix2pix (Isola et al. 2017): a conditional GAN on paired images, plus L1 to the target.
+
+D sees (input, output) pairs stacked on channels and judges patches; G minimises the GAN loss
+plus ``lambda_l1`` times the L1 distance to the real target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from translate.losses import GAN_MODES, GANLoss, gradient_penalty
+from translate.methods.base import GENERATORS, Method, TranslatorModel, as_rgb, set_requires_grad
+from translate.recipes import at_least, choice
+from translate.registry import METHODS
+
+
+@dataclass
+class Pix2PixModel(TranslatorModel):
+    generator: str = choice("unet_256", *GENERATORS)
+    norm: str = choice("batch", "instance", "batch", "none")
+    dropout: bool = True
+
+
+@dataclass
+class Pix2PixLoss:
+    gan_mode: str = choice("vanilla", *GAN_MODES)
+    lambda_l1: float = at_least(100.0, 0.0)
+    lambda_gp: float = at_least(10.0, 0.0)  # gradient penalty weight, used with gan_mode = "wgangp"
+
+
+@METHODS.register("pix2pix")
+class Pix2Pix(Method):
+    """Paired translation A -> B. Exports ``G``."""
+
+    ModelConfig = Pix2PixModel
+    LossConfig = Pix2PixLoss
+    data_kind = "paired"
+    export_names = ("G",)
+
+    def __init__(self, recipe, device, precision) -> None:
+        super().__init__(recipe, device, precision)
+        m = recipe.model
+        self.build("G", m.generator, in_ch=m.input_nc, out_ch=m.output_nc, ngf=m.ngf, norm=m.norm,
+                   dropout=m.dropout)
+        self.build("D", m.discriminator, in_ch=m.input_nc + m.output_nc, ndf=m.ndf, n_layers=m.n_layers_D,
+                   norm=m.norm)
+        self.optimizers = {"G": self.adam(self.nets["G"]), "D": self.adam(self.nets["D"])}
+        self.gan = GANLoss(recipe.loss.gan_mode)
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        G, D = self.nets["G"], self.nets["D"]
+        opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
+        loss = self.recipe.loss
+        real_a, real_b = batch["A"], batch["B"]
+        with self.amp.autocast():
+            fake_b = G(real_a)
+
+        # Discriminator: real pairs -> real, generated pairs -> fake.
+        set_requires_grad([D], True)
+        opt_D.zero_grad(set_to_none=True)
+        real_ab = torch.cat([real_a, real_b], 1)
+        fake_ab = torch.cat([real_a, fake_b.detach().to(real_a.dtype)], 1)
+        with self.amp.autocast():
+            d_fake = self.gan(D(fake_ab), False)
+            d_real = self.gan(D(real_ab), True)
+            loss_d = (d_fake + d_real) * 0.5
+            if loss.gan_mode == "wgangp":
+                loss_d = loss_d + gradient_penalty(D, real_ab, fake_ab, loss.lambda_gp)
+        self.amp.backward(loss_d)
+        self.amp.step(opt_D)
+
+        # Generator: fool D, stay close to the target in L1.
+        set_requires_grad([D], False)
+        opt_G.zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            g_gan = self.gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
+        g_l1 = F.l1_loss(fake_b.float(), real_b.float())
+        self.amp.backward(g_gan + g_l1 * loss.lambda_l1)
+        self.amp.step(opt_G)
+        self.amp.update()
+        return {"G_GAN": g_gan.detach(), "G_L1": g_l1.detach(), "D_real": d_real.detach(),
+                "D_fake": d_fake.detach()}
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rows of input | translation | target."""
+        G = self.nets["G"]
+        G.eval()
+        with self.amp.autocast():
+            fake = G(batch["A"]).float()
+        G.train()
+        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"])], -1)
+

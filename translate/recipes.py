@@ -1,0 +1,269 @@
+"""Recipes: TOML files validated into dataclasses.
+
+A recipe has a ``method`` name and four sections. ``data`` and ``train`` are shared by every
+method; ``model`` and ``loss`` are dataclasses that the method declares (``Method.ModelConfig``,
+``Method.LossConfig``), so a new method brings its own keys without edits here.
+
+Every value is checked against its field: type, allowed choices, lower bound. An unknown key or a
+bad value raises :class:`RecipeError` with one line naming the key and, for unknown keys, the
+nearest valid one. ``--set section.key=value`` overrides go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from translate.errors import TranslateError
+
+# The recipes/ folder at the top of the repository; a non-editable install carries a copy inside
+# the package (see pyproject's package-data), found second.
+_HERE = Path(__file__).resolve().parent
+RECIPE_DIR = next((p for p in (_HERE.parent / "recipes", _HERE / "recipes") if p.is_dir()), _HERE.parent / "recipes")
+SECTIONS = ("data", "model", "train", "loss")
+
+
+class RecipeError(TranslateError):
+    """A recipe key or value is wrong; the message names it."""
+
+
+def choice(default: Any, *choices: Any) -> Any:
+    """A field restricted to ``choices`` (checked on load and on --set)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def at_least(default: Any, low: float) -> Any:
+    """A numeric field that must be >= ``low``."""
+    return field(default=default, metadata={"min": low})
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are prepared (names as the reference's options)."""
+
+    path: str = ""
+    layout: str = choice("auto", "auto", "aligned", "paired_folders", "unaligned", "folder", "classes")
+    load_size: int = at_least(286, 1)
+    crop_size: int = at_least(256, 1)
+    preprocess: str = choice("resize_and_crop", "resize_and_crop", "crop", "scale_width",
+                             "scale_width_and_crop", "none")
+    direction: str = choice("AtoB", "AtoB", "BtoA")
+    flip: bool = True
+    channels: int = choice(3, 1, 3)
+    num_workers: int = at_least(2, 0)
+    max_dataset_size: int = at_least(0, 0)  # 0: no limit
+
+    def validate(self) -> None:
+        if self.preprocess in ("resize_and_crop", "scale_width_and_crop") and self.load_size < self.crop_size:
+            raise RecipeError(f"data.load_size ({self.load_size}) must be >= data.crop_size ({self.crop_size})"
+                              f" for preprocess {self.preprocess!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop's knobs."""
+
+    epochs: int = at_least(100, 0)
+    epochs_decay: int = at_least(100, 0)
+    max_steps: int = at_least(0, 0)  # 0: no limit; otherwise stop after this many iterations
+    batch_size: int = at_least(1, 1)
+    lr: float = at_least(0.0002, 0.0)
+    beta1: float = at_least(0.5, 0.0)
+    beta2: float = at_least(0.999, 0.0)
+    lr_policy: str = choice("linear", "linear", "step", "cosine", "constant")
+    lr_decay_iters: int = at_least(50, 1)  # epochs between steps for lr_policy = "step"
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = at_least(10, 1)  # iterations between JSONL log lines
+    sample_every: int = at_least(200, 0)  # iterations between sample grids (0: only at the end)
+    save_every: int = at_least(5, 0)  # epochs between numbered checkpoints (0: only latest)
+    n_samples: int = at_least(4, 1)  # images in each sample grid
+
+
+@dataclass
+class Recipe:
+    """A whole, validated recipe. ``model`` and ``loss`` are the method's own dataclasses."""
+
+    method: str
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML (kept in every run folder)."""
+        d = self.to_dict()
+        lines = [f"method = {_toml_value(d['method'])}", f"description = {_toml_value(d['description'])}"]
+        for section in SECTIONS:
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in d[section].items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def _section_classes(method: str) -> dict[str, type]:
+    from translate.methods import get_method
+
+    cls = get_method(method)
+    return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig}
+
+
+def _nearest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check one value against its field; strings from --set are parsed to the field's type."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = low in ("true", "1", "yes", "on")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+        elif kind.startswith("list"):
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, list):
+                raise ValueError
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise RecipeError(f"{key}: expected {kind}, got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise RecipeError(
+            f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{_nearest(str(value), list(map(str, choices)))}"
+        )
+    low = f.metadata.get("min")
+    if low is not None and value < low:
+        raise RecipeError(f"{key}: must be >= {low}, got {value!r}")
+    return value
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise RecipeError(f"[{section}] must be a table of key = value")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise RecipeError(f"unknown key {section}.{k}{_nearest(k, list(fields))}")
+        kwargs[k] = _coerce(f"{section}.{k}", v, fields[k])
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """``"train.lr=1e-4"`` -> ``("train", "lr", "1e-4")``."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if "." not in key:
+        top = ("method", "description")
+        if key in top:
+            return "", key, value.strip()
+        raise RecipeError(f"--set {key}: expected section.key (sections: {', '.join(SECTIONS)})")
+    section, name = key.split(".", 1)
+    if section not in SECTIONS:
+        raise RecipeError(f"--set {key}: unknown section {section!r}{_nearest(section, list(SECTIONS))}")
+    return section, name, value.strip()
+
+
+def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Validate a parsed TOML dict (plus ``--set`` overrides) into a :class:`Recipe`."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides or []:
+        section, name, value = parse_override(text)
+        if section:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[name] = value
+    method = raw.get("method")
+    if not isinstance(method, str) or not method:
+        raise RecipeError("recipe has no 'method' (e.g. method = \"cyclegan\")")
+    for k in raw:
+        if k not in (*SECTIONS, "method", "description"):
+            raise RecipeError(f"unknown key {k}{_nearest(k, [*SECTIONS, 'method', 'description'])}")
+    try:
+        classes = _section_classes(method)
+    except KeyError as e:
+        raise RecipeError(f"method: {e.args[0]}") from None
+    sections = {s: _build_section(s, classes[s], raw.get(s, {})) for s in SECTIONS}
+    return Recipe(method=method, description=str(raw.get("description", "")), **sections)
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe name (``cyclegan``) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        return p
+    candidate = RECIPE_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        names = list_recipes()
+        raise RecipeError(f"unknown recipe {name_or_path!r}{_nearest(name_or_path, names)}; "
+                          f"available: {', '.join(names)}")
+    return candidate
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe by name or path."""
+    path = find_recipe(str(name_or_path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    return recipe_from_dict(raw, overrides)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def recipe_from_json(text: str) -> Recipe:
+    """Rebuild a recipe stored in a weights file's metadata."""
+    return recipe_from_dict(json.loads(text))

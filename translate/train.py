@@ -1,0 +1,477 @@
+"""The one training loop, shared by every method.
+
+It owns what no method should repeat: device and precision, the distributed process group and
+DDP wrapping, data loading and on-device augmentation, learning-rate schedules, the rich progress
+bar, the JSONL log, sample grids, checkpoints, --resume, signals and the NaN guard. A method only
+supplies ``train_step`` and ``sample`` (see ``methods/base.py``).
+
+Exact resume: data order comes from a sampler seeded by (seed, epoch) that can skip the batches an
+epoch already used; augmentation and dropout draw from torch's global generator; the image pool
+has its own generator. All of their states are saved, so a resumed run takes the same next step,
+with the same next loss, as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from torch.utils.data import DataLoader, Sampler
+
+from translate.checkpoints import load_state, save_state, save_weights
+from translate.data import Augment, collate, open_dataset
+from translate.data.augment import to_unit
+from translate.devices import Dist, Precision, init_distributed, pick_device, resolve_precision
+from translate.errors import TranslateError
+from translate.images import save_png_atomic
+from translate.methods import get_method
+from translate.recipes import Recipe, load_recipe
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal, once the current step is done and a checkpoint is saved."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved, resume with "
+                         f"`translate train --resume {run_dir}`")
+        self.exit_code = EXIT_CODES.get(signum, 1)
+
+
+class ResumableSampler(Sampler[int]):
+    """DistributedSampler's order (a permutation per epoch from seed + epoch, shards by rank),
+    after skipping the first ``consumed`` samples of the epoch in the global order.
+
+    Skipping before sharding keeps the global data order the same when a run resumes with another
+    world size: the global batch stays the same, only its split over ranks changes.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
+        self.epoch, self.consumed = 0, 0
+
+    def set_epoch(self, epoch: int, consumed: int = 0) -> None:
+        self.epoch, self.consumed = epoch, consumed
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        rest = order[self.consumed :]
+        if rest and len(rest) % self.world:  # pad, as DistributedSampler, so ranks stay in step
+            rest += rest[: self.world - len(rest) % self.world]
+        return rest[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+@dataclass
+class RunPaths:
+    """Where a run keeps its files."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.toml"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "latest.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "latest.state.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    weights: Path
+    seconds: float
+    images_per_s: float
+    skipped: list[str] = field(default_factory=list)
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def make_schedulers(method: Any, recipe: Recipe, start_epoch: int = 0) -> dict[str, Any]:
+    """Per-epoch learning-rate schedules: linear (constant, then linear to 0), step, cosine, constant."""
+    t = recipe.train
+    total = t.epochs + t.epochs_decay
+    out = {}
+    for name, opt in method.optimizers.items():
+        if t.lr_policy == "linear":
+            def rule(epoch: int, n=t.epochs, d=t.epochs_decay) -> float:
+                return 1.0 - max(0, epoch + 1 - n) / float(d + 1)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, rule)
+        elif t.lr_policy == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_decay_iters, gamma=0.1)
+        elif t.lr_policy == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1), eta_min=0)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+        out[name] = sched
+    return out
+
+
+class Trainer:
+    """Trains one recipe into one run folder. ``fit()`` does the work.
+
+    ``resume=True`` continues from ``out_dir/latest.state.pt`` at the same step.
+    """
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path, *, resume: bool = False,
+                 console: Console | None = None, quiet: bool = False) -> None:
+        self.recipe, self.paths = recipe, RunPaths(Path(out_dir))
+        self.quiet = quiet
+        t = recipe.train
+        self.device = pick_device(t.device)
+        self.dist: Dist = init_distributed(self.device)
+        self.console = console or Console(stderr=True, quiet=quiet or not self.dist.is_main)
+        if t.batch_size % self.dist.world_size:
+            raise TranslateError(f"train.batch_size ({t.batch_size}) must be a multiple of the world size "
+                                 f"({self.dist.world_size}): it is the global batch")
+        self.local_batch = t.batch_size // self.dist.world_size
+
+        torch.manual_seed(t.seed + self.dist.rank)  # per-rank augmentation and dropout streams
+        cls = get_method(recipe.method)
+        self.dataset = open_dataset(recipe.data, cls.data_kind, seed=t.seed)
+        self.precision = Precision(resolve_precision(t.precision, self.device, training=True), self.device)
+        self.method = cls(recipe, self.device, self.precision)
+        if self.dist.enabled:
+            self._wrap_ddp()
+        self.augment = Augment(recipe.data, paired=cls.data_kind == "paired")
+        self.schedulers = make_schedulers(self.method, recipe)
+        self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.skipped: list[str] = []
+        self._warned: set[str] = set()
+        self._stop_signal: int | None = None
+        if resume:
+            self._load(load_state(self.paths.state))
+
+    # --- set-up --------------------------------------------------------------------------------
+    def _wrap_ddp(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        def wrap(net: torch.nn.Module) -> torch.nn.Module:
+            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
+            # a static graph lets DDP reduce each parameter once per backward all the same.
+            return DDP(net, device_ids=ids, broadcast_buffers=False, static_graph=True)
+
+        self.method.wrap(wrap)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.dataset) / self.recipe.train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        t = self.recipe.train
+        total = (t.epochs + t.epochs_decay) * self.steps_per_epoch
+        return min(total, t.max_steps) if t.max_steps else total
+
+    def _loader(self) -> DataLoader:
+        cuda = self.device.type == "cuda"
+        workers = self.recipe.data.num_workers
+        return DataLoader(
+            self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate, pin_memory=cuda, drop_last=False,
+            generator=torch.Generator().manual_seed(self.recipe.train.seed + self.epoch),  # not the global RNG
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+        )
+
+    # --- state ---------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        m = self.method
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.dist.world_size,
+            "nets": {n: getattr(net, "module", net).state_dict() for n, net in m.nets.items()},
+            "optimizers": {n: o.state_dict() for n, o in m.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
+            "rng": _rng_state(self.device), "extra": m.extra_state(), "skipped": self.skipped,
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        m = self.method
+        for name, sd in state["nets"].items():
+            getattr(m.nets[name], "module", m.nets[name]).load_state_dict(sd)
+        for name, sd in state["optimizers"].items():
+            m.optimizers[name].load_state_dict(sd)
+        for name, sd in state["schedulers"].items():
+            self.schedulers[name].load_state_dict(sd)
+        if self.precision.scaler and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        m.load_extra_state(state.get("extra", {}))
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        if state.get("world_size", 1) != self.dist.world_size:  # the split changed: keep global position
+            self.batch_in_epoch = state["batch_in_epoch"]
+        if state.get("world_size", 1) == self.dist.world_size == 1:
+            _set_rng_state(state["rng"], self.device)
+        else:  # per-rank streams cannot be carried over exactly; reseed them deterministically
+            torch.manual_seed(self.recipe.train.seed + 7919 * self.step + self.dist.rank)
+        self.skipped = list(state.get("skipped", []))
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        if not self.paths.log.exists() or not self.dist.is_main:
+            return
+        keep = [line for line in self.paths.log.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        self.paths.log.write_text("".join(f"{line}\n" for line in keep))
+
+    def save(self, numbered: bool = False) -> None:
+        """Write weights (for inference) and state (for resume); rank 0 only."""
+        if not self.dist.is_main:
+            return
+        m = self.method
+        arch = {n: m.arch(n) for n in m.nets}
+        save_state(self.paths.state, self._state())
+        exported = m.export()
+        save_weights(self.paths.weights, exported, arch, self.recipe.to_json(),
+                     {"step": str(self.step), "epoch": str(self.epoch)})
+        if numbered:
+            save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
+                         self.recipe.to_json(), {"step": str(self.step), "epoch": str(self.epoch)})
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until the epochs (or ``train.max_steps``) are done, a signal arrives, or a loss is NaN."""
+        t, paths = self.recipe.train, self.paths
+        if self.dist.is_main:
+            paths.root.mkdir(parents=True, exist_ok=True)
+            paths.recipe.write_text(self.recipe.to_toml())
+        sample_batch = self._sample_batch()
+        self._announce()
+        self._install_signals()
+        start_step, start = self.step, time.perf_counter()
+        losses: dict[str, float] = {}
+        total_epochs = t.epochs + t.epochs_decay
+        try:
+            with self._progress() as progress:
+                task = progress.add_task("train", total=self.total_steps, completed=self.step, rate="",
+                                         losses="")
+                while self.epoch < total_epochs and self.step < self.total_steps:
+                    for batch in self._epoch_batches():
+                        step_losses = self.method.train_step(batch)
+                        self.step += 1
+                        self.batch_in_epoch += 1
+                        self._check_finite(step_losses)
+                        if self.step % t.log_every == 0 or self.step == self.total_steps:
+                            losses = {k: float(v) for k, v in step_losses.items()}
+                            rate = (self.step - start_step) * t.batch_size / (time.perf_counter() - start)
+                            self._log(losses, rate)
+                            progress.update(task, rate=f"{rate:.2f} img/s", losses=_fmt(losses))
+                        progress.update(task, completed=self.step)
+                        if t.sample_every and self.step % t.sample_every == 0:
+                            self._write_samples(sample_batch)
+                        if self._should_stop() or self.step >= self.total_steps:
+                            break
+                    else:  # the epoch ran to its end
+                        self._end_epoch()
+                        continue
+                    if self._stop_signal is not None:
+                        self.save()
+                        raise TrainingInterrupted(self._stop_signal, paths.root)
+                    break
+        finally:
+            self._restore_signals()
+        self.save()
+        self._write_samples(sample_batch)
+        seconds = time.perf_counter() - start
+        done = self.step - start_step
+        return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
+                           done * t.batch_size / seconds if seconds > 0 else 0.0, self.skipped, losses)
+
+    def _epoch_batches(self):
+        """This epoch's remaining batches, on the device and augmented; bad files reported once."""
+        consumed = self.batch_in_epoch * self.recipe.train.batch_size
+        self.sampler.set_epoch(self.epoch, consumed)
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = self.epoch
+        cuda = self.device.type == "cuda"
+        for raw in self._loader():
+            self._report(raw)
+            if "A" not in raw:
+                continue  # every file of this batch was unreadable
+            batch = {k: raw[k].to(self.device, non_blocking=cuda) for k in ("A", "B")}
+            if cuda:
+                batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+            yield self.augment(batch)
+
+    def _end_epoch(self) -> None:
+        for s in self.schedulers.values():
+            s.step()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        every = self.recipe.train.save_every
+        self.save(numbered=bool(every) and self.epoch % every == 0)
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.float() for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = next(k for k, v in losses.items() if not torch.isfinite(v).all())
+        keep = self.paths.weights if self.paths.weights.exists() else None
+        where = f"the last good checkpoint is kept at {keep}" if keep else "no checkpoint was written yet"
+        raise TranslateError(f"loss {bad} became {float(losses[bad])} at step {self.step}: training diverged "
+                             f"(try a lower train.lr); {where}")
+
+    def _report(self, raw: dict[str, Any]) -> None:
+        for msg in raw["errors"]:
+            if msg not in self._warned:
+                self._warned.add(msg)
+                self.skipped.append(msg)
+                self.console.print(f"[yellow]warning:[/] skipped {msg}", markup=True, highlight=False)
+        for msg in raw["notes"]:
+            if msg not in self._warned:
+                self._warned.add(msg)
+                self.console.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False)
+
+    def _log(self, losses: dict[str, float], rate: float) -> None:
+        if not self.dist.is_main:
+            return
+        lr = next(iter(self.method.optimizers.values())).param_groups[0]["lr"]
+        line = {"step": self.step, "epoch": self.epoch, "lr": lr, "images_per_s": round(rate, 3), **losses}
+        with open(self.paths.log, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        if not self.console.is_terminal and not self.console.quiet:
+            self.console.print(f"step {self.step}/{self.total_steps} epoch {self.epoch} {rate:.2f} img/s "
+                               f"{_fmt(losses)}", highlight=False)
+
+    def _sample_batch(self) -> dict[str, torch.Tensor] | None:
+        """A fixed batch (first readable items, centre-cropped) so grids are comparable over time."""
+        items = []
+        for i in range(len(self.dataset)):
+            item = self.dataset[i]
+            if "error" not in item:
+                items.append(item)
+            if len(items) == self.recipe.train.n_samples:
+                break
+        if not items:
+            raise TranslateError(f"no readable images in {self.recipe.data.path}")
+        raw = collate(items)
+        return self.augment({k: raw[k].to(self.device) for k in ("A", "B")}, train=False)
+
+    def _write_samples(self, batch: dict[str, torch.Tensor] | None) -> None:
+        if batch is None or not self.dist.is_main:
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            rows = self.method.sample(batch)
+        grid = torch.cat(list(to_unit(rows).clamp(0, 1)), dim=-2)  # stack rows vertically
+        save_png_atomic(grid, self.paths.samples / f"step_{self.step:07d}.png")
+
+    def _announce(self) -> None:
+        r = self.recipe
+        what = "resuming" if self.step else "training"
+        self.console.print(
+            f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
+            f"precision {self.precision.name} | world size {self.dist.world_size} | "
+            f"step {self.step}/{self.total_steps} | run {self.paths.root}", highlight=False)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"), console=self.console,
+            disable=self.console.quiet or not self.console.is_terminal,
+        )
+
+    # --- signals -------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._old_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now, without saving
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.console.print(f"\n{signal.Signals(signum).name}: finishing this step, then saving ...")
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[s] = signal.signal(s, handler)
+
+    def _restore_signals(self) -> None:
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+
+    def _should_stop(self) -> bool:
+        stop = self._stop_signal is not None
+        if self.dist.enabled:  # all ranks stop at the same step
+            import torch.distributed as dist
+
+            flag = torch.tensor([self._stop_signal or 0], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if int(flag) and self._stop_signal is None:
+                self._stop_signal = int(flag)
+            stop = bool(int(flag))
+        return stop
+
+
+def _fmt(losses: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+
+
+def train(recipe: Recipe, out_dir: str | Path, *, console: Console | None = None, quiet: bool = False) -> TrainResult:
+    """Train a recipe into ``out_dir`` (the library entry point behind `translate train`)."""
+    return Trainer(recipe, out_dir, console=console, quiet=quiet).fit()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, *, console: Console | None = None,
+           quiet: bool = False) -> TrainResult:
+    """Continue a run from its saved state; ``overrides`` may extend it (e.g. train.max_steps)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.recipe.is_file():
+        raise TranslateError(f"{run_dir} is not a run folder (no recipe.toml)")
+    if not paths.state.is_file():
+        raise TranslateError(f"{run_dir} has no saved training state ({paths.state.name}) to resume from")
+    recipe = load_recipe(paths.recipe, overrides)
+    return Trainer(recipe, paths.root, resume=True, console=console, quiet=quiet).fit()
