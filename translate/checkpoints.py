@@ -108,7 +108,7 @@ def read_weights(path: str | Path) -> WeightsFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception:
         hint = " (a reference .pth checkpoint? convert it with `translate import`)" if path.suffix in (
             ".pth", ".pt") else ""

@@ -170,9 +170,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         raise RecipeError(f"{key}: expected {kind}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise RecipeError(
-            f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{_nearest(str(value), list(map(str, choices)))}"
-        )
+        names = [str(c) for c in choices]
+        raise RecipeError(f"{key}: {value!r} is not one of {', '.join(names)}{_nearest(str(value), names)}")
     low = f.metadata.get("min")
     if low is not None and value < low:
         raise RecipeError(f"{key}: must be >= {low}, got {value!r}")

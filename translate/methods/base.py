@@ -18,7 +18,6 @@ from translate.errors import TranslateError
 from translate.recipes import Recipe, at_least, choice
 from translate.registry import create_net
 
-
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 

@@ -1,0 +1,77 @@
+"""Normalization choice and weight initialization shared by every network family.
+
+Both follow the reference (junyanz/pytorch-CycleGAN-and-pix2pix) so that a network built here
+has the reference's parameters, buffers and starting statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from translate.errors import TranslateError
+from translate.registry import unknown_name_message
+
+NORMS = ("instance", "batch", "none")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+
+def _check_norm(kind: str) -> None:
+    if kind not in NORMS:
+        raise TranslateError(unknown_name_message("norm", kind, NORMS))
+
+
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """Return a ``channels -> module`` factory for ``instance``, ``batch`` or ``none``.
+
+    ``none`` yields :class:`nn.Identity` rather than nothing, so every family keeps the same
+    layer indices (and thus the same state-dict keys) whatever the norm.
+    """
+    _check_norm(kind)
+    if kind == "instance":
+        # No learnable affine and no running statistics: normalization is always per image.
+        return lambda ch: nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return lambda ch: nn.BatchNorm2d(ch, affine=True, track_running_stats=True)
+    return lambda ch: nn.Identity()
+
+
+def uses_bias(kind: str) -> bool:
+    """Whether convolutions followed by this norm carry a bias.
+
+    The reference only adds biases in front of instance norm: batch norm's own shift makes a bias
+    redundant, and with ``none`` the reference also leaves them out (its test is "is it instance").
+    """
+    _check_norm(kind)
+    return kind == "instance"
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """Initialize ``net`` in place as the reference's ``init_weights`` does; returns ``net``.
+
+    Conv/ConvTranspose/Linear weights follow ``init_type`` (``kaiming`` ignores ``gain``, as in
+    the reference) and their biases become 0; BatchNorm2d weights are drawn from N(1, gain) and
+    their biases become 0. Instance norm has nothing to initialize.
+    """
+    if init_type not in INIT_TYPES:
+        raise TranslateError(unknown_name_message("init type", init_type, INIT_TYPES))
+
+    def init_module(m: nn.Module) -> None:
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m.weight is not None:
+            if init_type == "normal":
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+    net.apply(init_module)
+    return net

@@ -1,0 +1,115 @@
+"""ResNet generator (Johnson et al.), laid out exactly as the reference's ``ResnetGenerator``.
+
+The layer order is part of the contract: state-dict keys such as ``model.1.weight`` or
+``model.10.conv_block.1.weight`` are indices into ``nn.Sequential`` containers, so the reference's
+checkpoints load here without renaming. Parameter-free layers (padding, ReLU, norm "none") still
+occupy their slots for that reason.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from translate.nets.layers import norm_layer, uses_bias
+from translate.registry import NETS
+
+N_DOWNSAMPLING = 2
+
+
+class ResnetBlock(nn.Module):
+    """Two reflect-padded 3x3 convs with a residual connection (optional dropout between)."""
+
+    def __init__(self, dim: int, norm: str = "instance", dropout: bool = False) -> None:
+        super().__init__()
+        make_norm = norm_layer(norm)
+        bias = uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=bias),
+            make_norm(dim),
+            nn.ReLU(True),
+        ]
+        if dropout:
+            # Shifts the second conv from conv_block.5 to conv_block.6, as in the reference.
+            layers.append(nn.Dropout(0.5))
+        layers += [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=bias),
+            make_norm(dim),
+        ]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks, two transposed-conv
+    upsamplings and a 7x7 output conv with tanh. Input sides must be multiples of 4."""
+
+    def __init__(
+        self,
+        in_ch: int = 3,
+        out_ch: int = 3,
+        ngf: int = 64,
+        norm: str = "instance",
+        dropout: bool = False,
+        n_blocks: int = 9,
+    ) -> None:
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        super().__init__()
+        self.in_ch, self.out_ch, self.ngf = in_ch, out_ch, ngf
+        make_norm = norm_layer(norm)
+        bias = uses_bias(norm)
+
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_ch, ngf, kernel_size=7, padding=0, bias=bias),
+            make_norm(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(N_DOWNSAMPLING):
+            ch = ngf * 2**i
+            layers += [
+                nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+                make_norm(ch * 2),
+                nn.ReLU(True),
+            ]
+        width = ngf * 2**N_DOWNSAMPLING
+        layers += [ResnetBlock(width, norm=norm, dropout=dropout) for _ in range(n_blocks)]
+        for i in range(N_DOWNSAMPLING):
+            ch = ngf * 2 ** (N_DOWNSAMPLING - i)
+            layers += [
+                nn.ConvTranspose2d(
+                    ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias
+                ),
+                make_norm(ch // 2),
+                nn.ReLU(True),
+            ]
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, out_ch, kernel_size=7, padding=0),  # always biased: no norm follows
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@NETS.register("resnet_9blocks")
+def resnet_9blocks(
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+) -> nn.Module:
+    """The reference's default CycleGAN generator (256x256 training)."""
+    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=9)
+
+
+@NETS.register("resnet_6blocks")
+def resnet_6blocks(
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+) -> nn.Module:
+    """The lighter variant the CycleGAN paper uses for 128x128 images."""
+    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=6)

@@ -1,0 +1,146 @@
+"""U-Net generator (pix2pix), laid out exactly as the reference's ``UnetGenerator``.
+
+The network is a chain of nested skip blocks; each block's ``model`` Sequential holds the next
+block, which yields the reference's keys (``model.model.0.weight``,
+``model.model.1.model.1.weight``, ...). ``num_downs`` stride-2 convs take a ``2**num_downs`` image
+down to 1x1, so unet_256 wants 256x256 inputs and unet_128 128x128 ones (any multiple works).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch
+from torch import nn
+
+from translate.nets.layers import norm_layer, uses_bias
+from translate.registry import NETS
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One U-Net level: down (conv) -> inner block -> up (transposed conv), plus the skip.
+
+    Sequential layout, which fixes the state-dict indices:
+
+    * outermost: ``[downconv, inner, relu, upconv(biased), tanh]`` (no concatenation)
+    * middle:    ``[leaky, downconv, downnorm, inner, relu, upconv, upnorm, (dropout)]``
+    * innermost: ``[leaky, downconv, relu, upconv, upnorm]``
+
+    Middle and innermost blocks return ``cat([leaky_relu(x), out])``. The reference writes
+    ``cat([x, model(x)])`` with an *in-place* LeakyReLU as the first layer, which overwrites
+    ``x`` before the concatenation reads it, so its skip actually carries ``leaky_relu(x)``.
+    We compute that explicitly (without mutating the input) to give the same numbers.
+    """
+
+    def __init__(
+        self,
+        outer_ch: int,
+        inner_ch: int,
+        in_ch: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm: str = "batch",
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if innermost == (submodule is not None) or (innermost and outermost):
+            raise ValueError("the innermost block takes no submodule; every other block needs one")
+        self.outermost = outermost
+        self.innermost = innermost
+        make_norm = norm_layer(norm)
+        bias = uses_bias(norm)
+        in_ch = outer_ch if in_ch is None else in_ch
+
+        down_conv = nn.Conv2d(in_ch, inner_ch, kernel_size=4, stride=2, padding=1, bias=bias)
+        layers: list[nn.Module]
+        if outermost:
+            assert submodule is not None
+            layers = [
+                down_conv,
+                submodule,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_ch * 2, outer_ch, kernel_size=4, stride=2, padding=1),
+                nn.Tanh(),
+            ]
+        elif innermost:
+            layers = [
+                nn.LeakyReLU(0.2),
+                down_conv,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_ch, outer_ch, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(outer_ch),
+            ]
+        else:
+            assert submodule is not None
+            layers = [
+                nn.LeakyReLU(0.2),
+                down_conv,
+                make_norm(inner_ch),
+                submodule,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_ch * 2, outer_ch, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(outer_ch),
+            ]
+            if dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        skip = self.model[0](x)  # leaky_relu: what the reference's in-place op leaves in x
+        out = skip
+        for layer in islice(self.model, 1, None):
+            out = layer(out)
+        return torch.cat([skip, out], 1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net with ``num_downs`` levels: widths ngf, 2ngf, 4ngf, then 8ngf for every deeper level.
+
+    Dropout (when enabled) sits only in the extra 8ngf levels between the 4ngf level and the
+    innermost one, as in the reference.
+    """
+
+    def __init__(
+        self,
+        in_ch: int = 3,
+        out_ch: int = 3,
+        num_downs: int = 8,
+        ngf: int = 64,
+        norm: str = "batch",
+        dropout: bool = False,
+    ) -> None:
+        if num_downs < 5:
+            raise ValueError(f"num_downs must be >= 5, got {num_downs}")
+        super().__init__()
+        self.in_ch, self.out_ch, self.ngf, self.num_downs = in_ch, out_ch, ngf, num_downs
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm=norm, innermost=True)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, dropout=dropout)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm=norm)
+        self.model = UnetSkipConnectionBlock(
+            out_ch, ngf, in_ch=in_ch, submodule=block, outermost=True, norm=norm
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@NETS.register("unet_256")
+def unet_256(
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+) -> nn.Module:
+    """Eight downsamplings: a 256x256 input reaches 1x1 at the bottleneck (pix2pix default)."""
+    return UnetGenerator(in_ch, out_ch, num_downs=8, ngf=ngf, norm=norm, dropout=dropout)
+
+
+@NETS.register("unet_128")
+def unet_128(
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+) -> nn.Module:
+    """Seven downsamplings, for 128x128 inputs."""
+    return UnetGenerator(in_ch, out_ch, num_downs=7, ngf=ngf, norm=norm, dropout=dropout)
