@@ -39,9 +39,9 @@ def recipes_cmd() -> None:
     for name in list_recipes():
         try:
             r = load_recipe(name)
-            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}", highlight=False)
+            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}", highlight=False, soft_wrap=True)
         except TranslateError as e:
-            out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False)
+            out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -80,13 +80,13 @@ def train_cmd(
             r = load_recipe(recipe, overrides)
             result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
     except training.TrainingInterrupted as e:
-        err.print(str(e), highlight=False)
+        err.print(str(e), highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except TranslateError as e:
         fail(str(e))
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s; "
-              f"weights {result.weights}{skipped}", highlight=False)
+              f"weights {result.weights}{skipped}", highlight=False, soft_wrap=True)
 
 
 @app.command("import")
@@ -112,7 +112,61 @@ def import_cmd(
         fail(str(e))
     k = spec["kwargs"]
     err.print(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}"
-              f"{' dropout' if k.get('dropout') else ''}", highlight=False)
+              f"{' dropout' if k.get('dropout') else ''}", highlight=False, soft_wrap=True)
+
+
+@app.command("run")
+def run_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where the translated tree goes (created; not inside IN).")],
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A .safetensors weights file "
+                                                 "(default: the shipped model in weights/).")] = None,
+    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+    size: Annotated[int | None, typer.Option(help="Resize so the shorter side is N pixels (default: keep "
+                                             "each image's size).", min=1)] = None,
+    max_pixels: Annotated[int, typer.Option(help="Images larger than this are translated in overlapping "
+                                            "tiles, so memory stays bounded.", min=1)] = 2048 * 2048,
+    tile: Annotated[int, typer.Option(help="Tile side in pixels for large images.", min=16)] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of equal size per batch "
+                                            "(at 256x256; scaled by image area).", min=1)] = 8,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16. auto: bf16 where the device "
+                                           "runs it natively, else fp32.")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on "
+                                           "large jobs).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="keep | png | jpg | webp.")] = "keep",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
+    skip_existing: Annotated[bool, typer.Option(help="Leave outputs that exist (resumes a killed job).")] = True,
+    keep_alpha: Annotated[bool, typer.Option(help="Re-attach the input's alpha channel to the output.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 4).", min=0)] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+) -> None:
+    """Translate every image under IN into the same tree under OUT.
+
+    Exit codes: 0 all images translated (or already there); 3 some files failed (each is listed
+    with its reason; the rest were translated); 1 nothing could start (bad folder, weights, option).
+    Under torchrun each process translates a disjoint share of the files on its own GPU.
+    """
+    from translate.infer import RunOptions, RunProgress, run
+
+    opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
+                      batch_size=batch_size, precision=precision, compile=compile_, format=fmt.lower(),
+                      quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
+                      device=device)
+    progress = RunProgress(err, quiet=quiet)
+    try:
+        summary = run(in_dir, out_dir, opts, progress=progress)
+    except TranslateError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0 and (not quiet or summary.n_failed):
+        err.print(f"translated {summary.translated}, skipped {summary.skipped} (already there), failed "
+                  f"{summary.n_failed} of {summary.found} images in {summary.seconds:.1f}s "
+                  f"({summary.images_per_s:.2f} img/s, {summary.precision} on {summary.device})", highlight=False)
+    raise typer.Exit(summary.exit_code)
 
 
 @app.command("info")
@@ -125,13 +179,14 @@ def info_cmd() -> None:
     from translate import __version__
     from translate.devices import bf16_native, cpu_name, fp16_native, resolve_precision
 
-    out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}")
+    out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}",
+              soft_wrap=True)
     devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     for d in devices:
         name = cpu_name() if d.type == "cpu" else torch.cuda.get_device_name(d)
         out.print(f"{str(d):<8} {name} | bf16 native: {'yes' if bf16_native(d) else 'no'} | "
                   f"fp16 native: {'yes' if fp16_native(d) else 'no'} | auto precision (inference): "
-                  f"{resolve_precision('auto', d)}", highlight=False)
+                  f"{resolve_precision('auto', d)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

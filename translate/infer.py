@@ -1,0 +1,523 @@
+"""Batch translation of folders: walk, decode, batch by size, translate, encode, write.
+
+in/ tree ─► plan (walk, shard by rank, skip existing, read headers, group by size)
+        ─► DataLoader workers decode (torchvision / Pillow), keep alpha, ICC and EXIF
+        ─► device: pad to the net's multiple, translate (precision by hardware), crop back;
+           images above ``max_pixels`` go through overlapping, blended tiles
+        ─► writer threads: re-attach alpha and metadata, encode, write to a temp name, rename.
+
+Nothing here knows about training: the network comes from a weights file (metadata rebuilds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from translate.checkpoints import WeightsFile, read_weights
+from translate.devices import DTYPES, init_distributed, pick_device, resolve_precision
+from translate.errors import TranslateError
+from translate.images import FORMATS, decode, encode_atomic, is_image_file, probe_size
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
+EXIT_PARTIAL = 3  # some files failed; the rest were translated
+
+
+@dataclass
+class RunOptions:
+    """Everything `translate run` can be told (defaults are the CLI's)."""
+
+    weights: Path | None = None
+    direction: str = "AtoB"
+    size: int | None = None  # resize so the shorter side is this many pixels
+    max_pixels: int = 2048 * 2048  # larger images are translated in tiles
+    tile: int = 1024
+    overlap: int = 128
+    batch_size: int = 8
+    precision: str = "auto"
+    compile: bool = False
+    format: str = "keep"  # keep | png | jpg | webp
+    quality: int = 95
+    skip_existing: bool = True
+    keep_alpha: bool = True
+    workers: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class RunSummary:
+    found: int = 0
+    translated: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    precision: str = ""
+    device: str = ""
+    failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed) + self.failed_elsewhere
+
+    @property
+    def images_per_s(self) -> float:
+        return self.translated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.n_failed else 0
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+def pick_generator(wf: WeightsFile, direction: str) -> str:
+    """Which net of a weights file translates in ``direction``."""
+    if direction not in ("AtoB", "BtoA"):
+        raise TranslateError(f"--direction must be AtoB or BtoA, not {direction!r}")
+    if "G_A" in wf.nets:  # CycleGAN: G_A maps A to B, G_B maps B to A
+        return "G_A" if direction == "AtoB" else "G_B"
+    if direction == "BtoA":
+        raise TranslateError(f"{wf.path} translates one way only (its model has no B-to-A generator); "
+                             "train with data.direction=BtoA for the other way")
+    if "G" in wf.nets:
+        return "G"
+    raise TranslateError(f"{wf.path} holds no generator (nets: {', '.join(wf.nets)})")
+
+
+def size_multiple(spec: dict[str, Any]) -> int:
+    """Inputs must be a multiple of this for the net to return the same size."""
+    return {"unet_128": 128, "unet_256": 256}.get(spec["net"], 4)
+
+
+class Translator:
+    """A generator prepared for inference: eval, channels_last, precision, optional compile."""
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False) -> None:
+        self.device, self.precision = device, precision
+        net = net.to(device).eval()
+        net.requires_grad_(False)
+        self.channels_last = True
+        net = net.to(memory_format=torch.channels_last)
+        self.net = torch.compile(net) if compile else net
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        """float [-1, 1] (N, C, H, W) on the device -> float32 output."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            return self.net(x).float()
+        with torch.autocast(self.device.type, dtype=DTYPES[self.precision]):
+            return self.net(x).float()
+
+
+def load_translator(weights: Path | None, direction: str, device: torch.device, precision: str,
+                    compile: bool = False) -> tuple[Translator, int, str]:
+    """Weights file -> (Translator, size multiple, net name)."""
+    path = weights or DEFAULT_WEIGHTS
+    if weights is None and not DEFAULT_WEIGHTS.is_file():
+        raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
+    wf = read_weights(path)
+    name = pick_generator(wf, direction)
+    net = wf.build(name)
+    return Translator(net, device, precision, compile), size_multiple(wf.arch[name]), name
+
+
+# --- planning ---------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    size: tuple[int, int]  # (H, W) the network will see before padding
+
+
+def output_path(src: Path, in_dir: Path, out_dir: Path, fmt: str) -> Path:
+    rel = src.relative_to(in_dir)
+    if fmt != "keep":
+        rel = rel.with_suffix("." + fmt)
+    return out_dir / rel
+
+
+def scaled_size(h: int, w: int, size: int | None) -> tuple[int, int]:
+    if not size:
+        return h, w
+    s = size / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def walk(in_dir: Path) -> list[Path]:
+    """Every non-hidden image file under ``in_dir``, sorted (other files are ignored)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(in_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
+    return sorted(found)
+
+
+def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: int = 1
+         ) -> tuple[list[Job], RunSummary]:
+    """This rank's jobs (a disjoint shard of the sorted list), with skips and header failures counted."""
+    files = walk(in_dir)
+    summary = RunSummary(found=len(files))
+    jobs = []
+    for src in files[rank::world]:
+        dst = output_path(src, in_dir, out_dir, opts.format)
+        if opts.skip_existing and dst.exists():
+            summary.skipped += 1
+            continue
+        try:
+            h, w = probe_size(src)
+        except Exception as e:  # any header problem is this file's failure, not the run's
+            summary.failed.append((str(src), _reason(e)))
+            continue
+        jobs.append(Job(src, dst, scaled_size(h, w, opts.size)))
+    return jobs, summary
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def padded(size: tuple[int, int], m: int) -> tuple[int, int]:
+    return math.ceil(size[0] / m) * m, math.ceil(size[1] / m) * m
+
+
+def group_batches(jobs: list[Job], m: int, opts: RunOptions) -> list[list[int]]:
+    """Batches of job indices whose padded sizes are equal; large images alone (they are tiled)."""
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    batches = []
+    for i, job in enumerate(jobs):
+        if job.size[0] * job.size[1] > opts.max_pixels:
+            batches.append([i])
+        else:
+            by_size[padded(job.size, m)].append(i)
+    for key, idx in by_size.items():
+        # keep the pixels per batch roughly constant: many small images, few large ones
+        n = max(1, min(opts.batch_size, (opts.batch_size * 256 * 256) // (key[0] * key[1]) or 1))
+        batches += [idx[i : i + n] for i in range(0, len(idx), n)]
+    return sorted(batches, key=lambda b: b[0])
+
+
+# --- decoding in workers ------------------------------------------------------------------------------
+
+class _Decode(Dataset):
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        job = self.jobs[i]
+        try:
+            d = decode(job.src)
+        except Exception as e:
+            return {"index": i, "error": _reason(e)}
+        rgb, alpha = d.rgb, d.alpha
+        if tuple(rgb.shape[-2:]) != job.size:
+            rgb = _resize_u8(rgb, job.size)
+            alpha = _resize_u8(alpha, job.size) if alpha is not None else None
+        return {"index": i, "rgb": rgb, "alpha": alpha, "icc": d.icc, "exif": d.exif}
+
+
+def _resize_u8(x: Tensor, size: tuple[int, int]) -> Tensor:
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+# --- on the device --------------------------------------------------------------------------------
+
+def pad_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pad (N, C, h, w) at the bottom/right to ``size``: reflect where possible, else replicate."""
+    ph, pw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def to_model(rgb: Tensor, device: torch.device) -> Tensor:
+    return rgb.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def to_u8(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def translate_batch(tr: Translator, rgbs: list[Tensor], m: int) -> list[Tensor]:
+    """Translate images of one padded size together; returns uint8 (3, h, w) on the CPU."""
+    size = padded(tuple(rgbs[0].shape[-2:]), m)
+    x = torch.cat([pad_to(to_model(r, tr.device)[None], size) for r in rgbs])
+    y = to_u8(tr(x)).cpu()
+    return [y[i, :, : r.shape[-2], : r.shape[-1]] for i, r in enumerate(rgbs)]
+
+
+@contextlib.contextmanager
+def shared_instance_norm(net: nn.Module, stats: dict[nn.Module, tuple[Tensor, Tensor]]) -> Iterator[None]:
+    """Make every InstanceNorm use fixed (mean, var) instead of each input's own statistics.
+
+    Tiles of one image then share the whole image's normalisation, so their tones agree and the
+    blended seams do not show.
+    """
+    originals = {}
+    for mod, (mean, var) in stats.items():
+        def forward(x: Tensor, mod=mod, mean=mean, var=var) -> Tensor:
+            y = (x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + mod.eps)
+            if mod.affine:
+                y = y * mod.weight[None, :, None, None] + mod.bias[None, :, None, None]
+            return y
+        originals[mod] = mod.forward
+        mod.forward = forward
+    try:
+        yield
+    finally:
+        for mod, fwd in originals.items():
+            mod.forward = fwd
+
+
+def instance_norm_stats(tr: Translator, x: Tensor) -> dict[nn.Module, tuple[Tensor, Tensor]]:
+    """Per-channel (mean, var) at every InstanceNorm layer for input ``x``."""
+    stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    norms = [mod for mod in _base(tr.net).modules() if isinstance(mod, nn.InstanceNorm2d)]
+
+    def hook(mod: nn.Module, args: tuple[Tensor]) -> None:
+        v = args[0].float()
+        stats[mod] = (v.mean((2, 3), keepdim=True), v.var((2, 3), unbiased=False, keepdim=True))
+
+    handles = [mod.register_forward_pre_hook(hook) for mod in norms]
+    try:
+        tr(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _base(net: nn.Module) -> nn.Module:
+    return getattr(net, "_orig_mod", net)
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device: torch.device) -> Tensor:
+    """1-D blending weights: rising over the overlap unless at the image border."""
+    w = torch.ones(n, device=device)
+    k = min(overlap, n // 2)
+    if k > 0:
+        ramp = (torch.arange(k, device=device, dtype=torch.float32) + 0.5) / k
+        if not at_start:
+            w[:k] = ramp
+        if not at_end:
+            w[n - k :] = ramp.flip(0)
+    return w
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions) -> Tensor:
+    """Translate a large image in overlapping tiles, blended with linear ramps.
+
+    Tiles alone would each normalise by their own InstanceNorm statistics and disagree in tone.
+    So every tile uses statistics of the whole image instead, measured in one pass over the image
+    scaled down to ``max_pixels``. (Refining them from the full-resolution tiles is not worth it:
+    each refinement pass fixes only one more layer, as every layer's statistics depend on the
+    layers before.) Memory stays bounded by the tile size and ``max_pixels``, whatever the image.
+    """
+    h, w = rgb.shape[-2:]
+    x = to_model(rgb, tr.device)[None]
+    stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    if any(isinstance(mod, nn.InstanceNorm2d) for mod in _base(tr.net).modules()):
+        s = min(1.0, math.sqrt(opts.max_pixels / (h * w)))
+        small_size = (max(m, round(h * s / m) * m), max(m, round(w * s / m) * m))
+        small = F.interpolate(x, size=small_size, mode="bilinear", antialias=True, align_corners=False)
+        stats = instance_norm_stats(tr, small)
+    tile = max(m, (min(opts.tile, max(h, w)) // m) * m)
+    overlap = min(opts.overlap, tile // 4)
+    out = torch.zeros(3, h, w, device=tr.device)
+    weight = torch.zeros(1, h, w, device=tr.device)
+    with shared_instance_norm(_base(tr.net), stats):
+        for top in _starts(h, tile, tile - overlap):
+            for left in _starts(w, tile, tile - overlap):
+                piece = x[..., top : top + tile, left : left + tile]
+                ph, pw = piece.shape[-2:]
+                y = tr(pad_to(piece, padded((ph, pw), m)))[0, :, :ph, :pw]
+                wy = _ramp(ph, overlap, top == 0, top + ph >= h, tr.device)
+                wx = _ramp(pw, overlap, left == 0, left + pw >= w, tr.device)
+                wt = wy[:, None] * wx[None, :]
+                out[:, top : top + ph, left : left + pw] += y * wt
+                weight[:, top : top + ph, left : left + pw] += wt
+    return to_u8(out / weight).cpu()
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    if not in_dir.exists():
+        raise TranslateError(f"input folder not found: {in_dir}")
+    if not in_dir.is_dir():
+        raise TranslateError(f"input is not a folder: {in_dir}")
+    i, o = in_dir.resolve(), out_dir.resolve()
+    if o == i or i in o.parents:
+        raise TranslateError(f"output folder {out_dir} is inside the input folder {in_dir}: "
+                             "outputs would be read as inputs next time; choose another place")
+
+
+def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None, *, progress: Any = None
+        ) -> RunSummary:
+    """Translate every image under ``in_dir`` into the same tree under ``out_dir``.
+
+    Returns a summary; ``summary.exit_code`` is 3 when some files failed. Under torchrun each rank
+    takes a disjoint shard of the sorted file list.
+    """
+    opts = opts or RunOptions()
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check_folders(in_dir, out_dir)
+    if opts.format != "keep" and opts.format not in FORMATS:
+        raise TranslateError(f"--format must be keep, png, jpg or webp, not {opts.format!r}")
+    device = pick_device(opts.device)
+    dist = init_distributed(device)
+    precision = resolve_precision(opts.precision, device)
+    tr, m, _ = load_translator(opts.weights, opts.direction, device, precision, opts.compile)
+    start = time.perf_counter()
+    jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size)
+    summary.precision, summary.device = precision, str(device)
+    if progress is not None:
+        progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
+        for path, reason in summary.failed:
+            progress.fail(path, reason)
+    workers = opts.workers if opts.workers is not None else min(4, os.cpu_count() or 1)
+    loader = DataLoader(_Decode(jobs), batch_sampler=group_batches(jobs, m, opts), num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        for items in loader:
+            good = []
+            for it in items:
+                if "error" in it:
+                    summary.failed.append((str(jobs[it["index"]].src), it["error"]))
+                    if progress is not None:
+                        progress.fail(str(jobs[it["index"]].src), it["error"])
+                else:
+                    good.append(it)
+            if not good:
+                continue
+            big = good[0]["rgb"].shape[-2] * good[0]["rgb"].shape[-1] > opts.max_pixels
+            outs = [translate_tiled(tr, good[0]["rgb"], m, opts)] if big else \
+                translate_batch(tr, [it["rgb"] for it in good], m)
+            for it, y in zip(good, outs, strict=True):
+                job = jobs[it["index"]]
+                alpha = it["alpha"] if opts.keep_alpha else None
+                pending.append(writer.submit(_write, job, y, alpha, it, opts.quality))
+            pending = _drain(pending, summary, progress, limit=16)
+        _drain(pending, summary, progress, limit=0)
+    summary.seconds = time.perf_counter() - start
+    if dist.enabled:
+        _gather(summary, device)
+    return summary
+
+
+def _write(job: Job, rgb: Tensor, alpha: Tensor | None, item: dict[str, Any], quality: int
+           ) -> tuple[Job, str | None]:
+    try:
+        encode_atomic(job.dst, rgb, alpha, item["icc"], item["exif"], quality)
+    except Exception as e:  # e.g. a full disk or a read-only folder: this file fails, the run goes on
+        return job, f"write failed: {_reason(e)}"
+    return job, None
+
+
+def _drain(pending: list[Future], summary: RunSummary, progress: Any, limit: int) -> list[Future]:
+    """Collect finished writes; block while more than ``limit`` are in flight (bounds memory)."""
+    still = []
+    for i, fut in enumerate(pending):
+        if fut.done() or len(pending) - i > limit:
+            job, error = fut.result()
+            if error is None:
+                summary.translated += 1
+                if progress is not None:
+                    progress.advance()
+            else:
+                summary.failed.append((str(job.src), error))
+                if progress is not None:
+                    progress.fail(str(job.src), error)
+        else:
+            still.append(fut)
+    return still
+
+
+def _gather(summary: RunSummary, device: torch.device) -> None:
+    """Sum the counts of all ranks (failures are listed by the rank that met them)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([summary.translated, summary.skipped, len(summary.failed)], dtype=torch.float64,
+                     device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    summary.translated, summary.skipped = int(t[0]), int(t[1])
+    summary.failed_elsewhere = int(t[2]) - len(summary.failed)
+    st = torch.tensor([summary.seconds], dtype=torch.float64, device=t.device)
+    dist.all_reduce(st, op=dist.ReduceOp.MAX)
+    summary.seconds = float(st)
+
+
+class RunProgress:
+    """Progress for `translate run`: a rich bar with rate and ETA on a terminal, plain lines every
+    few seconds otherwise (logs of batch jobs), nothing with ``quiet``. Failures are always shown."""
+
+    def __init__(self, console: Any, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.console, self.quiet, self.every_s = console, quiet, every_s
+        self.bar = None
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done, self.t0, self.last = total, done, time.perf_counter(), 0.0
+        self.first = done
+        if self.quiet or not self.console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("translating"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(),
+                            console=self.console)
+        self.bar.start()
+        self.task = self.bar.add_task("run", total=total, completed=done, rate="")
+
+    def advance(self) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        rate = (self.done - self.first) / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:.2f} img/s")
+        elif not self.quiet and (elapsed - self.last >= self.every_s or self.done == self.total):
+            self.last = elapsed
+            self.console.print(f"{self.done}/{self.total} images, {rate:.2f} img/s", highlight=False)
+
+    def fail(self, path: str, reason: str) -> None:
+        self.console.print(f"[yellow]failed:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
