@@ -18,6 +18,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,8 +354,13 @@ class Trainer:
             yield self.augment(batch)
 
     def _end_epoch(self) -> None:
-        for s in self.schedulers.values():
-            s.step()
+        with warnings.catch_warnings():
+            # A run resumed exactly at an epoch's end steps its (restored) schedules before any
+            # optimizer step in this process; torch's "lr_scheduler.step() before optimizer.step()"
+            # warning is then a false alarm: no value of the schedule is skipped.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for s in self.schedulers.values():
+                s.step()
         self.epoch += 1
         self.batch_in_epoch = 0
         every = self.recipe.train.save_every
@@ -375,11 +381,11 @@ class Trainer:
             if msg not in self._warned:
                 self._warned.add(msg)
                 self.skipped.append(msg)
-                self.console.print(f"[yellow]warning:[/] skipped {msg}", markup=True, highlight=False)
+                self.console.print(f"[yellow]warning:[/] skipped {msg}", markup=True, highlight=False, soft_wrap=True)
         for msg in raw["notes"]:
             if msg not in self._warned:
                 self._warned.add(msg)
-                self.console.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False)
+                self.console.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
 
     def _log(self, losses: dict[str, float], rate: float) -> None:
         if not self.dist.is_main:
@@ -390,7 +396,7 @@ class Trainer:
             f.write(json.dumps(line) + "\n")
         if not self.console.is_terminal and not self.console.quiet:
             self.console.print(f"step {self.step}/{self.total_steps} epoch {self.epoch} {rate:.2f} img/s "
-                               f"{_fmt(losses)}", highlight=False)
+                               f"{_fmt(losses)}", highlight=False, soft_wrap=True)
 
     def _sample_batch(self) -> dict[str, torch.Tensor] | None:
         """A fixed batch (first readable items, centre-cropped) so grids are comparable over time."""
@@ -420,7 +426,7 @@ class Trainer:
         self.console.print(
             f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
             f"precision {self.precision.name} | world size {self.dist.world_size} | "
-            f"step {self.step}/{self.total_steps} | run {self.paths.root}", highlight=False)
+            f"step {self.step}/{self.total_steps} | run {self.paths.root}", highlight=False, soft_wrap=True)
 
     def _progress(self) -> Progress:
         return Progress(
