@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
 from translate.devices import DTYPES, init_distributed, pick_device, resolve_precision
 from translate.errors import TranslateError
 from translate.images import FORMATS, decode, encode_atomic, is_image_file, probe_size
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
+DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
 EXIT_PARTIAL = 3  # some files failed; the rest were translated
 
 

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from translate import resource
 from translate.errors import TranslateError
 
-# The recipes/ folder at the top of the repository; a non-editable install carries a copy inside
-# the package (see pyproject's package-data), found second.
-_HERE = Path(__file__).resolve().parent
-RECIPE_DIR = next((p for p in (_HERE.parent / "recipes", _HERE / "recipes") if p.is_dir()), _HERE.parent / "recipes")
+RECIPE_DIR = resource("recipes")
 SECTIONS = ("data", "model", "train", "loss")
 
 
