@@ -5,6 +5,7 @@ Each command is a short function; the work is in library modules that tests call
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -56,6 +57,8 @@ def train_cmd(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly "
                                                 "where it stopped.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    devices: Annotated[int, typer.Option("--devices", help="Processes to start on this machine, one per GPU "
+                                         "(the same as torchrun --standalone --nproc-per-node N).", min=1)] = 1,
 ) -> None:
     """Train a model from a recipe.
 
@@ -67,6 +70,13 @@ def train_cmd(
     from translate.recipes import load_recipe
 
     overrides = list(set_ or [])
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        args = [f"--set={o}" for o in overrides] + (["--quiet"] if quiet else [])
+        args += [f"--resume={resume}"] if resume else []
+        args += [f"--recipe={recipe}"] if recipe else []
+        args += [f"--data={data.expanduser().resolve()}"] if data else []
+        args += [f"--out={out_dir}"] if out_dir else []
+        raise typer.Exit(launch(devices, ["train", *args]))
     try:
         if resume is not None:
             if recipe or data:
@@ -84,9 +94,22 @@ def train_cmd(
         raise typer.Exit(e.exit_code) from None
     except TranslateError as e:
         fail(str(e))
+    from translate.devices import is_main_process
+
+    if not is_main_process():
+        return
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s; "
               f"weights {result.weights}{skipped}", highlight=False, soft_wrap=True)
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `translate ARGS` in ``nproc`` processes through torch's elastic launcher (torchrun)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "translate", *args]
+    return subprocess.call(cmd)
 
 
 @app.command("import")
@@ -160,9 +183,9 @@ def run_cmd(
         fail(str(e))
     finally:
         progress.stop()
-    import os
+    from translate.devices import is_main_process
 
-    if int(os.environ.get("RANK", "0")) == 0 and (not quiet or summary.n_failed):
+    if is_main_process() and (not quiet or summary.n_failed):
         err.print(f"translated {summary.translated}, skipped {summary.skipped} (already there), failed "
                   f"{summary.n_failed} of {summary.found} images in {summary.seconds:.1f}s "
                   f"({summary.images_per_s:.2f} img/s, {summary.precision} on {summary.device})", highlight=False)

@@ -147,6 +147,11 @@ class Dist:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launched job, or a plain process: the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group that torchrun (or any launcher setting WORLD_SIZE) describes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

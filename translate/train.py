@@ -207,7 +207,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
             # a static graph lets DDP reduce each parameter once per backward all the same.
-            return DDP(net, device_ids=ids, broadcast_buffers=False, static_graph=True)
+            return DDP(net, device_ids=ids, static_graph=True)
 
         self.method.wrap(wrap)
 
@@ -312,7 +312,7 @@ class Trainer:
                         self.batch_in_epoch += 1
                         self._check_finite(step_losses)
                         if self.step % t.log_every == 0 or self.step == self.total_steps:
-                            losses = {k: float(v) for k, v in step_losses.items()}
+                            losses = self._mean_over_ranks(step_losses)
                             rate = (self.step - start_step) * t.batch_size / (time.perf_counter() - start)
                             self._log(losses, rate)
                             progress.update(task, rate=f"{rate:.2f} img/s", losses=_fmt(losses))
@@ -375,6 +375,17 @@ class Trainer:
         where = f"the last good checkpoint is kept at {keep}" if keep else "no checkpoint was written yet"
         raise TranslateError(f"loss {bad} became {float(losses[bad])} at step {self.step}: training diverged "
                              f"(try a lower train.lr); {where}")
+
+    def _mean_over_ranks(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Losses as floats, averaged over ranks so the log describes the global batch."""
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            values = values.to(self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(values)
+            values /= self.dist.world_size
+        return dict(zip(losses, values.tolist(), strict=True))
 
     def _report(self, raw: dict[str, Any]) -> None:
         for msg in raw["errors"]:
