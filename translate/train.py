@@ -45,6 +45,7 @@ from translate.methods import get_method
 from translate.recipes import Recipe, load_recipe
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
 
 
 class TrainingInterrupted(Exception):
@@ -184,7 +185,8 @@ class Trainer:
         cls = get_method(recipe.method)
         self.dataset = open_dataset(recipe.data, cls.data_kind, seed=t.seed)
         self.precision = Precision(resolve_precision(t.precision, self.device, training=True), self.device)
-        self.method = cls(recipe, self.device, self.precision)
+        info = {"classes": list(getattr(self.dataset, "classes", []))}
+        self.method = cls(recipe, self.device, self.precision, info)
         if self.dist.enabled:
             self._wrap_ddp()
         self.augment = Augment(recipe.data, paired=cls.data_kind == "paired")
@@ -282,11 +284,12 @@ class Trainer:
         arch = {n: m.arch(n) for n in m.nets}
         save_state(self.paths.state, self._state())
         exported = m.export()
-        save_weights(self.paths.weights, exported, arch, self.recipe.to_json(),
-                     {"step": str(self.step), "epoch": str(self.epoch)})
+        meta = {"step": str(self.step), "epoch": str(self.epoch), "method": self.recipe.method,
+                "info": json.dumps(m.info)}
+        save_weights(self.paths.weights, exported, arch, self.recipe.to_json(), meta)
         if numbered:
             save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
-                         self.recipe.to_json(), {"step": str(self.step), "epoch": str(self.epoch)})
+                         self.recipe.to_json(), meta)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -348,9 +351,10 @@ class Trainer:
             self._report(raw)
             if "A" not in raw:
                 continue  # every file of this batch was unreadable
-            batch = {k: raw[k].to(self.device, non_blocking=cuda) for k in ("A", "B")}
+            batch = {k: raw[k].to(self.device, non_blocking=cuda) for k in BATCH_KEYS if k in raw}
             if cuda:
-                batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+                batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                         for k, v in batch.items()}
             yield self.augment(batch)
 
     def _end_epoch(self) -> None:
@@ -421,7 +425,7 @@ class Trainer:
         if not items:
             raise TranslateError(f"no readable images in {self.recipe.data.path}")
         raw = collate(items)
-        return self.augment({k: raw[k].to(self.device) for k in ("A", "B")}, train=False)
+        return self.augment({k: raw[k].to(self.device) for k in BATCH_KEYS if k in raw}, train=False)
 
     def _write_samples(self, batch: dict[str, torch.Tensor] | None) -> None:
         if batch is None or not self.dist.is_main:

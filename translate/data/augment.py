@@ -40,13 +40,18 @@ class Augment:
         return self.ops(x) if self.ops is not None else x
 
     def __call__(self, batch: dict[str, Tensor], train: bool = True) -> dict[str, Tensor]:
-        a, b = to_signed(batch["A"]), to_signed(batch["B"])
+        """Images under "A" (and "B") become float crops; other keys (labels) pass through."""
+        out = dict(batch)
+        images = {k: to_signed(batch[k]) for k in ("A", "B") if k in batch}
         if not train:
-            return {"A": self._center(a), "B": self._center(b)}
-        if self.paired:
+            out.update({k: self._center(v) for k, v in images.items()})
+        elif self.paired and len(images) == 2:
+            a, b = images["A"], images["B"]
             ab = self._random(torch.cat([a, b], 1))
-            return {"A": ab[:, : a.shape[1]], "B": ab[:, a.shape[1] :]}
-        return {"A": self._random(a), "B": self._random(b)}
+            out.update({"A": ab[:, : a.shape[1]], "B": ab[:, a.shape[1] :]})
+        else:
+            out.update({k: self._random(v) for k, v in images.items()})
+        return out
 
     def _center(self, x: Tensor) -> Tensor:
         if "crop" not in self.cfg.preprocess:

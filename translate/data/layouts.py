@@ -9,7 +9,9 @@ Layouts (``data.layout = auto`` picks from what the folder holds):
 
 - ``aligned``: side-by-side A|B images in ``train/`` (or directly in the folder);
 - ``paired_folders``: ``A/`` and ``B/`` with matching file names (``A/train`` and ``B/train`` too);
-- ``unaligned``: ``trainA/`` and ``trainB/``, B drawn independently of A.
+- ``unaligned``: ``trainA/`` and ``trainB/``, B drawn independently of A;
+- for the generative models: every image of a folder (``images``), or one subfolder per class
+  (``classes``, as torchvision's ImageFolder).
 
 An unreadable or truncated file yields an item with an ``error``; :func:`collate` drops it and
 the trainer reports it once.
@@ -150,6 +152,47 @@ class UnalignedDataset(Dataset):
         return {"A": a, "B": b, "path": str(pa), "notes": notes}
 
 
+class ImageFolderDataset(Dataset):
+    """Single images for the generative models; with ``classes``, labelled by their subfolder."""
+
+    def __init__(self, files: list[Path], cfg: DataConfig, labels: list[int] | None = None,
+                 classes: list[str] | None = None) -> None:
+        self.files, self.cfg, self.labels, self.classes = files, cfg, labels, classes or []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item:
+        path = self.files[i]
+        img, notes = _load(path, self.cfg)
+        if img is None:
+            return {"error": notes[0], "path": str(path)}
+        img, warning = prepare(img, self.cfg)
+        item = {"A": img, "path": str(path), "notes": notes + ([f"{path}: {warning}"] if warning else [])}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        return item
+
+
+def _open_images(root: Path, cfg: DataConfig, kind: str) -> Dataset:
+    """``images``: every image under the folder (its train/ if it has one); ``classes``: one
+    subfolder per class, named by the folder."""
+    folder = root / "train" if (root / "train").is_dir() else root
+    limit = cfg.max_dataset_size or None
+    if kind == "images":
+        return ImageFolderDataset(_need(list_images(folder), folder, "images")[:limit], cfg)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise TranslateError(f"{folder}: class-conditional training needs one subfolder per class")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = list_images(folder / name)[:limit]
+        files += found
+        labels += [label] * len(found)
+    _need(files, folder, "class subfolders")
+    return ImageFolderDataset(files, cfg, labels, classes)
+
+
 def _pick_layout(root: Path, kind: str) -> str:
     if (root / "trainA").is_dir() or (root / "trainB").is_dir():
         return "unaligned"
@@ -165,7 +208,7 @@ def _need(files: list[Path], where: Path, what: str) -> list[Path]:
 
 
 def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
-    """Open ``cfg.path`` for a method that wants ``kind`` = ``paired`` or ``unpaired`` data."""
+    """Open ``cfg.path`` for a method that wants ``kind``: paired, unpaired, images or classes."""
     if not cfg.path:
         raise TranslateError("no data folder given (use --data DIR)")
     root = Path(cfg.path).expanduser()
@@ -173,6 +216,8 @@ def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
         raise TranslateError(f"data folder not found: {root}")
     if not root.is_dir():
         raise TranslateError(f"data path is not a folder: {root}")
+    if kind in ("images", "classes"):
+        return _open_images(root, cfg, kind)
     layout = cfg.layout if cfg.layout != "auto" else _pick_layout(root, kind)
     limit = cfg.max_dataset_size or None
     if kind == "unpaired":
@@ -219,8 +264,10 @@ def collate(items: list[Item]) -> dict[str, Any]:
         "notes": [n for it in good for n in it.get("notes", [])],
         "paths": [it["path"] for it in good],
     }
+    if good and "label" in good[0]:
+        out["label"] = torch.tensor([it["label"] for it in good])
     for key in ("A", "B"):
-        imgs = [it[key] for it in good]
+        imgs = [it[key] for it in good if key in it]
         if not imgs:
             continue
         h = min(t.shape[-2] for t in imgs)

@@ -51,8 +51,10 @@ class Method:
     data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired"
     export_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         self.recipe, self.device, self.amp = recipe, device, precision
+        self.info = dict(info or {})  # facts about the data (e.g. class names), kept in weights metadata
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.check_size(recipe.data.crop_size)
@@ -96,9 +98,12 @@ class Method:
         return module
 
     def adam(self, *modules: nn.Module) -> torch.optim.Optimizer:
+        """Adam over the given nets. The fused kernel: on the CPU PyTorch's default is a per-tensor
+        loop, 9x slower on pix2pix's 54M-parameter U-Net (149 ms vs 16.5 ms per step)."""
         t = self.recipe.train
         params = [p for m in modules for p in m.parameters()]
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
 
     def export(self) -> dict[str, nn.Module]:
         """The nets inference needs, unwrapped from DDP."""

@@ -40,8 +40,8 @@ class CycleGAN(Method):
     data_kind = "unpaired"
     export_names = ("G_A", "G_B")
 
-    def __init__(self, recipe, device, precision) -> None:
-        super().__init__(recipe, device, precision)
+    def __init__(self, recipe, device, precision, info=None) -> None:
+        super().__init__(recipe, device, precision, info)
         m, loss = recipe.model, recipe.loss
         if loss.lambda_identity > 0 and m.input_nc != m.output_nc:
             raise TranslateError("loss.lambda_identity needs model.input_nc == model.output_nc "

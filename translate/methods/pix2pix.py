@@ -41,8 +41,8 @@ class Pix2Pix(Method):
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision) -> None:
-        super().__init__(recipe, device, precision)
+    def __init__(self, recipe, device, precision, info=None) -> None:
+        super().__init__(recipe, device, precision, info)
         m = recipe.model
         self.build("G", m.generator, in_ch=m.input_nc, out_ch=m.output_nc, ngf=m.ngf, norm=m.norm,
                    dropout=m.dropout)
