@@ -192,6 +192,107 @@ def run_cmd(
     raise typer.Exit(summary.exit_code)
 
 
+Weights = Annotated[Path, typer.Option("--weights", "-w", help="A .safetensors weights file.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]
+Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
+
+
+@app.command("sample")
+def sample_cmd(
+    weights: Weights,
+    output: Output = Path("samples.png"),
+    n: Annotated[int, typer.Option("-n", help="How many images.", min=1)] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the latents: the same seed gives the same images.")] = 0,
+    truncation: Annotated[float, typer.Option(help="Pull latents towards the average: 1 none, 0 all the "
+                                              "same image.", min=0.0)] = 1.0,
+    class_name: Annotated[str | None, typer.Option("--class", help="Class name (class-conditional models; "
+                                                   "default: cycle through the classes).")] = None,
+    device: Device = "cpu",
+) -> None:
+    """Draw images from a generative model (gan, cgan, pggan, stylegan2, vae, ae) into a grid PNG."""
+    from translate.generate import grid_side, sample, to_grid
+    from translate.images import save_png_atomic
+
+    try:
+        images = sample(weights, n, seed, truncation, class_name, device)
+    except TranslateError as e:
+        fail(str(e))
+    save_png_atomic(to_grid(images, grid_side(n)), output)
+    err.print(f"wrote {output}: {n} images", highlight=False, soft_wrap=True)
+
+
+@app.command("interpolate")
+def interpolate_cmd(
+    weights: Weights,
+    output: Output = Path("interpolation.png"),
+    steps: Annotated[int, typer.Option(help="Images along each path.", min=2)] = 8,
+    rows: Annotated[int, typer.Option(help="Paths between random latents, one a row.", min=1)] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the latents.")] = 0,
+    between: Annotated[tuple[Path, Path] | None, typer.Option(help="Two images to interpolate between "
+                                                              "(ae / vae: through their codes).")] = None,
+    device: Device = "cpu",
+) -> None:
+    """Walk the latent space: spherical interpolation between Gaussian latents, or between two images."""
+    from translate.generate import interpolate, to_grid
+    from translate.images import save_png_atomic
+
+    try:
+        images = interpolate(weights, steps, seed, rows, between, device)
+    except TranslateError as e:
+        fail(str(e))
+    save_png_atomic(to_grid(images, steps), output)
+    err.print(f"wrote {output}: {images.shape[0] // steps} row(s) of {steps}", highlight=False, soft_wrap=True)
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where the reconstructions go (PNG, same tree).")],
+    weights: Weights,
+    device: Device = "cpu",
+) -> None:
+    """Encode and decode every image with an autoencoder (ae, vae, beta-vae)."""
+    from translate.generate import reconstruct
+
+    try:
+        count = reconstruct(weights, in_dir, out_dir, device)
+    except TranslateError as e:
+        fail(str(e))
+    err.print(f"wrote {count} reconstruction(s) to {out_dir}", highlight=False, soft_wrap=True)
+
+
+@app.command("encode")
+def encode_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images.")],
+    weights: Weights,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file of codes.")] = Path(
+        "z.safetensors"),
+    device: Device = "cpu",
+) -> None:
+    """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata."""
+    from translate.generate import encode
+
+    try:
+        z = encode(weights, in_dir, output, device)
+    except TranslateError as e:
+        fail(str(e))
+    err.print(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims", highlight=False, soft_wrap=True)
+
+
+@app.command("zoo")
+def zoo_cmd() -> None:
+    """Every model: parameters, resolution, and the commands that apply to it."""
+    from rich.table import Table
+
+    from translate.generate import zoo
+
+    table = Table("recipe", "method", "kind", "parameters", "resolution", "commands")
+    for row in zoo():
+        table.add_row(row.recipe, row.method, row.kind, f"{row.params / 1e6:.2f} M", f"{row.resolution}",
+                      ", ".join(row.commands))
+    out.print(table)
+
+
 @app.command("info")
 def info_cmd() -> None:
     """Versions, devices, and the precision `auto` picks on each."""

@@ -131,6 +131,11 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
     wf = read_weights(path)
+    from translate.generate import model_kind
+
+    if model_kind(wf) != "translator":
+        raise TranslateError(f"`translate run` does not apply to {path.name}: it holds a "
+                             f"{wf.meta.get('method')} {model_kind(wf)} (use translate sample)")
     name = pick_generator(wf, direction)
     net = wf.build(name)
     return Translator(net, device, precision, compile), size_multiple(wf.arch[name]), name

@@ -1,0 +1,228 @@
+"""Using the generative models: sample, interpolate, reconstruct, encode, and the zoo table.
+
+Works from a weights file alone. A generator is exported as ``G`` (``forward(z, label, truncation)``),
+an autoencoder as ``AE`` (``encode``/``decode``); see docs/zoo-contract.md. Translators (pix2pix,
+CycleGAN) are for `translate run`; asking them to sample is a one-line error, and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from translate.checkpoints import WeightsFile, atomic_path, read_weights
+from translate.errors import TranslateError
+from translate.images import list_images, read_rgb, save_png_atomic
+
+GENERATIVE_COMMANDS = {"generator": ("sample", "interpolate"),
+                       "autoencoder": ("sample", "interpolate", "reconstruct", "encode"),
+                       "translator": ("run",)}
+
+
+def model_kind(wf: WeightsFile) -> str:
+    """translator | generator | autoencoder, from what the file exports and the method that made it."""
+    if "AE" in wf.nets:
+        return "autoencoder"
+    method = wf.meta.get("method")
+    if method and "G" in wf.nets:
+        from translate.methods import get_method
+
+        try:
+            if get_method(method).data_kind in ("images", "classes"):
+                return "generator"
+        except KeyError:
+            pass
+    return "translator"
+
+
+def _open(weights: str | Path, command: str) -> tuple[WeightsFile, str]:
+    wf = read_weights(weights)
+    kind = model_kind(wf)
+    if command not in GENERATIVE_COMMANDS[kind]:
+        what = wf.meta.get("method") or "imported"
+        uses = ", ".join(f"translate {c}" for c in GENERATIVE_COMMANDS[kind])
+        raise TranslateError(f"`translate {command}` does not apply to {Path(weights).name}: it holds a {what} "
+                             f"{kind} (use {uses})")
+    return wf, kind
+
+
+def _net(wf: WeightsFile, kind: str, device: torch.device) -> nn.Module:
+    return wf.build("AE" if kind == "autoencoder" else "G", device)
+
+
+def _classes(wf: WeightsFile) -> list[str]:
+    try:
+        return list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
+    except json.JSONDecodeError:
+        return []
+
+
+def _labels(wf: WeightsFile, net: nn.Module, n: int, class_name: str | None, device: torch.device) -> Tensor | None:
+    k = int(getattr(net, "num_classes", 0) or 0)
+    if not k:
+        if class_name is not None:
+            raise TranslateError(f"--class: {wf.path.name} is not class-conditional")
+        return None
+    if class_name is None:
+        return torch.arange(n, device=device) % k
+    names = _classes(wf)
+    if class_name not in names:
+        raise TranslateError(f"--class {class_name!r}: the model knows {', '.join(names) or f'{k} classes'}")
+    return torch.full((n,), names.index(class_name), device=device, dtype=torch.long)
+
+
+def _latents(n: int, z_dim: int, seed: int, device: torch.device) -> Tensor:
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+@torch.inference_mode()
+def _generate(net: nn.Module, kind: str, z: Tensor, labels: Tensor | None, truncation: float) -> Tensor:
+    if kind == "autoencoder":
+        return net.decode(z * truncation)
+    return net(z, labels, truncation=truncation)
+
+
+def to_grid(images: Tensor, nrow: int) -> Tensor:
+    """(N, C, H, W) in [-1, 1] -> one (3, H', W') image in [0, 1] with a 2-pixel gap."""
+    from torchvision.utils import make_grid
+
+    images = images.float().clamp(-1, 1).add(1).div(2)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def sample(weights: str | Path, n: int = 64, seed: int = 0, truncation: float = 1.0, class_name: str | None = None,
+           device: str | torch.device = "cpu") -> Tensor:
+    """``n`` images from random latents (seeded), in [-1, 1]."""
+    wf, kind = _open(weights, "sample")
+    device = torch.device(device)
+    net = _net(wf, kind, device)
+    z = _latents(n, net.z_dim, seed, device)
+    return _generate(net, kind, z, _labels(wf, net, n, class_name, device), truncation)
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation (rows of a to rows of b), the right path between Gaussian latents."""
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+def load_for(net: nn.Module, path: str | Path, device: torch.device) -> Tensor:
+    """An image file as the autoencoder's input: its channels, its resolution, [-1, 1]."""
+    try:
+        img = read_rgb(path)
+    except (OSError, ValueError) as e:
+        raise TranslateError(f"cannot read {path}: {e}") from None
+    x = img.float().div(127.5).sub(1)[None]
+    if net.channels == 1:
+        x = x.mean(1, keepdim=True)
+    x = F.interpolate(x, size=(net.resolution, net.resolution), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return x.to(device)
+
+
+def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 4,
+                between: tuple[str | Path, str | Path] | None = None, device: str | torch.device = "cpu") -> Tensor:
+    """Rows of ``steps`` images along a latent path: slerp between random latents, or (``between``,
+    autoencoders only) a straight line between the codes of two images."""
+    wf, kind = _open(weights, "interpolate")
+    device = torch.device(device)
+    net = _net(wf, kind, device)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    if between is not None:
+        if kind != "autoencoder":
+            raise TranslateError("--between needs a model with an encoder (ae, vae or beta-vae weights)")
+        with torch.inference_mode():
+            za, zb = (net.encode(load_for(net, p, device)) for p in between)
+            return net.decode(za * (1 - t) + zb * t)
+    z = _latents(2 * rows, net.z_dim, seed, device)
+    path = torch.cat([slerp(z[i : i + 1], z[rows + i : rows + i + 1], t) for i in range(rows)])
+    labels = _labels(wf, net, rows, None, device)
+    labels = labels.repeat_interleave(steps) if labels is not None else None
+    return _generate(net, kind, path, labels, 1.0)
+
+
+def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu"
+                ) -> int:
+    """Encode and decode every image under ``in_dir`` into PNGs under ``out_dir``; returns the count."""
+    wf, kind = _open(weights, "reconstruct")
+    device = torch.device(device)
+    net = _net(wf, kind, device)
+    files = _inputs(in_dir)
+    for path in files:
+        with torch.inference_mode():
+            y = net(load_for(net, path, device))
+        img = to_grid(y, 1)[:, 2:-2, 2:-2]  # no border for one image
+        save_png_atomic(img, Path(out_dir) / Path(path).relative_to(in_dir).with_suffix(".png"))
+    return len(files)
+
+
+def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str | torch.device = "cpu") -> Tensor:
+    """Latent codes of every image under ``in_dir`` as one (N, z_dim) tensor in a safetensors file;
+    its metadata lists the files in row order."""
+    from safetensors.torch import save_file
+
+    wf, kind = _open(weights, "encode")
+    device = torch.device(device)
+    net = _net(wf, kind, device)
+    files = _inputs(in_dir)
+    with torch.inference_mode():
+        z = torch.cat([net.encode(load_for(net, p, device)).float().cpu() for p in files])
+    meta = {"files": json.dumps([str(Path(p).relative_to(in_dir)) for p in files]), "weights": str(weights)}
+    with atomic_path(out) as tmp:
+        save_file({"z": z.contiguous()}, str(tmp), metadata=meta)
+    return z
+
+
+def _inputs(in_dir: str | Path) -> list[Path]:
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise TranslateError(f"input folder not found: {root}")
+    files = list_images(root)
+    if not files:
+        raise TranslateError(f"no images in {root}")
+    return files
+
+
+@dataclass
+class ZooRow:
+    recipe: str
+    method: str
+    kind: str
+    params: int
+    resolution: int
+    commands: tuple[str, ...]
+
+
+def zoo() -> list[ZooRow]:
+    """Every shipped recipe: its model's exported parameter count, resolution and the commands for it."""
+    from translate.devices import Precision
+    from translate.methods import get_method
+    from translate.recipes import list_recipes, load_recipe
+
+    rows = []
+    cpu = torch.device("cpu")
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        cls = get_method(recipe.method)
+        method = cls(recipe, cpu, Precision("fp32", cpu), {"classes": ["a", "b"]})
+        exported = method.export()
+        kind = "autoencoder" if "AE" in exported else (
+            "generator" if cls.data_kind in ("images", "classes") else "translator")
+        params = sum(p.numel() for net in exported.values() for p in net.parameters())
+        rows.append(ZooRow(name, recipe.method, kind, params, recipe.data.crop_size,
+                           GENERATIVE_COMMANDS[kind] + ("train",)))
+    return rows
+
+
+def grid_side(n: int) -> int:
+    return max(1, math.ceil(math.sqrt(n)))
