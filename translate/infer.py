@@ -198,8 +198,13 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+MIN_SIDE = 16  # below this, the innermost feature maps of the generators shrink to a single pixel
+
+
 def padded(size: tuple[int, int], m: int) -> tuple[int, int]:
-    return math.ceil(size[0] / m) * m, math.ceil(size[1] / m) * m
+    """The size the network sees: each side a multiple of ``m`` and at least ``MIN_SIDE``."""
+    low = max(m, MIN_SIDE)
+    return max(low, math.ceil(size[0] / m) * m), max(low, math.ceil(size[1] / m) * m)
 
 
 def group_batches(jobs: list[Job], m: int, opts: RunOptions) -> list[list[int]]:
