@@ -105,9 +105,14 @@ class Method:
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
 
+    def net(self, name: str) -> nn.Module:
+        """Net ``name`` without its DDP wrapper: for sampling on rank 0 alone, where a wrapped forward
+        would wait for the other ranks (buffer broadcast) and hang."""
+        return getattr(self.nets[name], "module", self.nets[name])
+
     def export(self) -> dict[str, nn.Module]:
         """The nets inference needs, unwrapped from DDP."""
-        return {n: getattr(self.nets[n], "module", self.nets[n]) for n in self.export_names}
+        return {n: self.net(n) for n in self.export_names}
 
     def extra_state(self) -> dict[str, Any]:
         """Method state beyond nets and optimizers (e.g. the image pool), for exact resume."""

@@ -107,7 +107,7 @@ class CycleGAN(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of real_A | fake_B | rec_A | real_B | fake_A | rec_B."""
-        G_A, G_B = self.nets["G_A"], self.nets["G_B"]
+        G_A, G_B = self.net("G_A"), self.net("G_B")
         G_A.eval()
         G_B.eval()
         with self.amp.autocast():

@@ -88,7 +88,7 @@ class Pix2Pix(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | translation | target."""
-        G = self.nets["G"]
+        G = self.net("G")
         G.eval()
         with self.amp.autocast():
             fake = G(batch["A"]).float()
