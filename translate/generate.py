@@ -116,8 +116,9 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
 
 
-def load_for(net: nn.Module, path: str | Path, device: torch.device) -> Tensor:
-    """An image file as the autoencoder's input: its channels, its resolution, [-1, 1]."""
+def load_for(net: nn.Module, path: str | Path, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
+    """An image file as the autoencoder's input (its channels, its resolution, [-1, 1]) and the
+    image's own (H, W)."""
     try:
         img = read_rgb(path)
     except (OSError, ValueError) as e:
@@ -127,7 +128,7 @@ def load_for(net: nn.Module, path: str | Path, device: torch.device) -> Tensor:
         x = x.mean(1, keepdim=True)
     x = F.interpolate(x, size=(net.resolution, net.resolution), mode="bilinear", antialias=True,
                       align_corners=False)
-    return x.to(device)
+    return x.to(device), (img.shape[-2], img.shape[-1])
 
 
 def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 4,
@@ -142,7 +143,7 @@ def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 
         if kind != "autoencoder":
             raise TranslateError("--between needs a model with an encoder (ae, vae or beta-vae weights)")
         with torch.inference_mode():
-            za, zb = (net.encode(load_for(net, p, device)) for p in between)
+            za, zb = (net.encode(load_for(net, p, device)[0]) for p in between)
             return net.decode(za * (1 - t) + zb * t)
     z = _latents(2 * rows, net.z_dim, seed, device)
     path = torch.cat([slerp(z[i : i + 1], z[rows + i : rows + i + 1], t) for i in range(rows)])
@@ -159,9 +160,11 @@ def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, de
     net = _net(wf, kind, device)
     files = _inputs(in_dir)
     for path in files:
+        x, size = load_for(net, path, device)
         with torch.inference_mode():
-            y = net(load_for(net, path, device))
-        img = to_grid(y, 1)[:, 2:-2, 2:-2]  # no border for one image
+            y = net(x).float()
+        y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+        img = y[0].clamp(-1, 1).add(1).div(2).expand(3, -1, -1).cpu()
         save_png_atomic(img, Path(out_dir) / Path(path).relative_to(in_dir).with_suffix(".png"))
     return len(files)
 
@@ -176,7 +179,7 @@ def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str
     net = _net(wf, kind, device)
     files = _inputs(in_dir)
     with torch.inference_mode():
-        z = torch.cat([net.encode(load_for(net, p, device)).float().cpu() for p in files])
+        z = torch.cat([net.encode(load_for(net, p, device)[0]).float().cpu() for p in files])
     meta = {"files": json.dumps([str(Path(p).relative_to(in_dir)) for p in files]), "weights": str(weights)}
     with atomic_path(out) as tmp:
         save_file({"z": z.contiguous()}, str(tmp), metadata=meta)
