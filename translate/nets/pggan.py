@@ -1,0 +1,217 @@
+"""Progressive GAN networks (Karras et al. 2018, "Progressive Growing of GANs").
+
+Both nets are built for the final ``resolution`` but run only up to the current phase: ``level`` 0
+is 4x4, level ``k`` is ``4 * 2**k``. While a level fades in, its output is blended with the previous
+level's (G: upsampled RGB of the previous block; D: its input average-pooled into the previous
+level's from-RGB) by ``alpha`` going from 0 to 1. Level and alpha are buffers, so a weights file
+says where training stopped and the exported generator draws at that stage.
+
+As in the paper: weights are stored N(0, 1) and scaled at run time by He's constant (equalised
+learning rate), G normalises every pixel's feature vector (pixel norm), D appends the minibatch
+standard deviation before its last block, and widths follow ``min(fmap_base / 2**stage, fmap_max)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from translate.registry import NETS
+
+
+def num_levels(resolution: int) -> int:
+    """Levels from 4x4 to ``resolution`` (a power of two >= 4)."""
+    if resolution < 4 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    return int(math.log2(resolution)) - 1
+
+
+def level_size(level: int) -> int:
+    return 4 * 2**level
+
+
+class EqualConv2d(nn.Module):
+    """Conv with weights N(0, 1) scaled by ``gain / sqrt(fan_in)`` at run time, so Adam's step is
+    the same size for every layer (the paper's equalised learning rate)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = gain / math.sqrt(in_ch * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with the equalised learning rate (see :class:`EqualConv2d`)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Each pixel's feature vector scaled to unit mean square (keeps G's magnitudes in check)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def minibatch_stddev(x: Tensor, group_size: int = 4) -> Tensor:
+    """Append one feature map: the feature std over groups of images, averaged (lets D see variety)."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    while n % g:  # a last, smaller batch: the largest group size that divides it
+        g -= 1
+    y = x.float().reshape(g, -1, c, h, w)
+    y = (y - y.mean(dim=0)).pow(2).mean(dim=0).add(1e-8).sqrt()  # (n/g, c, h, w)
+    y = y.mean(dim=(1, 2, 3)).to(x.dtype).reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+class PhaseMixin(nn.Module):
+    """The ``level`` and ``alpha`` buffers plus Python copies (read every forward without a device sync)."""
+
+    def _init_phase(self, levels: int) -> None:
+        self.levels = levels
+        self.register_buffer("level", torch.tensor(levels - 1, dtype=torch.long))
+        self.register_buffer("alpha", torch.tensor(1.0))
+        self._level, self._alpha = levels - 1, 1.0
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_phase())
+
+    def _sync_phase(self) -> None:
+        self._level, self._alpha = int(self.level), float(self.alpha)
+
+    def set_phase(self, level: int, alpha: float) -> None:
+        """Grow to ``level`` (0 = 4x4), with the new block blended in by ``alpha`` in [0, 1]."""
+        if not 0 <= level < self.levels or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"phase ({level}, {alpha}) outside levels 0..{self.levels - 1}, alpha 0..1")
+        self.level.fill_(level)
+        self.alpha.fill_(alpha)
+        self._level, self._alpha = level, float(alpha)
+
+    @property
+    def phase(self) -> tuple[int, float]:
+        """(level, alpha) the net runs at."""
+        return self._level, self._alpha
+
+
+def _widths(fmap_base: int, fmap_max: int):
+    return lambda stage: max(1, min(fmap_base // 2**stage, fmap_max))
+
+
+class PGGANGenerator(PhaseMixin):
+    """z -> image. ``forward`` draws at the current level and (by default) upsamples, nearest, to
+    ``resolution``; in eval mode the output is clamped to [-1, 1] (training sees the paper's linear
+    output)."""
+
+    num_classes = 0
+
+    def __init__(self, z_dim: int = 512, resolution: int = 32, channels: int = 3, fmap_base: int = 8192,
+                 fmap_max: int = 512) -> None:
+        super().__init__()
+        self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
+        nf = _widths(fmap_base, fmap_max)
+        levels = num_levels(resolution)
+        self.dense = EqualLinear(z_dim, nf(1) * 16, gain=math.sqrt(2) / 4)  # as the official code
+        blocks = [nn.ModuleList([EqualConv2d(nf(1), nf(1), 3)])]
+        for level in range(1, levels):
+            blocks.append(nn.ModuleList([EqualConv2d(nf(level), nf(level + 1), 3),
+                                         EqualConv2d(nf(level + 1), nf(level + 1), 3)]))
+        self.blocks = nn.ModuleList(blocks)
+        self.to_rgb = nn.ModuleList([EqualConv2d(nf(level + 1), channels, 1, gain=1.0) for level in range(levels)])
+        self._init_phase(levels)
+
+    def _block(self, level: int, x: Tensor) -> Tensor:
+        if level == 0:
+            x = pixel_norm(lrelu(self.dense(x).view(x.shape[0], -1, 4, 4)))
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        for conv in self.blocks[level]:
+            x = pixel_norm(lrelu(conv(x)))
+        return x
+
+    def forward(self, z: Tensor, label: Tensor | None = None, truncation: float = 1.0,
+                upsample: bool = True) -> Tensor:
+        """Images for latents ``z`` (N, z_dim). ``truncation`` scales the normalised latent (scaling
+        z itself would be undone by the pixel norm); ``upsample=False`` returns the current level's
+        size (what training feeds D). ``label`` is accepted for the zoo's interface and ignored."""
+        level, alpha = self._level, self._alpha
+        x = self._block(0, pixel_norm(z) * truncation)
+        prev = x
+        for i in range(1, level + 1):
+            prev, x = x, self._block(i, x)
+        out = self.to_rgb[level](x)
+        if level > 0 and alpha < 1.0:
+            skip = F.interpolate(self.to_rgb[level - 1](prev), scale_factor=2, mode="nearest")
+            out = torch.lerp(skip, out, alpha)
+        if upsample and out.shape[-1] != self.resolution:
+            out = F.interpolate(out, size=(self.resolution, self.resolution), mode="nearest")
+        return out if self.training else out.clamp(-1.0, 1.0)
+
+
+class PGGANDiscriminator(PhaseMixin):
+    """Image at the current level's size -> one score per image (WGAN critic, no sigmoid)."""
+
+    def __init__(self, resolution: int = 32, channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512) -> None:
+        super().__init__()
+        self.resolution, self.channels = resolution, channels
+        nf = _widths(fmap_base, fmap_max)
+        levels = num_levels(resolution)
+        self.from_rgb = nn.ModuleList([EqualConv2d(channels, nf(level + 1), 1) for level in range(levels)])
+        blocks = [nn.ModuleList([EqualConv2d(nf(1) + 1, nf(1), 3)])]  # +1: the minibatch std map
+        for level in range(1, levels):
+            blocks.append(nn.ModuleList([EqualConv2d(nf(level + 1), nf(level + 1), 3),
+                                         EqualConv2d(nf(level + 1), nf(level), 3)]))
+        self.blocks = nn.ModuleList(blocks)
+        self.dense = EqualLinear(nf(1) * 16, nf(0))
+        self.out = EqualLinear(nf(0), 1, gain=1.0)
+        self._init_phase(levels)
+
+    def _block(self, level: int, x: Tensor) -> Tensor:
+        if level == 0:
+            x = minibatch_stddev(x)
+        for conv in self.blocks[level]:
+            x = lrelu(conv(x))
+        if level == 0:
+            return self.out(lrelu(self.dense(x.flatten(1))))
+        return F.avg_pool2d(x, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        level, alpha = self._level, self._alpha
+        if x.shape[-1] != level_size(level):
+            raise ValueError(f"D at level {level} takes {level_size(level)}x{level_size(level)} images, "
+                             f"got {tuple(x.shape[-2:])}")
+        h = self._block(level, lrelu(self.from_rgb[level](x)))
+        if level > 0 and alpha < 1.0:
+            skip = lrelu(self.from_rgb[level - 1](F.avg_pool2d(x, 2)))
+            h = torch.lerp(skip, h, alpha)
+        for i in range(level - 1, -1, -1):
+            h = self._block(i, h)
+        return h
+
+
+@NETS.register("pggan_g")
+def pggan_g(z_dim: int = 512, resolution: int = 32, channels: int = 3, fmap_base: int = 8192,
+            fmap_max: int = 512) -> nn.Module:
+    """Progressive generator; build with ``init=False`` (it initialises itself, N(0, 1))."""
+    return PGGANGenerator(z_dim, resolution, channels, fmap_base, fmap_max)
+
+
+@NETS.register("pggan_d")
+def pggan_d(resolution: int = 32, channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512) -> nn.Module:
+    """Progressive critic with the minibatch standard deviation layer."""
+    return PGGANDiscriminator(resolution, channels, fmap_base, fmap_max)
