@@ -1,0 +1,213 @@
+"""StyleGAN2 (Karras et al. 2020): unconditional image generation from a folder of images.
+
+Each step trains G and then D with the non-saturating logistic loss. Regularisers run lazily,
+as separate steps every few iterations with their weight multiplied by the interval: R1 (the
+gradient norm of D on reals) every ``r1_interval`` steps, and path-length regularisation of G
+(a fixed-size change in w moves the image by a fixed amount) every ``pl_interval`` steps. Adam's
+lr and betas are corrected for those extra steps, as in the paper. Style mixing draws a second
+latent for the later layers. The exported ``G`` is an exponential moving average of the trained
+generator (``G_ema``), which gives clearly better images than the raw one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from translate.errors import TranslateError
+from translate.methods.base import Method, as_rgb, set_requires_grad
+from translate.recipes import at_least
+from translate.registry import METHODS
+
+SAMPLE_COLUMNS = 8  # images per row of the sample grid
+
+
+@dataclass
+class StyleGAN2Model:
+    """Network sizes. Feature maps at resolution r: min(channel_base / r, channel_max), for G and D."""
+
+    z_dim: int = at_least(512, 1)
+    w_dim: int = at_least(512, 1)
+    mapping_layers: int = at_least(8, 1)
+    channel_base: int = at_least(32768, 4)
+    channel_max: int = at_least(512, 1)
+    mbstd_group: int = at_least(4, 1)  # samples per minibatch-stddev group in D
+
+
+@dataclass
+class StyleGAN2Loss:
+    """Regularisation and averaging, defaults as the paper's config F."""
+
+    r1_gamma: float = at_least(10.0, 0.0)  # R1 weight (gamma / 2 * ||grad D(real)||^2); 0 turns it off
+    r1_interval: int = at_least(16, 1)  # D steps between R1 steps (lazy regularisation)
+    pl_weight: float = at_least(2.0, 0.0)  # path-length weight; 0 turns it off
+    pl_interval: int = at_least(4, 1)  # G steps between path-length steps
+    pl_decay: float = at_least(0.01, 0.0)  # how fast the target path length follows the batch's
+    pl_batch_shrink: int = at_least(2, 1)  # path-length batch = batch / this
+    mixing_prob: float = at_least(0.9, 0.0)  # chance a batch uses two latents (style mixing)
+    ema_kimg: float = at_least(10.0, 0.0)  # half-life of G_ema, in thousands of images
+    ema_rampup: float = at_least(0.05, 0.0)  # early on, half-life <= this x images seen (0: off)
+
+
+@METHODS.register("stylegan2")
+class StyleGAN2(Method):
+    """Unconditional StyleGAN2 on ``images`` data. Exports ``G`` (the EMA generator)."""
+
+    ModelConfig = StyleGAN2Model
+    LossConfig = StyleGAN2Loss
+    data_kind = "images"
+    export_names = ("G",)
+
+    def __init__(self, recipe, device, precision, info=None) -> None:
+        super().__init__(recipe, device, precision, info)
+        m, d = recipe.model, recipe.data
+        g_kwargs = {"z_dim": m.z_dim, "w_dim": m.w_dim, "resolution": d.crop_size, "channels": d.channels,
+                    "channel_base": m.channel_base, "channel_max": m.channel_max, "mapping_layers": m.mapping_layers}
+        G = self.build("G", "stylegan2_g", init=False, **g_kwargs)
+        D = self.build("D", "stylegan2_d", init=False, resolution=d.crop_size, channels=d.channels,
+                       channel_base=m.channel_base, channel_max=m.channel_max, mbstd_group=m.mbstd_group)
+        G_ema = self.build("G_ema", "stylegan2_g", init=False, **g_kwargs)
+        G_ema.load_state_dict(G.state_dict())
+        G_ema.eval()  # never trained: no w_avg tracking of its own, clamped output
+        set_requires_grad([G_ema], False)  # so Method.wrap leaves it out of DDP too
+        loss = recipe.loss
+        self.optimizers = {"G": self._adam(G, loss.pl_interval if loss.pl_weight > 0 else 0),
+                           "D": self._adam(D, loss.r1_interval if loss.r1_gamma > 0 else 0)}
+        self.num_ws = G.num_ws  # w's per image: style mixing picks where the second one starts
+        self.step = 0
+        self.pl_mean = torch.zeros((), device=device)
+        g = torch.Generator().manual_seed(recipe.train.seed)
+        self.fixed_z = torch.randn(recipe.train.n_samples * SAMPLE_COLUMNS, m.z_dim, generator=g).to(device)
+
+    def check_size(self, size: int) -> None:
+        if size < 8 or size & (size - 1):
+            raise TranslateError(f"data.crop_size {size} must be a power of two >= 8 for stylegan2 (e.g. 32)")
+
+    def _adam(self, net: nn.Module, reg_interval: int) -> torch.optim.Optimizer:
+        """Adam with the paper's lazy-regularisation correction: with a regulariser step every
+        ``k`` steps, lr and betas are rescaled by k / (k + 1) so the net moves as if unregularised."""
+        t = self.recipe.train
+        ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(net.parameters(), lr=t.lr * ratio, betas=(t.beta1**ratio, t.beta2**ratio),
+                                fused=fused or None)
+
+    # --- training ------------------------------------------------------------------------------
+    def _latents(self, n: int) -> tuple[Tensor, Tensor | None, int | None]:
+        """z, and with probability ``mixing_prob`` a second z and the layer it takes over from."""
+        z = torch.randn(n, self.recipe.model.z_dim, device=self.device)
+        if torch.rand(()).item() >= self.recipe.loss.mixing_prob:
+            return z, None, None
+        return z, torch.randn_like(z), int(torch.randint(1, self.num_ws, ()).item())
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        G, D = self.nets["G"], self.nets["D"]
+        opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
+        loss = self.recipe.loss
+        real = batch["A"]
+        n = real.shape[0]
+        out: dict[str, Tensor] = {}
+
+        # G: make D call the fakes real (non-saturating: softplus(-D(G(z)))).
+        set_requires_grad([D], False)
+        opt_G.zero_grad(set_to_none=True)
+        z, z2, mix = self._latents(n)
+        with self.amp.autocast():
+            g_loss = F.softplus(-D(G(z, z2=z2, mix_layer=mix, noise_mode="random")).float()).mean()
+        self.amp.backward(g_loss)
+        self.amp.step(opt_G)
+        out["G"] = g_loss.detach()
+        if loss.pl_weight > 0 and self.step % loss.pl_interval == 0:
+            out["PL"] = self._path_length_step(G, opt_G, max(1, n // loss.pl_batch_shrink))
+
+        # D: real -> 1, fake -> 0 (softplus(D(fake)) + softplus(-D(real))).
+        set_requires_grad([D], True)
+        opt_D.zero_grad(set_to_none=True)
+        z, z2, mix = self._latents(n)
+        with torch.no_grad(), self.amp.autocast():
+            fake = G(z, z2=z2, mix_layer=mix, noise_mode="random")
+        with self.amp.autocast():
+            d_fake = F.softplus(D(fake).float()).mean()
+            d_real = F.softplus(-D(real).float()).mean()
+        self.amp.backward(d_fake + d_real)
+        self.amp.step(opt_D)
+        out["D_real"], out["D_fake"] = d_real.detach(), d_fake.detach()
+        if loss.r1_gamma > 0 and self.step % loss.r1_interval == 0:
+            out["R1"] = self._r1_step(D, opt_D, real)
+
+        self.amp.update()
+        self._update_ema()
+        self.step += 1
+        out["pl_mean"] = self.pl_mean.detach().clone()
+        return out
+
+    # The regularisers differentiate twice. They run in fp32, outside autocast: low precision
+    # gradients of gradients are fragile, and fp32 needs no loss scaling (plain backward and step).
+    def _path_length_step(self, G: nn.Module, opt: torch.optim.Optimizer, n: int) -> Tensor:
+        """Penalise how far the Jacobian of image w.r.t. w strays from its running mean length."""
+        loss = self.recipe.loss
+        opt.zero_grad(set_to_none=True)
+        z, z2, mix = self._latents(n)
+        img, ws = G(z, z2=z2, mix_layer=mix, noise_mode="random", return_ws=True)
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(2).mean(1).sqrt()
+        self.pl_mean = torch.lerp(self.pl_mean, lengths.mean().detach(), loss.pl_decay)
+        penalty = (lengths - self.pl_mean).square().mean()
+        # img * 0 keeps every parameter in the graph, as DDP expects gradients for all of them
+        (penalty * loss.pl_weight * loss.pl_interval + img[:, 0, 0, 0].sum() * 0).backward()
+        opt.step()
+        return penalty.detach()
+
+    def _r1_step(self, D: nn.Module, opt: torch.optim.Optimizer, real: Tensor) -> Tensor:
+        """R1: push D's gradient on real images towards 0, which stabilises training near equilibrium."""
+        loss = self.recipe.loss
+        opt.zero_grad(set_to_none=True)
+        real = real.detach().float().requires_grad_(True)
+        logits = D(real)
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+        (penalty * (loss.r1_gamma / 2) * loss.r1_interval + logits.sum() * 0).backward()
+        opt.step()
+        return penalty.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """G_ema <- beta * G_ema + (1 - beta) * G, with beta from the half-life in images; buffers
+        (w_avg, the fixed noise) are copied."""
+        loss, batch = self.recipe.loss, self.recipe.train.batch_size
+        ema_nimg = loss.ema_kimg * 1000
+        if loss.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.step * batch * loss.ema_rampup)
+        beta = 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
+        G = getattr(self.nets["G"], "module", self.nets["G"])
+        G_ema = self.nets["G_ema"]
+        for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+            p_ema.copy_(torch.lerp(p, p_ema, beta))
+        for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    # --- export, samples, state ----------------------------------------------------------------
+    def export(self) -> dict[str, nn.Module]:
+        """The EMA generator, under the name inference looks for."""
+        return {"G": self.nets["G_ema"]}
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rows of G_ema's images from the fixed latents (constant noise: comparable over time)."""
+        with self.amp.autocast():
+            img = self.nets["G_ema"](self.fixed_z, noise_mode="const").float()
+        rows = img.view(-1, SAMPLE_COLUMNS, *img.shape[1:])
+        return torch.cat([as_rgb(rows[:, i]) for i in range(SAMPLE_COLUMNS)], dim=-1)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"step": self.step, "pl_mean": self.pl_mean.cpu()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.pl_mean = state["pl_mean"].to(self.device)
