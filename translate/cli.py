@@ -150,8 +150,9 @@ def run_cmd(
     max_pixels: Annotated[int, typer.Option(help="Images larger than this are translated in overlapping "
                                             "tiles, so memory stays bounded.", min=1)] = 2048 * 2048,
     tile: Annotated[int, typer.Option(help="Tile side in pixels for large images.", min=16)] = 1024,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of equal size per batch "
-                                            "(at 256x256; scaled by image area).", min=1)] = 8,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Images of equal size per batch "
+                                                   "at 256x256, scaled by image area (default: 16 on CUDA, 1 on "
+                                                   "the CPU, where larger batches are slower).", min=1)] = None,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16. auto: bf16 where the device "
                                            "runs it natively, else fp32.")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on "
@@ -160,7 +161,8 @@ def run_cmd(
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
     skip_existing: Annotated[bool, typer.Option(help="Leave outputs that exist (resumes a killed job).")] = True,
     keep_alpha: Annotated[bool, typer.Option(help="Re-attach the input's alpha channel to the output.")] = True,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 4).", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 4 on CUDA, 1 on the "
+                                                "CPU).", min=0)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
