@@ -110,14 +110,14 @@ class Translator:
 
     Low precision means the whole net in bf16/fp16, not autocast: on a 2-core Zen4 CPU a bf16
     resnet_9blocks ran 0.83 img/s that way against 0.62 with autocast (fp32 0.37), with the same
-    output (48 dB PSNR to fp32). channels_last helps fp32 on the CPU (+13%) and everything on CUDA,
-    but slows bf16 on the CPU (-10%), so it is used where it helps.
+    output (48 dB PSNR to fp32). channels_last is for CUDA: on the CPU it slowed bf16 (-10%) and
+    was no clear gain for fp32 at batch 1 (the CPU default), as it was for training (-15 to -20%).
     """
 
     def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False) -> None:
         self.device, self.precision = device, precision
         self.dtype = DTYPES[precision]
-        self.channels_last = device.type == "cuda" or precision == "fp32"
+        self.channels_last = device.type == "cuda"
         net = net.to(device, self.dtype).eval()
         net.requires_grad_(False)
         if self.channels_last:
