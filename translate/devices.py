@@ -152,6 +152,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def close_distributed() -> None:
+    """Leave the process group together: a rank that exits while a peer still holds the connection
+    can make that peer abort (SIGABRT in gloo), failing a job that did all its work."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group that torchrun (or any launcher setting WORLD_SIZE) describes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

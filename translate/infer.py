@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
-from translate.devices import DTYPES, init_distributed, pick_device, resolve_precision
+from translate.devices import DTYPES, close_distributed, init_distributed, pick_device, resolve_precision
 from translate.errors import TranslateError
 from translate.images import FORMATS, decode, encode_atomic, is_image_file, probe_size
 
@@ -461,6 +461,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     summary.seconds = time.perf_counter() - start
     if dist.enabled:
         _gather(summary, device)
+        close_distributed()
     return summary
 
 

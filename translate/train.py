@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from translate.checkpoints import load_state, save_state, save_weights
 from translate.data import Augment, collate, open_dataset
 from translate.data.augment import to_unit
-from translate.devices import Dist, Precision, init_distributed, pick_device, resolve_precision
+from translate.devices import Dist, Precision, close_distributed, init_distributed, pick_device, resolve_precision
 from translate.errors import TranslateError
 from translate.images import save_png_atomic
 from translate.methods import get_method
@@ -335,6 +335,8 @@ class Trainer:
             self._restore_signals()
         self.save()
         self._write_samples(sample_batch)
+        if self.dist.enabled:
+            close_distributed()
         seconds = time.perf_counter() - start
         done = self.step - start_step
         return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
