@@ -75,11 +75,11 @@ class EqualConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.activation, self.down, self.gain = activation, down, gain
-        self.register_buffer("kernel", fir_kernel() if down else None, persistent=False)
+        self.register_buffer("fir", fir_kernel() if down else None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.down:
-            x = downsample2x(x, self.kernel)
+            x = downsample2x(x, self.fir)
         x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
         return lrelu(x, self.gain) if self.activation else x * self.gain
 
@@ -102,7 +102,7 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.weight_gain = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.demodulate, self.up = demodulate, up
-        self.register_buffer("kernel", fir_kernel() if up else None, persistent=False)
+        self.register_buffer("fir", fir_kernel() if up else None, persistent=False)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         styles = self.affine(w)  # (N, in_ch)
@@ -111,7 +111,7 @@ class ModulatedConv2d(nn.Module):
         if self.up:  # (H, W) -> (2H + 1, 2W + 1) -> blur with padding 1 -> (2H, 2W)
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
             c = x.shape[1]
-            x = F.conv2d(x, (self.kernel * 4).to(x.dtype).repeat(c, 1, 1, 1), padding=1, groups=c)
+            x = F.conv2d(x, (self.fir * 4).to(x.dtype).repeat(c, 1, 1, 1), padding=1, groups=c)
         else:
             x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
         if self.demodulate:  # 1 / the norm of each sample's modulated filter: sum_i s_i^2 sum_k w_oik^2
@@ -201,7 +201,7 @@ class SynthesisBlock(nn.Module):
             self.conv0 = SynthesisLayer(in_ch, out_ch, w_dim, resolution, up=True)
         self.conv1 = SynthesisLayer(out_ch, out_ch, w_dim, resolution)
         self.torgb = ToRGB(out_ch, channels, w_dim)
-        self.register_buffer("kernel", fir_kernel(), persistent=False)
+        self.register_buffer("fir", fir_kernel(), persistent=False)
         self.num_conv = 1 if first else 2
 
     def forward(self, x: Tensor | None, img: Tensor | None, ws: Tensor, noise_mode: str) -> tuple[Tensor, Tensor]:
@@ -212,7 +212,7 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x, ws[:, 0], noise_mode)
         x = self.conv1(x, ws[:, self.num_conv - 1], noise_mode)
         rgb = self.torgb(x, ws[:, self.num_conv])
-        img = rgb if img is None else upsample2x(img, self.kernel).to(rgb.dtype) + rgb
+        img = rgb if img is None else upsample2x(img, self.fir).to(rgb.dtype) + rgb
         return x, img
 
 
