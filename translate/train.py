@@ -258,9 +258,7 @@ class Trainer:
             self.precision.scaler.load_state_dict(state["scaler"])
         m.load_extra_state(state.get("extra", {}))
         self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        if state.get("world_size", 1) != self.dist.world_size:  # the split changed: keep global position
-            self.batch_in_epoch = state["batch_in_epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]  # counted in global batches: valid for any world size
         if state.get("world_size", 1) == self.dist.world_size == 1:
             _set_rng_state(state["rng"], self.device)
         else:  # per-rank streams cannot be carried over exactly; reseed them deterministically
