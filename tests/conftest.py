@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -39,3 +40,38 @@ def h2z4(tmp_path: Path) -> Path:
     copy_first(shared("horse2zebra", "trainA"), root / "trainA", 4)
     copy_first(shared("horse2zebra", "trainB"), root / "trainB", 4)
     return root
+
+
+# Tiny versions of any recipe, for tests that run many of them. A key is applied only where the
+# recipe's dataclasses have it (``applicable``), so names of one method's model (fmap_base,
+# channel_max, ...) do not break another's; a new recipe is made tiny without an edit here.
+TINY = [
+    "data.load_size=32", "data.crop_size=32", "data.num_workers=0", "data.max_dataset_size=4",
+    "train.batch_size=2", "train.sample_every=0", "train.log_every=1", "train.n_samples=2", "train.save_every=0",
+    "train.device=cpu",
+    "model.ngf=4", "model.ndf=4", "model.nf=4", "model.z_dim=8", "model.w_dim=8", "model.mapping_layers=1",
+    "model.fmap_base=32", "model.fmap_max=8", "model.channel_base=64", "model.channel_max=8",
+]
+TINY_BY_RECIPE = {"pix2pix": ["data.load_size=256", "data.crop_size=256"]}  # unet_256 halves 8 times
+
+
+def applicable(method: str, overrides: list[str]) -> list[str]:
+    """The overrides whose key exists in this method's sections."""
+    from translate.methods import get_method
+    from translate.recipes import DataConfig, TrainConfig
+
+    cls = get_method(method)
+    sections = {"data": DataConfig, "train": TrainConfig, "model": cls.ModelConfig, "loss": cls.LossConfig}
+    keep = []
+    for text in overrides:
+        section, key = text.split("=", 1)[0].split(".", 1)
+        if key in {f.name for f in dataclasses.fields(sections[section])}:
+            keep.append(text)
+    return keep
+
+
+def tiny(recipe: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """``--set`` overrides that make recipe ``recipe`` (a name in recipes/) small and quick."""
+    from translate.recipes import load_recipe
+
+    return applicable(load_recipe(recipe).method, [*TINY, *TINY_BY_RECIPE.get(recipe, []), *extra])

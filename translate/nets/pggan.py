@@ -82,6 +82,15 @@ def lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.2)
 
 
+def fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
+    """``old + alpha * (new - old)``: a new level blended in. Under autocast the two branches can
+    differ in dtype (CUDA's runs nearest upsampling in fp32 and convolutions in bf16), and lerp
+    takes one dtype ("expected dtype float for `end`", step 600 of a bf16 run), so both go to the
+    wider one."""
+    dtype = torch.promote_types(old.dtype, new.dtype)
+    return torch.lerp(old.to(dtype), new.to(dtype), alpha)
+
+
 class PhaseMixin(nn.Module):
     """The ``level`` and ``alpha`` buffers plus Python copies (read every forward without a device sync)."""
 
@@ -157,7 +166,7 @@ class PGGANGenerator(PhaseMixin):
         out = self.to_rgb[level](x)
         if level > 0 and alpha < 1.0:
             skip = F.interpolate(self.to_rgb[level - 1](prev), scale_factor=2, mode="nearest")
-            out = torch.lerp(skip, out, alpha)
+            out = fade(skip, out, alpha)
         if upsample and out.shape[-1] != self.resolution:
             out = F.interpolate(out, size=(self.resolution, self.resolution), mode="nearest")
         return out if self.training else out.clamp(-1.0, 1.0)
@@ -198,7 +207,7 @@ class PGGANDiscriminator(PhaseMixin):
         h = self._block(level, lrelu(self.from_rgb[level](x)))
         if level > 0 and alpha < 1.0:
             skip = lrelu(self.from_rgb[level - 1](F.avg_pool2d(x, 2)))
-            h = torch.lerp(skip, h, alpha)
+            h = fade(skip, h, alpha)
         for i in range(level - 1, -1, -1):
             h = self._block(i, h)
         return h

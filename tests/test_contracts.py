@@ -1,0 +1,244 @@
+"""Contracts every recipe keeps, whatever its method: a few training steps under bf16 autocast (and
+fp32) give finite losses, a sample grid and a weights file that rebuilds.
+
+Parametrised over ``list_recipes()``, so a new recipe is covered without an edit here. Sizes come from
+conftest's ``tiny``; the few steps must reach each method's special phases: those overrides are in
+``SPECIAL``, with the check that they were reached.
+
+The runs are on the CPU, with CUDA's autocast policy (``cuda_autocast_policy``). CPU autocast alone
+does not take CUDA's dtype paths: both run convolutions and linear layers in bf16, but only CUDA's
+runs upsampling, pow, rsqrt, softplus, group norm and sums in fp32 (torch 2.14). PGGAN's fade-in,
+``lerp(upsampled skip, conv output)``, is fp32 with bf16 on CUDA, which lerp refuses (the crash at
+step 600 of a GPU run), and bf16 with bf16 under CPU autocast, which passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import copy_first, shared, tiny
+from torch.utils._pytree import tree_flatten, tree_map
+
+from translate.checkpoints import read_weights
+from translate.methods import get_method
+from translate.recipes import list_recipes, load_recipe
+from translate.train import Trainer
+
+STEPS = 3
+
+
+@dataclass
+class Special:
+    """Overrides one recipe needs beyond ``tiny`` (applied after it), and a check on the log that
+    the phases they are for were reached."""
+
+    overrides: list[str]
+    reached: Callable[[list[dict]], bool] = lambda log: True
+
+
+SPECIAL = {
+    # 4x4 for 1 step, then 8x8 fades in over 2: steps 0-2 are (4, 1), (8, 0), (8, 0.5).
+    "pggan": Special(["model.start_resolution=4", "model.stable_steps=1", "model.fade_steps=2"],
+                     lambda log: any(0 < r["alpha"] < 1 for r in log) and len({r["resolution"] for r in log}) > 1),
+    # lazy R1 and path length on steps 0 and 2; every batch style-mixed
+    "stylegan2": Special(["loss.r1_interval=2", "loss.pl_interval=2", "loss.mixing_prob=1.0"],
+                         lambda log: sum("R1" in r for r in log) == 2 and sum("PL" in r for r in log) == 2),
+    "vae": Special(["loss.kl_warmup_steps=2"], lambda log: any(0 < r["kl_weight"] < 1 for r in log)),
+    "beta-vae": Special(["loss.capacity_max=5", "loss.capacity_steps=2"],
+                        lambda log: any(r["capacity"] > 0 for r in log)),
+}
+
+DATA = {  # data_kind -> (folder under ../shared/data, sub-folders, images copied from each)
+    "paired": ("people2outline", ("train",), 4),
+    "unpaired": ("horse2zebra", ("trainA", "trainB"), 4),
+    "images": ("mnist", ("train/0", "train/1"), 4),
+    "classes": ("mnist", ("train/0", "train/1"), 4),
+}
+
+
+# CUDA's autocast policy, op by op: AT_FORALL_* in ATen/autocast_mode.h of torch 2.14 (RNN cells and
+# attention left out). "lower": floating inputs to bf16; "fp32": to fp32; "fp32_result": an unset dtype
+# argument becomes fp32 (a bf16 sum gives fp32); "promote": to the widest input; "banned": an error.
+CUDA_POLICY = {
+    "lower": ["_convolution.deprecated", "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d",
+              "conv_transpose2d.input", "conv_transpose3d.input", "convolution", "prelu", "addmm", "addmv", "addr",
+              "matmul", "einsum", "mm", "mv", "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm", "chain_matmul",
+              "linalg_multi_dot"],
+    "fp32": ["acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
+             "sinh", "tan", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar", "softplus", "layer_norm",
+             "native_layer_norm", "rms_norm", "group_norm", "frobenius_norm.dim", "nuclear_norm", "nuclear_norm.dim",
+             "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
+             "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
+             "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
+             "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
+             "upsample_nearest1d", "_upsample_nearest_exact1d", "upsample_nearest2d", "_upsample_nearest_exact2d",
+             "upsample_nearest3d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
+             "_upsample_bilinear2d_aa", "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa",
+             "norm.Scalar", "norm.ScalarOpt_dim"],
+    "fp32_result": ["prod", "prod.dim_int", "softmax.int", "log_softmax.int", "cumprod", "cumsum", "linalg_vector_norm",
+                    "linalg_matrix_norm", "linalg_matrix_norm.str_ord", "sum", "sum.dim_IntList"],
+    "promote": ["addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler", "index_put",
+                "tensordot", "scatter_add"],
+    "banned": ["binary_cross_entropy"],
+    # CPU autocast casts these (autocast_mode.cpp) and CUDA's does not: they run as they come. Only
+    # the ones a net here could meet (CycleGAN's ResNet pads by reflection); not linalg, fft, ...
+    "as is": ["reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
+              "avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool3d", "max_unpool2d",
+              "max_unpool3d", "fractional_max_pool2d", "fractional_max_pool3d", "grid_sampler_2d", "grid_sampler_3d",
+              "cross_entropy_loss", "stack", "cat", "index_copy"],
+}
+
+
+def _cast_all(tree, dtype: torch.dtype):
+    """Floating tensors (not fp64) in ``tree`` to ``dtype``, as autocast's cached_cast."""
+    return tree_map(lambda t: t.to(dtype) if _eligible(t) else t, tree)
+
+
+def _eligible(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+
+
+def _autocast_kernel(op, policy: str):
+    """A kernel for the AutocastCPU key doing what CUDA's autocast does for ``op``."""
+    after = torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.AutocastCPU)
+    dtype_at = next((i for i, a in enumerate(op._schema.arguments) if a.name == "dtype"), None)
+
+    def run(keyset, *args, **kwargs):
+        if policy == "as is":  # as CUDA's fall-through: nested ops still autocast
+            return op.redispatch(keyset & after, *args, **kwargs)
+        if policy == "banned":
+            raise RuntimeError(f"{op} is unsafe to autocast (CUDA's autocast refuses it)")
+        if policy == "lower":
+            args, kwargs = _cast_all((args, kwargs), torch.get_autocast_dtype("cpu"))
+        elif policy == "fp32":
+            args, kwargs = _cast_all((args, kwargs), torch.float32)
+        elif policy == "promote":
+            found = [t.dtype for t in tree_flatten((args, kwargs))[0] if _eligible(t)]
+            args, kwargs = _cast_all((args, kwargs), functools.reduce(torch.promote_types, found, found[0]))
+        elif policy == "fp32_result" and _eligible(args[0]):
+            if len(args) > dtype_at:
+                args = (*args[:dtype_at], args[dtype_at] or torch.float32, *args[dtype_at + 1 :])
+            elif kwargs.get("dtype") is None:
+                kwargs = {**kwargs, "dtype": torch.float32}
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)):
+            return op(*args, **kwargs)  # below autocast, as CUDA's kernels; autograd records the casts
+
+    return run
+
+
+@contextlib.contextmanager
+def cuda_autocast_policy() -> Iterator[None]:
+    """CPU autocast that casts as CUDA's: kernels of our own for the AutocastCPU dispatch key, taken
+    away on exit (the CPU's own come back). Without it the PGGAN crash does not happen on the CPU."""
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        for policy, names in CUDA_POLICY.items():
+            for name in names:
+                base, _, overload = name.partition(".")
+                op = getattr(getattr(torch.ops.aten, base), overload or "default")
+                lib.impl(name, _autocast_kernel(op, policy), "AutocastCPU", with_keyset=True)
+        yield
+    finally:
+        lib._destroy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Nets this small gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    waiting made this file 4x slower (CycleGAN's case: 48 s with 2 threads, 12 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Callable[[str], Path]:
+    """A small copy of the real data for a data kind, made once per kind."""
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            name, subs, n = DATA[kind]
+            root = tmp_path_factory.mktemp(kind)
+            for sub in subs:
+                copy_first(shared(name, sub), root / sub, n)
+            made[kind] = root
+        return made[kind]
+
+    return get
+
+
+def test_cpu_autocast_takes_cudas_dtype_paths():
+    """The policy is in force inside the context and gone after it; under it, the PGGAN fade-in's
+    lerp of an upsampled and a convolved map gets fp32 and bf16, as on CUDA, and refuses them."""
+    x, w = torch.randn(2, 3, 4, 4), torch.randn(3, 3, 3, 3)
+
+    def dtypes() -> dict[str, torch.dtype]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = F.conv2d(x, w, padding=1)
+            return {"conv": y.dtype, "upsample": F.interpolate(y, scale_factor=2).dtype,
+                    "rsqrt": torch.rsqrt(y).dtype, "sum": y.sum().dtype, "pad": F.pad(y, (1,) * 4, "reflect").dtype}
+
+    bf16, fp32 = torch.bfloat16, torch.float32
+    cpu = {"conv": bf16, "upsample": bf16, "rsqrt": bf16, "sum": bf16, "pad": fp32}
+    assert dtypes() == cpu
+    with cuda_autocast_policy():
+        assert dtypes() == {"conv": bf16, "upsample": fp32, "rsqrt": fp32, "sum": fp32, "pad": bf16}
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="expected dtype"):
+            y = F.conv2d(x, w, padding=1)
+            torch.lerp(F.interpolate(y[:, :, ::2, ::2], scale_factor=2), y, 0.5)
+    assert dtypes() == cpu
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipe_trains_samples_and_exports(name, precision, data_root, tmp_path):
+    method = load_recipe(name).method
+    special = SPECIAL.get(name, Special([]))
+    overrides = tiny(name, [f"train.max_steps={STEPS}", *special.overrides])
+    data = data_root(get_method(method).data_kind)
+    recipe = load_recipe(name, [*overrides, f"data.path={data}", f"train.precision={precision}"])
+    with cuda_autocast_policy():
+        trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+        assert trainer.precision.name == precision
+        result = trainer.fit()  # the Trainer stops on a non-finite loss
+        rows = trainer.method.sample(trainer._sample_batch())
+
+    log = read_log(tmp_path / "run")
+    assert result.step == STEPS and [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(v) for r in log for v in r.values()), log
+    assert special.reached(log), f"{name}: the overrides in SPECIAL no longer reach its phases: {log}"
+
+    # autocast computes in bf16 but never changes what is stored (EMA copies and buffers included)
+    for net_name, net in trainer.method.nets.items():
+        for key, t in [*net.named_parameters(), *net.named_buffers()]:
+            assert not t.is_floating_point() or t.dtype == torch.float32, (net_name, key, t.dtype)
+            assert not t.is_floating_point() or bool(torch.isfinite(t).all()), (net_name, key)
+
+    # the grid written at the end, and the rows behind it, under the same precision
+    assert (tmp_path / "run" / "samples" / f"step_{STEPS:07d}.png").is_file()
+    assert rows.ndim == 4 and rows.shape[1] in (1, 3) and rows.dtype == torch.float32
+    assert bool(torch.isfinite(rows).all())
+
+    # the weights file rebuilds every exported net with the trained values, in fp32
+    weights = read_weights(result.weights)
+    exported = trainer.method.export()
+    assert sorted(weights.nets) == sorted(exported)
+    for net_name, net in exported.items():
+        rebuilt = weights.build(net_name).state_dict()
+        for key, value in net.state_dict().items():
+            assert rebuilt[key].dtype == value.dtype and torch.equal(rebuilt[key], value.cpu()), (net_name, key)
