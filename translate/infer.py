@@ -32,7 +32,8 @@ from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
 from translate.devices import DTYPES, close_distributed, init_distributed, pick_device, resolve_precision
 from translate.errors import TranslateError
-from translate.images import FORMATS, decode, encode_atomic, is_image_file, probe_size
+from translate.images import FORMATS, IMAGE_EXTENSIONS, decode, encode_atomic, is_image_file, probe_size
+from translate.signals import StopSignals, exit_code, ignore_in_worker
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
 EXIT_PARTIAL = 3  # some files failed; the rest were translated
@@ -69,6 +70,10 @@ class RunSummary:
     precision: str = ""
     device: str = ""
     failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
+    interrupted: int | None = None  # the signal that stopped the run early
+
+    def __post_init__(self) -> None:
+        self.out_dir: Path | None = None
 
     @property
     def n_failed(self) -> int:
@@ -80,7 +85,21 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return exit_code(self.interrupted)
         return EXIT_PARTIAL if self.n_failed else 0
+
+    def line(self) -> str:
+        """The one-line summary `translate run` prints last."""
+        text = (f"translated {self.translated}, skipped {self.skipped} (already there), failed {self.n_failed} of "
+                f"{self.found} images in {self.seconds:.1f}s ({self.images_per_s:.2f} img/s, {self.precision} "
+                f"on {self.device})")
+        if self.interrupted is not None:
+            import signal
+
+            return (f"interrupted by {signal.Signals(self.interrupted).name}: {text}; outputs in {self.out_dir}; "
+                    "run the same command again to translate the rest")
+        return f"{text}; outputs in {self.out_dir}"
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -140,11 +159,11 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
     wf = read_weights(path)
-    from translate.generate import model_kind
+    from translate.generate import model_kind, with_article
 
     if model_kind(wf) != "translator":
-        raise TranslateError(f"`translate run` does not apply to {path.name}: it holds a "
-                             f"{wf.meta.get('method')} {model_kind(wf)} (use translate sample)")
+        raise TranslateError(f"`translate run` does not apply to {path.name}: it holds "
+                             f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
     name = pick_generator(wf, direction)
     net = wf.build(name)
     return Translator(net, device, precision, compile), size_multiple(wf.arch[name]), name
@@ -157,6 +176,7 @@ class Job:
     src: Path
     dst: Path
     size: tuple[int, int]  # (H, W) the network will see before padding
+    probed: tuple[int, int]  # (H, W) the header promised, upright
 
 
 def output_path(src: Path, in_dir: Path, out_dir: Path, fmt: str) -> Path:
@@ -198,7 +218,7 @@ def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: in
         except Exception as e:  # any header problem is this file's failure, not the run's
             summary.failed.append((str(src), _reason(e)))
             continue
-        jobs.append(Job(src, dst, scaled_size(h, w, opts.size)))
+        jobs.append(Job(src, dst, scaled_size(h, w, opts.size), (h, w)))
     return jobs, summary
 
 
@@ -248,6 +268,10 @@ class _Decode(Dataset):
         except Exception as e:
             return {"index": i, "error": _reason(e)}
         rgb, alpha = d.rgb, d.alpha
+        if tuple(rgb.shape[-2:]) != job.probed or rgb.dtype != torch.uint8:
+            # A decoder that disagrees with the header is a failure, not an image to squash into shape.
+            return {"index": i, "error": f"decoded as {rgb.dtype} {rgb.shape[-1]}x{rgb.shape[-2]}, but its header "
+                                         f"says {job.probed[1]}x{job.probed[0]}"}
         if tuple(rgb.shape[-2:]) != job.size:
             rgb = _resize_u8(rgb, job.size)
             alpha = _resize_u8(alpha, job.size) if alpha is not None else None
@@ -373,22 +397,28 @@ def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions) -> Te
         small_size = (max(m, round(h * s / m) * m), max(m, round(w * s / m) * m))
         small = F.interpolate(x, size=small_size, mode="bilinear", antialias=True, align_corners=False)
         stats = instance_norm_stats(tr, small)
-    tile = max(m, (min(opts.tile, max(h, w)) // m) * m)
+    # Tiles start on multiples of m, the grid of the net's strided convolutions, as the whole image
+    # does: pad the image as the untiled path would, tile that, crop back. A tile off the grid is
+    # sampled on another grid by the strided convolutions and disagrees with its neighbours.
+    hp, wp = padded((h, w), m)
+    x = pad_to(x, (hp, wp))
+    tile = max(m, (min(opts.tile, max(hp, wp)) // m) * m)
     overlap = min(opts.overlap, tile // 4)
-    out = torch.zeros(3, h, w, device=tr.device)
-    weight = torch.zeros(1, h, w, device=tr.device)
+    step = max(m, (tile - overlap) // m * m)
+    out = torch.zeros(3, hp, wp, device=tr.device)
+    weight = torch.zeros(1, hp, wp, device=tr.device)
     with shared_instance_norm(_base(tr.net), stats):
-        for top in _starts(h, tile, tile - overlap):
-            for left in _starts(w, tile, tile - overlap):
+        for top in _starts(hp, tile, step):
+            for left in _starts(wp, tile, step):
                 piece = x[..., top : top + tile, left : left + tile]
                 ph, pw = piece.shape[-2:]
                 y = tr(pad_to(piece, padded((ph, pw), m)))[0, :, :ph, :pw]
-                wy = _ramp(ph, overlap, top == 0, top + ph >= h, tr.device)
-                wx = _ramp(pw, overlap, left == 0, left + pw >= w, tr.device)
+                wy = _ramp(ph, overlap, top == 0, top + ph >= hp, tr.device)
+                wx = _ramp(pw, overlap, left == 0, left + pw >= wp, tr.device)
                 wt = wy[:, None] * wx[None, :]
                 out[:, top : top + ph, left : left + pw] += y * wt
                 weight[:, top : top + ph, left : left + pw] += wt
-    return to_u8(out / weight).cpu()
+    return to_u8(out[:, :h, :w] / weight[:, :h, :w]).cpu()
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -398,6 +428,9 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
         raise TranslateError(f"input folder not found: {in_dir}")
     if not in_dir.is_dir():
         raise TranslateError(f"input is not a folder: {in_dir}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TranslateError(f"output {out_dir} is a file, not a folder: give a folder to write the "
+                             "translated images to")
     i, o = in_dir.resolve(), out_dir.resolve()
     if o == i or i in o.parents:
         raise TranslateError(f"output folder {out_dir} is inside the input folder {in_dir}: "
@@ -424,7 +457,11 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     if opts.batch_size is None:
         opts = dataclasses.replace(opts, batch_size=16 if device.type == "cuda" else 1)
     jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size)
-    summary.precision, summary.device = precision, str(device)
+    if not summary.found:
+        kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise TranslateError(f"no images found in {in_dir} (looked for: {kinds}; hidden files and folders "
+                             "are skipped)")
+    summary.precision, summary.device, summary.out_dir = precision, str(device), out_dir
     if progress is not None:
         progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
         for path, reason in summary.failed:
@@ -435,10 +472,15 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                                                              else 1)
     loader = DataLoader(_Decode(jobs), batch_sampler=group_batches(jobs, m, opts), num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker)
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=2) as writer:
+    # On SIGINT/SIGTERM: take no new batch, finish the writes in flight (each is atomic), report.
+    # A rerun skips what is there and translates the rest.
+    with StopSignals(progress.interrupted if progress is not None else None) as signals, \
+            ThreadPoolExecutor(max_workers=2) as writer:
         for items in loader:
+            if signals.stop is not None:
+                break
             good = []
             for it in items:
                 if "error" in it:
@@ -458,6 +500,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                 pending.append(writer.submit(_write, job, y, alpha, it, opts.quality))
             pending = _drain(pending, summary, progress, limit=16)
         _drain(pending, summary, progress, limit=0)
+        summary.interrupted = signals.stop
     summary.seconds = time.perf_counter() - start
     if dist.enabled:
         _gather(summary, device)
@@ -537,6 +580,12 @@ class RunProgress:
         elif not self.quiet and (elapsed - self.last >= self.every_s or self.done == self.total):
             self.last = elapsed
             self.console.print(f"{self.done}/{self.total} images, {rate:.2f} img/s", highlight=False)
+
+    def interrupted(self, signum: int) -> None:
+        import signal
+
+        self.console.print(f"{signal.Signals(signum).name}: finishing the images in flight, then stopping ...",
+                           highlight=False)
 
     def fail(self, path: str, reason: str) -> None:
         self.console.print(f"[yellow]failed:[/] {path}: {reason}", highlight=False, soft_wrap=True)
