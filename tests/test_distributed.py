@@ -1,4 +1,9 @@
-"""DistributedDataParallel on the CPU (gloo): 2 processes train as 1 with the same global batch."""
+"""DistributedDataParallel on the CPU (gloo): 2 processes of batch 1 train as 1 process of batch 2.
+
+What README promises: the same images in every global step, gradients averaged over the global
+batch, losses logged for the global batch; weights equal up to float summation order. Not promised:
+the same random crops, flips and dropout (each process draws its own), so these tests switch them off.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from translate.train import Trainer, resume
 # rounding noise there into +-lr steps whose sign depends on summation order.
 EXACT = ["data.load_size=128", "data.crop_size=128", "data.flip=false", "data.num_workers=0",
          "model.generator=unet_128", "model.ngf=8", "model.ndf=8", "model.norm=none", "model.dropout=false",
-         "train.batch_size=2", "train.log_every=1", "train.sample_every=0", "train.device=cpu"]
+         "train.log_every=1", "train.sample_every=0", "train.device=cpu"]
+PER_PROCESS = "train.batch_size=1"  # 2 processes x 1 = the global batch of one process with:
+ONE_PROCESS = "train.batch_size=2"
 
 
 def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
@@ -41,12 +48,13 @@ def assert_close_nets(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 
 def test_two_processes_match_one(pairs4, tmp_path):
-    sets = [f"--set={s}" for s in [*EXACT, "train.max_steps=3"]]
+    sets = [f"--set={s}" for s in [*EXACT, PER_PROCESS, "train.max_steps=3"]]
     res = launch(["--recipe=pix2pix", f"--data={pairs4}", f"--out={tmp_path / 'two'}", *sets], nproc=2)
-    assert "world size 2" in res.stderr
+    assert "2 process(es) x batch 1 = global batch 2" in res.stderr
+    assert "lr 0.0002 (train.lr 0.0002, lr_scale none" in res.stderr
     assert res.stderr.count("done: step 3") == 1  # rank 0 alone reports
-    Trainer(load_recipe("pix2pix", [f"data.path={pairs4}", *EXACT, "train.max_steps=3"]), tmp_path / "one",
-            quiet=True).fit()
+    Trainer(load_recipe("pix2pix", [f"data.path={pairs4}", *EXACT, ONE_PROCESS, "train.max_steps=3"]),
+            tmp_path / "one", quiet=True).fit()
     assert_close_nets(tmp_path / "one", tmp_path / "two")
     # logged losses are the global batch's: the same as one process's
     one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
@@ -58,9 +66,21 @@ def test_two_processes_match_one(pairs4, tmp_path):
 
 
 def test_resume_with_another_world_size(pairs4, tmp_path):
-    base = [f"data.path={pairs4}", *EXACT]
+    base = [f"data.path={pairs4}", *EXACT, ONE_PROCESS]
     launch(["--recipe=pix2pix", f"--data={pairs4}", f"--out={tmp_path / 'split'}",
-            *[f"--set={s}" for s in [*EXACT, "train.max_steps=3"]]], nproc=2)
-    resume(tmp_path / "split", ["train.max_steps=5"], quiet=True)  # one process from here on
+            *[f"--set={s}" for s in [*EXACT, PER_PROCESS, "train.max_steps=3"]]], nproc=2)
+    # one process from here on, with the same global batch
+    resume(tmp_path / "split", ["train.max_steps=5", ONE_PROCESS], quiet=True)
     Trainer(load_recipe("pix2pix", [*base, "train.max_steps=5"]), tmp_path / "one", quiet=True).fit()
     assert_close_nets(tmp_path / "one", tmp_path / "split")
+
+
+def test_lr_scale_follows_the_number_of_processes(pairs4, tmp_path):
+    """lr_scale=linear: 2 processes step with 2 x train.lr; resumed on one process, with train.lr again."""
+    sets = [*EXACT, PER_PROCESS, "train.lr_scale=linear", "train.max_steps=1"]
+    res = launch(["--recipe=pix2pix", f"--data={pairs4}", f"--out={tmp_path / 'run'}",
+                  *[f"--set={s}" for s in sets]], nproc=2)
+    assert "lr 0.0004 (train.lr 0.0002, lr_scale linear: x processes)" in res.stderr
+    resume(tmp_path / "run", ["train.max_steps=2"], quiet=True)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in log] == [(1, 0.0004), (2, 0.0002)]

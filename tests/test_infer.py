@@ -144,7 +144,12 @@ def test_metadata_orientation_and_odd_images(weights, tmp_path):
     deep = np.linspace(0, 65535, 30 * 20, dtype=np.uint16).reshape(20, 30)
     Image.fromarray(deep).save(src / "deep.png")
     Image.new("CMYK", (17, 9), (0, 50, 100, 0)).save(src / "cmyk.jpg")
-    Image.new("P", (12, 12)).save(src / "palette.bmp")
+    # Give the palette its colours: Image.new("P") has none since Pillow 10.1, and Pillow 10.1 to
+    # 12.3 then write a BMP that claims 256 colours and holds none, which every Pillow (10.0-13.0)
+    # reads as truncated. Our decode() rightly fails that file; it is the test's file that was bad.
+    palette = Image.new("P", (12, 12), 1)
+    palette.putpalette([0, 0, 0, 30, 144, 255])
+    palette.save(src / "palette.bmp")
     Image.new("RGB", (33, 21), (9, 9, 9)).save(src / "img.webp")
     Image.new("RGB", (10, 14), (9, 9, 9)).save(src / "img.tiff")
     summary = run(src, tmp_path / "out", RunOptions(weights=weights, workers=0))
@@ -156,6 +161,7 @@ def test_metadata_orientation_and_odd_images(weights, tmp_path):
     assert Image.open(tmp_path / "out" / "dot.png").size == (1, 1)
     assert Image.open(tmp_path / "out" / "deep.png").size == (30, 20)
     assert Image.open(tmp_path / "out" / "cmyk.jpg").size == (17, 9)
+    assert Image.open(tmp_path / "out" / "palette.bmp").size == (12, 12)
 
 
 @pytest.mark.parametrize(
@@ -165,16 +171,50 @@ def test_metadata_orientation_and_odd_images(weights, tmp_path):
         (["in", "in/out"], "inside the input folder"),
         (["in", "out", "--weights", "nope.safetensors"], "weights file not found"),
         (["in", "out", "--direction", "sideways"], "--direction must be AtoB or BtoA"),
+        (["in", "a_file.png"], "output a_file.png is a file, not a folder"),
+        (["in", "out", "--weights", "run"], "--weights run is a folder, not a weights file (a run folder: its "
+                                            "latest weights are run/latest.safetensors)"),
+        (["in", "out", "--weights", "in"], "--weights in is a folder, not a weights file"),
+        (["empty", "out"], "no images found in empty (looked for: jpg, jpeg, png, webp, bmp, tif, tiff"),
+        (["text_only", "out"], "no images found in text_only"),
     ],
 )
 def test_run_bad_input_is_one_line(tmp_path, weights, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "x.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a_file.png")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latest.safetensors").write_bytes(weights.read_bytes())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text_only" / ".hidden").mkdir(parents=True)
+    (tmp_path / "text_only" / "notes.txt").write_text("no image")
+    Image.new("RGB", (8, 8)).save(tmp_path / "text_only" / ".hidden" / "x.png")
     if "--weights" not in args:
         args = [*args, "--weights", str(weights)]
     res = runner.invoke(app, ["run", *args])
     assert res.exit_code == 1
-    assert message in res.output and "Traceback" not in res.output
+    text = " ".join(res.output.split())  # rich may wrap the line in the test's narrow console
+    assert message in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_says_where_the_outputs_are_and_exits_0_when_all_are_there(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (20, 16), (50, 90, 10)).save(src / "x.png")
+    for _ in range(2):
+        res = runner.invoke(app, ["run", str(src), str(tmp_path / "out"), "--weights", str(weights)])
+        assert res.exit_code == 0, res.output
+        assert f"outputs in {tmp_path / 'out'}" in " ".join(res.output.split())
+    assert "translated 0, skipped 1 (already there)" in res.output
+
+
+def test_an_autoencoder_is_not_a_translator(tmp_path):
+    from translate.generate import with_article
+
+    assert with_article("imported") == "an imported" and with_article("vae") == "a vae"
+    assert with_article("ae") == "an ae"
 
 
 def test_shards_are_disjoint_and_cover_everything(tmp_path):

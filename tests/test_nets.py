@@ -193,3 +193,20 @@ def test_bad_names_give_clear_errors() -> None:
         create_net("resnet_9blocks", norm="group")
     with pytest.raises(TranslateError, match="'uniform'.*normal"):
         init_weights(nn.Conv2d(1, 1, 1), "uniform")
+
+
+@pytest.mark.parametrize("pad", [1, 3, (1, 2, 3, 0)])
+def test_reflection_pad_by_index_equals_the_kernel(pad):
+    """The index path ReflectionPad2d takes under deterministic CUDA gives the kernel's values and
+    gradients (checked on the CPU, where both exist)."""
+    from translate.nets.layers import ReflectionPad2d, _reflect_index
+
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
+    left, right, top, bottom = ReflectionPad2d(pad).padding
+    by_index = x.index_select(-2, _reflect_index(7, top, bottom, x.device)).index_select(
+        -1, _reflect_index(9, left, right, x.device))
+    kernel = ReflectionPad2d(pad)(x)
+    assert torch.equal(by_index, kernel)
+    g = torch.randn_like(kernel)
+    (ga,), (gb,) = torch.autograd.grad(by_index, x, g), torch.autograd.grad(kernel, x, g)
+    assert torch.allclose(ga, gb, atol=1e-6)

@@ -70,7 +70,7 @@ def test_resume_equals_uninterrupted_run(h2z4, tmp_path):
     # 4 images, global batch 2: 2 steps an epoch, so the split run crosses epochs, the linear
     # schedule's decay, and the image pool (size 3, so it fills and starts swapping).
     common = [f"data.path={h2z4}", *TINY_CYCLEGAN, "data.num_workers=1", "train.epochs=2",
-              "train.epochs_decay=2", "loss.pool_size=3", "train.save_every=1"]
+              "train.epochs_decay=2", "loss.pool_size=3", "train.save_every=1", "train.deterministic=true"]
     Trainer(load_recipe("cyclegan", [*common, "train.max_steps=7"]), tmp_path / "full", quiet=True).fit()
     Trainer(load_recipe("cyclegan", [*common, "train.max_steps=3"]), tmp_path / "split", quiet=True).fit()
     resume(tmp_path / "split", ["train.max_steps=7"], quiet=True)
@@ -132,3 +132,15 @@ def test_bad_data_is_one_clear_error(tmp_path):
     (tmp_path / "empty" / "trainB").mkdir()
     with pytest.raises(TranslateError, match="no images found"):
         Trainer(load_recipe("cyclegan", [f"data.path={tmp_path / 'empty'}"]), tmp_path / "run")
+
+
+@pytest.mark.parametrize(("keep_last", "kept"), [(2, [3, 4]), (0, [1, 2, 3, 4])])
+def test_keep_last_numbered_checkpoints(h2z4, tmp_path, keep_last, kept):
+    # 4 images at batch 2: 2 steps an epoch; a numbered copy at the end of epochs 2, 3 and 4
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "train.epochs=4", "train.epochs_decay=0",
+                                      "train.save_every=1", f"train.keep_last={keep_last}", "data.max_dataset_size=4"])
+    result = Trainer(recipe, tmp_path / "run", quiet=True).fit()
+    names = sorted(p.stem for p in (tmp_path / "run").glob("epoch_*.safetensors"))
+    assert names == [f"epoch_{e:03d}" for e in kept]
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert result.run_bytes == sum(p.stat().st_size for p in files)

@@ -103,6 +103,10 @@ class WeightsFile:
 def read_weights(path: str | Path) -> WeightsFile:
     """Open a weights file, with a one-line error for anything that is not ours."""
     path = Path(path)
+    if path.is_dir():
+        latest = path / "latest.safetensors"
+        hint = f" (a run folder: its latest weights are {latest})" if latest.is_file() else ""
+        raise TranslateError(f"--weights {path} is a folder, not a weights file{hint}")
     if not path.is_file():
         raise TranslateError(f"weights file not found: {path}")
     try:

@@ -58,7 +58,7 @@ def train_cmd(
                                                 "where it stopped.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     devices: Annotated[int, typer.Option("--devices", help="Processes to start on this machine, one per GPU "
-                                         "(the same as torchrun --standalone --nproc-per-node N).", min=1)] = 1,
+                                         "(CPU: gloo). Each takes train.batch_size images a step.", min=1)] = 1,
 ) -> None:
     """Train a model from a recipe.
 
@@ -76,6 +76,8 @@ def train_cmd(
         args += [f"--recipe={recipe}"] if recipe else []
         args += [f"--data={data.expanduser().resolve()}"] if data else []
         args += [f"--out={out_dir}"] if out_dir else []
+        from translate.launch import launch
+
         raise typer.Exit(launch(devices, ["train", *args]))
     try:
         if resume is not None:
@@ -90,7 +92,10 @@ def train_cmd(
             r = load_recipe(recipe, overrides)
             result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
     except training.TrainingInterrupted as e:
-        err.print(str(e), highlight=False, soft_wrap=True)
+        from translate.devices import is_main_process
+
+        if is_main_process():
+            err.print(str(e), highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except TranslateError as e:
         fail(str(e))
@@ -100,16 +105,16 @@ def train_cmd(
         return
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s; "
-              f"weights {result.weights}{skipped}", highlight=False, soft_wrap=True)
+              f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}",
+              highlight=False, soft_wrap=True)
 
 
-def launch(nproc: int, args: list[str]) -> int:
-    """Run `translate ARGS` in ``nproc`` processes through torch's elastic launcher (torchrun)."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "translate", *args]
-    return subprocess.call(cmd)
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
 
 
 @app.command("import")
@@ -187,10 +192,8 @@ def run_cmd(
         progress.stop()
     from translate.devices import is_main_process
 
-    if is_main_process() and (not quiet or summary.n_failed):
-        err.print(f"translated {summary.translated}, skipped {summary.skipped} (already there), failed "
-                  f"{summary.n_failed} of {summary.found} images in {summary.seconds:.1f}s "
-                  f"({summary.images_per_s:.2f} img/s, {summary.precision} on {summary.device})", highlight=False)
+    if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
+        err.print(summary.line(), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 

@@ -47,9 +47,14 @@ def _open(weights: str | Path, command: str) -> tuple[WeightsFile, str]:
     if command not in GENERATIVE_COMMANDS[kind]:
         what = wf.meta.get("method") or "imported"
         uses = ", ".join(f"translate {c}" for c in GENERATIVE_COMMANDS[kind])
-        raise TranslateError(f"`translate {command}` does not apply to {Path(weights).name}: it holds a {what} "
-                             f"{kind} (use {uses})")
+        raise TranslateError(f"`translate {command}` does not apply to {Path(weights).name}: it holds "
+                             f"{with_article(what)} {kind} (use {uses})")
     return wf, kind
+
+
+def with_article(word: str) -> str:
+    """'a cyclegan', 'an imported', 'an ae'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def _net(wf: WeightsFile, kind: str, device: torch.device) -> nn.Module:

@@ -70,8 +70,9 @@ class TrainConfig:
     epochs: int = at_least(100, 0)
     epochs_decay: int = at_least(100, 0)
     max_steps: int = at_least(0, 0)  # 0: no limit; otherwise stop after this many iterations
-    batch_size: int = at_least(1, 1)
+    batch_size: int = at_least(1, 1)  # per process, as the reference's --batch_size: global = this x processes
     lr: float = at_least(0.0002, 0.0)
+    lr_scale: str = choice("none", "none", "linear", "sqrt")  # lr x processes (or its sqrt); none as the reference
     beta1: float = at_least(0.5, 0.0)
     beta2: float = at_least(0.999, 0.0)
     lr_policy: str = choice("linear", "linear", "step", "cosine", "constant")
@@ -82,6 +83,8 @@ class TrainConfig:
     log_every: int = at_least(10, 1)  # iterations between JSONL log lines
     sample_every: int = at_least(200, 0)  # iterations between sample grids (0: only at the end)
     save_every: int = at_least(5, 0)  # epochs between numbered checkpoints (0: only latest)
+    keep_last: int = at_least(3, 0)  # numbered checkpoints kept, newest first (0: keep all)
+    deterministic: bool = False  # CUDA: deterministic algorithms, no cuDNN autotuning (bit-exact resume, slower)
     n_samples: int = at_least(4, 1)  # images in each sample grid
 
 

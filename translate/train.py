@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,14 +38,23 @@ from torch.utils.data import DataLoader, Sampler
 from translate.checkpoints import load_state, save_state, save_weights
 from translate.data import Augment, collate, open_dataset
 from translate.data.augment import to_unit
-from translate.devices import Dist, Precision, close_distributed, init_distributed, pick_device, resolve_precision
+from translate.devices import (
+    Dist,
+    Precision,
+    close_distributed,
+    deterministic,
+    init_distributed,
+    pick_device,
+    resolve_precision,
+)
 from translate.errors import TranslateError
 from translate.images import save_png_atomic
 from translate.methods import get_method
 from translate.recipes import Recipe, load_recipe
+from translate.signals import StopSignals, exit_code, ignore_in_worker
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
+NUMBERED = re.compile(r"epoch_(\d{3,})\.safetensors")  # the numbered copies train.keep_last prunes
 
 
 class TrainingInterrupted(Exception):
@@ -54,7 +63,13 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, run_dir: Path) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}; saved, resume with "
                          f"`translate train --resume {run_dir}`")
-        self.exit_code = EXIT_CODES.get(signum, 1)
+        self.exit_code = exit_code(signum)
+
+
+def lr_factor(rule: str, world_size: int) -> float:
+    """What ``train.lr_scale`` multiplies train.lr by when ``world_size`` processes each take a batch:
+    none (the reference's choice), linear (Goyal et al. 2017) or sqrt."""
+    return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[rule]
 
 
 class ResumableSampler(Sampler[int]):
@@ -127,6 +142,7 @@ class TrainResult:
     images_per_s: float
     skipped: list[str] = field(default_factory=list)
     last_losses: dict[str, float] = field(default_factory=dict)
+    run_bytes: int = 0  # the run folder's size on disk at the end
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -173,13 +189,17 @@ class Trainer:
         self.recipe, self.paths = recipe, RunPaths(Path(out_dir))
         self.quiet = quiet
         t = recipe.train
+        if not resume and (self.paths.state.exists() or self.paths.weights.exists()):
+            raise TranslateError(f"{out_dir} already holds a run: continue it with `translate train --resume "
+                                 f"{out_dir}`, or give another --out")
         self.device = pick_device(t.device)
         self.dist: Dist = init_distributed(self.device)
         self.console = console or Console(stderr=True, quiet=quiet or not self.dist.is_main)
-        if t.batch_size % self.dist.world_size:
-            raise TranslateError(f"train.batch_size ({t.batch_size}) must be a multiple of the world size "
-                                 f"({self.dist.world_size}): it is the global batch")
-        self.local_batch = t.batch_size // self.dist.world_size
+        # train.batch_size is per process, as the reference's --batch_size under DDP: any number of
+        # processes runs the recipe unchanged, and the global batch grows with them.
+        self.local_batch = t.batch_size
+        self.global_batch = t.batch_size * self.dist.world_size
+        self.lr_factor = lr_factor(t.lr_scale, self.dist.world_size)
 
         torch.manual_seed(t.seed + self.dist.rank)  # per-rank augmentation and dropout streams
         cls = get_method(recipe.method)
@@ -187,15 +207,21 @@ class Trainer:
         self.precision = Precision(resolve_precision(t.precision, self.device, training=True), self.device)
         info = {"classes": list(getattr(self.dataset, "classes", []))}
         self.method = cls(recipe, self.device, self.precision, info)
+        self.method.world_size = self.dist.world_size
+        _scale_lr(self.method.optimizers, self.lr_factor)
         if self.dist.enabled:
             self._wrap_ddp()
         self.augment = Augment(recipe.data, paired=cls.data_kind == "paired")
         self.schedulers = make_schedulers(self.method, recipe)
         self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
-        self.step = self.epoch = self.batch_in_epoch = 0
+        self.step = self.epoch = 0
+        self.samples_in_epoch = 0  # of the epoch's permutation, in the global order: valid for any world size
         self.skipped: list[str] = []
         self._warned: set[str] = set()
-        self._stop_signal: int | None = None
+        self.signals = StopSignals(self._on_signal)
+        self.stopped: int | None = None  # the signal all ranks agreed to stop on (see _should_stop)
+        self.resumed_from: dict[str, Any] = {}
+        self._saved_step = -1
         if resume:
             self._load(load_state(self.paths.state))
 
@@ -204,9 +230,12 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         def wrap(net: torch.nn.Module) -> torch.nn.Module:
-            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+            # Batch statistics over the global batch, as one process would have them. PyTorch's
+            # SyncBatchNorm runs on GPUs only; CPU processes (gloo) normalise over their own batch.
+            cuda = self.device.type == "cuda"
+            if cuda and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            ids = [self.device.index] if self.device.type == "cuda" else None
+            ids = [self.device.index] if cuda else None
             # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
             # a static graph lets DDP reduce each parameter once per backward all the same.
             return DDP(net, device_ids=ids, static_graph=True)
@@ -215,7 +244,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) / self.recipe.train.batch_size)
+        return math.ceil(len(self.dataset) / self.global_batch)
 
     @property
     def total_steps(self) -> int:
@@ -230,15 +259,15 @@ class Trainer:
             self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers,
             collate_fn=collate, pin_memory=cuda, drop_last=False,
             generator=torch.Generator().manual_seed(self.recipe.train.seed + self.epoch),  # not the global RNG
-            persistent_workers=False, prefetch_factor=4 if workers else None,
+            persistent_workers=False, prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker,
         )
 
     # --- state ---------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         m = self.method
         return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "world_size": self.dist.world_size,
+            "step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
+            "world_size": self.dist.world_size, "global_batch": self.global_batch, "lr_factor": self.lr_factor,
             "nets": {n: getattr(net, "module", net).state_dict() for n, net in m.nets.items()},
             "optimizers": {n: o.state_dict() for n, o in m.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
@@ -257,8 +286,14 @@ class Trainer:
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         m.load_extra_state(state.get("extra", {}))
+        # The lr schedules were saved for the old number of processes; rescale them to this one's.
+        _scale_lr(m.optimizers, self.lr_factor / state.get("lr_factor", 1.0), self.schedulers.values())
         self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]  # counted in global batches: valid for any world size
+        # (states before the per-process batch counted global batches of train.batch_size)
+        self.samples_in_epoch = state.get("samples_in_epoch",
+                                          state.get("batch_in_epoch", 0) * self.recipe.train.batch_size)
+        self.resumed_from = {"world_size": state.get("world_size", 1),
+                             "global_batch": state.get("global_batch", self.recipe.train.batch_size)}
         if state.get("world_size", 1) == self.dist.world_size == 1:
             _set_rng_state(state["rng"], self.device)
         else:  # per-rank streams cannot be carried over exactly; reseed them deterministically
@@ -276,6 +311,7 @@ class Trainer:
 
     def save(self, numbered: bool = False) -> None:
         """Write weights (for inference) and state (for resume); rank 0 only."""
+        self._saved_step = self.step
         if not self.dist.is_main:
             return
         m = self.method
@@ -288,6 +324,16 @@ class Trainer:
         if numbered:
             save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
                          self.recipe.to_json(), meta)
+            self._prune_numbered()
+
+    def _prune_numbered(self) -> None:
+        """Keep the newest ``train.keep_last`` numbered copies: each is a full set of weights (218 MB
+        for pix2pix's unet_256), and a 200-epoch run saving every 5 epochs left 8.7 GB of them."""
+        keep = self.recipe.train.keep_last
+        numbered = sorted((int(m.group(1)), p) for p in self.paths.root.iterdir()
+                          if (m := NUMBERED.fullmatch(p.name)))
+        for _, path in numbered[:-keep] if keep else []:
+            path.unlink(missing_ok=True)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -298,52 +344,60 @@ class Trainer:
             paths.recipe.write_text(self.recipe.to_toml())
         sample_batch = self._sample_batch()
         self._announce()
-        self._install_signals()
-        start_step, start = self.step, time.perf_counter()
-        losses: dict[str, float] = {}
-        total_epochs = t.epochs + t.epochs_decay
-        try:
-            with self._progress() as progress:
-                task = progress.add_task("train", total=self.total_steps, completed=self.step, rate="",
-                                         losses="")
-                while self.epoch < total_epochs and self.step < self.total_steps:
-                    for batch in self._epoch_batches():
-                        step_losses = self.method.train_step(batch)
-                        self.step += 1
-                        self.batch_in_epoch += 1
-                        self._check_finite(step_losses)
-                        if self.step % t.log_every == 0 or self.step == self.total_steps:
-                            losses = self._mean_over_ranks(step_losses)
-                            rate = (self.step - start_step) * t.batch_size / (time.perf_counter() - start)
-                            self._log(losses, rate)
-                            progress.update(task, rate=f"{rate:.2f} img/s", losses=_fmt(losses))
-                        progress.update(task, completed=self.step)
-                        if t.sample_every and self.step % t.sample_every == 0:
-                            self._write_samples(sample_batch)
-                        if self._should_stop() or self.step >= self.total_steps:
-                            break
-                    else:  # the epoch ran to its end
-                        self._end_epoch()
-                        continue
-                    if self._stop_signal is not None:
-                        self.save()
-                        raise TrainingInterrupted(self._stop_signal, paths.root)
-                    break
-        finally:
-            self._restore_signals()
-        self.save()
+        self._start_step, self._start_time = self.step, time.perf_counter()
+        self.losses: dict[str, float] = {}
+        with self.signals, deterministic(t.deterministic), self._progress() as progress:
+            task = progress.add_task("train", total=self.total_steps, completed=self.step, rate="", losses="")
+            while not self._done() and self.stopped is None:
+                if self._train_epoch(progress, task, sample_batch):
+                    self._end_epoch()
+        if self._saved_step != self.step:
+            self.save()
+        if self.stopped is not None:
+            self._close()
+            raise TrainingInterrupted(self.stopped, paths.root)
         self._write_samples(sample_batch)
+        self._close()
+        seconds = time.perf_counter() - self._start_time
+        done = self.step - self._start_step
+        return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
+                           done * self.global_batch / seconds if seconds > 0 else 0.0, self.skipped, self.losses,
+                           _folder_bytes(paths.root))
+
+    def _done(self) -> bool:
+        t = self.recipe.train
+        return self.epoch >= t.epochs + t.epochs_decay or self.step >= self.total_steps
+
+    def _train_epoch(self, progress: Progress, task: Any, sample_batch: dict[str, torch.Tensor] | None) -> bool:
+        """Steps through the rest of this epoch; True if it ran to its end (False: stopped or done)."""
+        t = self.recipe.train
+        for batch in self._epoch_batches():
+            step_losses = self.method.train_step(batch)
+            self.step += 1
+            self.samples_in_epoch += self.global_batch
+            self._check_finite(step_losses)
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                self.losses = self._mean_over_ranks(step_losses)
+                elapsed = time.perf_counter() - self._start_time
+                rate = (self.step - self._start_step) * self.global_batch / elapsed
+                self._log(self.losses, rate)
+                progress.update(task, rate=f"{rate:.2f} img/s", losses=_fmt(self.losses))
+            progress.update(task, completed=self.step)
+            if t.sample_every and self.step % t.sample_every == 0:
+                self._write_samples(sample_batch)
+            if self._should_stop():
+                return False
+            if self.step >= self.total_steps:  # the last step may end its epoch too
+                return self.samples_in_epoch >= len(self.dataset)
+        return True
+
+    def _close(self) -> None:
         if self.dist.enabled:
             close_distributed()
-        seconds = time.perf_counter() - start
-        done = self.step - start_step
-        return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
-                           done * t.batch_size / seconds if seconds > 0 else 0.0, self.skipped, losses)
 
     def _epoch_batches(self):
         """This epoch's remaining batches, on the device and augmented; bad files reported once."""
-        consumed = self.batch_in_epoch * self.recipe.train.batch_size
-        self.sampler.set_epoch(self.epoch, consumed)
+        self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self.epoch
         cuda = self.device.type == "cuda"
@@ -366,13 +420,18 @@ class Trainer:
             for s in self.schedulers.values():
                 s.step()
         self.epoch += 1
-        self.batch_in_epoch = 0
+        self.samples_in_epoch = 0
         every = self.recipe.train.save_every
         self.save(numbered=bool(every) and self.epoch % every == 0)
 
+    def _stacked(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All losses in one float tensor on one device (a method may compute some on another,
+        e.g. a CPU-side regulariser beside CUDA losses), so one sync reads them all."""
+        where = self.device if self.device.type == "cuda" else "cpu"
+        return torch.stack([v.detach().float().reshape(()).to(where) for v in losses.values()])
+
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.float() for v in losses.values()])
-        if bool(torch.isfinite(values).all()):
+        if bool(torch.isfinite(self._stacked(losses)).all()):
             return
         bad = next(k for k, v in losses.items() if not torch.isfinite(v).all())
         keep = self.paths.weights if self.paths.weights.exists() else None
@@ -382,11 +441,10 @@ class Trainer:
 
     def _mean_over_ranks(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """Losses as floats, averaged over ranks so the log describes the global batch."""
-        values = torch.stack([v.detach().float() for v in losses.values()])
+        values = self._stacked(losses)
         if self.dist.enabled:
             import torch.distributed as dist
 
-            values = values.to(self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(values)
             values /= self.dist.world_size
         return dict(zip(losses, values.tolist(), strict=True))
@@ -436,12 +494,20 @@ class Trainer:
         save_png_atomic(grid, self.paths.samples / f"step_{self.step:07d}.png")
 
     def _announce(self) -> None:
-        r = self.recipe
+        r, t = self.recipe, self.recipe.train
         what = "resuming" if self.step else "training"
         self.console.print(
             f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
-            f"precision {self.precision.name} | world size {self.dist.world_size} | "
-            f"step {self.step}/{self.total_steps} | run {self.paths.root}", highlight=False, soft_wrap=True)
+            f"precision {self.precision.name} | {self.dist.world_size} process(es) x batch {self.local_batch} "
+            f"= global batch {self.global_batch} | lr {t.lr * self.lr_factor:g} (train.lr {t.lr:g}, "
+            f"lr_scale {t.lr_scale}: {_LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
+            f"run {self.paths.root}", highlight=False, soft_wrap=True)
+        old = self.resumed_from
+        if old and (old["world_size"], old["global_batch"]) != (self.dist.world_size, self.global_batch):
+            self.console.print(f"note: this run trained with {old['world_size']} process(es), global batch "
+                               f"{old['global_batch']}; from step {self.step} on the global batch is "
+                               f"{self.global_batch} (set train.batch_size to keep it)", highlight=False,
+                               soft_wrap=True)
 
     def _progress(self) -> Progress:
         return Progress(
@@ -452,35 +518,47 @@ class Trainer:
         )
 
     # --- signals -------------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        self._old_handlers = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal is not None:  # a second Ctrl-C: stop now, without saving
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            self.console.print(f"\n{signal.Signals(signum).name}: finishing this step, then saving ...")
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[s] = signal.signal(s, handler)
-
-    def _restore_signals(self) -> None:
-        for s, h in self._old_handlers.items():
-            signal.signal(s, h)
+    def _on_signal(self, signum: int) -> None:
+        self.console.print(f"\n{signal.Signals(signum).name}: finishing this step, then saving ...",
+                           highlight=False)
 
     def _should_stop(self) -> bool:
-        stop = self._stop_signal is not None
-        if self.dist.enabled:  # all ranks stop at the same step
+        """True once any rank got SIGINT/SIGTERM: all ranks stop after the same step.
+
+        Only this agreed answer steers the loop. A signal lands on each rank at its own moment; a
+        rank that also read its own flag elsewhere (say at an epoch's end) would stop while its
+        peers start the next step, and both would wait for each other forever."""
+        stop = self.signals.stop or 0
+        if self.dist.enabled:
             import torch.distributed as dist
 
-            flag = torch.tensor([self._stop_signal or 0], device=self.device if self.device.type == "cuda" else "cpu")
+            flag = torch.tensor([stop], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if int(flag) and self._stop_signal is None:
-                self._stop_signal = int(flag)
-            stop = bool(int(flag))
-        return stop
+            stop = int(flag)
+        self.stopped = stop or None
+        return self.stopped is not None
+
+
+_LR_RULES = {"none": "the same for any number of processes, as the reference",
+             "linear": "x processes", "sqrt": "x sqrt(processes)"}
+
+
+def _scale_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float, schedulers: Any = ()) -> None:
+    """Multiply every learning rate (and the schedules' base rates) by ``factor``."""
+    if factor == 1.0:
+        return
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+    for sched in schedulers:
+        sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        sched._last_lr = [lr * factor for lr in sched._last_lr]
+
+
+def _folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def _fmt(losses: dict[str, float]) -> str:

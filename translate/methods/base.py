@@ -50,6 +50,12 @@ class Method:
     LossConfig: ClassVar[type]
     data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired"
     export_names: ClassVar[tuple[str, ...]] = ()
+    world_size: int = 1  # processes training together (set by the Trainer); each takes train.batch_size images
+
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all processes, for rules stated in images (e.g. StyleGAN2's EMA half-life)."""
+        return self.recipe.train.batch_size * self.world_size
 
     def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
                  info: dict[str, Any] | None = None) -> None:

@@ -180,7 +180,7 @@ class StyleGAN2(Method):
     def _update_ema(self) -> None:
         """G_ema <- beta * G_ema + (1 - beta) * G, with beta from the half-life in images; buffers
         (w_avg, the fixed noise) are copied."""
-        loss, batch = self.recipe.loss, self.recipe.train.batch_size
+        loss, batch = self.recipe.loss, self.global_batch
         ema_nimg = loss.ema_kimg * 1000
         if loss.ema_rampup > 0:
             ema_nimg = min(ema_nimg, self.step * batch * loss.ema_rampup)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from translate.errors import TranslateError
 from translate.registry import unknown_name_message
@@ -35,6 +36,29 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     if kind == "batch":
         return lambda ch: nn.BatchNorm2d(ch, affine=True, track_running_stats=True)
     return lambda ch: nn.Identity()
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """``nn.ReflectionPad2d`` that stays usable under ``torch.use_deterministic_algorithms``.
+
+    CUDA has no deterministic backward for reflection padding (it raises in deterministic mode),
+    so there the padding is done as two index_selects, whose backward has a deterministic CUDA
+    kernel. Same values and gradients; everywhere else the usual kernel runs.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled()):
+            return super().forward(x)
+        left, right, top, bottom = self.padding
+        rows = _reflect_index(x.shape[-2], top, bottom, x.device)
+        cols = _reflect_index(x.shape[-1], left, right, x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _reflect_index(n: int, before: int, after: int, device: torch.device) -> Tensor:
+    """Source index of each padded position: ``[before..1] + [0..n-1] + [n-2..n-1-after]``."""
+    i = torch.arange(-before, n + after, device=device).abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def uses_bias(kind: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from translate.nets.layers import norm_layer, uses_bias
+from translate.nets.layers import ReflectionPad2d, norm_layer, uses_bias
 from translate.registry import NETS
 
 N_DOWNSAMPLING = 2
@@ -25,7 +25,7 @@ class ResnetBlock(nn.Module):
         make_norm = norm_layer(norm)
         bias = uses_bias(norm)
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=bias),
             make_norm(dim),
             nn.ReLU(True),
@@ -34,7 +34,7 @@ class ResnetBlock(nn.Module):
             # Shifts the second conv from conv_block.5 to conv_block.6, as in the reference.
             layers.append(nn.Dropout(0.5))
         layers += [
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=bias),
             make_norm(dim),
         ]
@@ -65,7 +65,7 @@ class ResnetGenerator(nn.Module):
         bias = uses_bias(norm)
 
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
+            ReflectionPad2d(3),
             nn.Conv2d(in_ch, ngf, kernel_size=7, padding=0, bias=bias),
             make_norm(ngf),
             nn.ReLU(True),
@@ -89,7 +89,7 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(True),
             ]
         layers += [
-            nn.ReflectionPad2d(3),
+            ReflectionPad2d(3),
             nn.Conv2d(ngf, out_ch, kernel_size=7, padding=0),  # always biased: no norm follows
             nn.Tanh(),
         ]

@@ -1,0 +1,94 @@
+"""`translate train --devices N`: N processes on this machine, one per GPU (gloo on CPUs).
+
+What ``torchrun --standalone --nproc-per-node N`` does, minus what hurts a batch job: on SIGTERM
+torchrun gives the processes 30 s, then kills them (a CPU step plus a save can take longer), and
+ends with a traceback and exit status 1. Here the signal is passed on to every process once, the
+launcher waits for all of them to save, and exits 130 / 143 like a single process would.
+
+Each process gets the environment torchrun would give it (RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT), so ``init_distributed`` treats both launchers alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from translate.signals import STOP_SIGNALS, exit_code
+
+FAILED_PEER_GRACE_S = 30.0  # after one process fails, how long the others get to stop on SIGTERM
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the rendezvous of rank 0 binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+           "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "TRANSLATE_LAUNCHER": "1"}
+    # torchrun's default is 1 thread a process; sharing the cores out is as safe and faster on CPUs.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run ``python -m translate ARGS`` in ``nproc`` processes; return the exit status for the shell.
+
+    0 when all succeed; 128 + signal when stopped by SIGINT/SIGTERM (after every process has
+    saved); otherwise the first failing process's status (the others are then asked to stop).
+    """
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "translate", *args], env=_env(r, nproc, port))
+             for r in range(nproc)]
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        if received:  # a second Ctrl-C: stop now, without saving
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            return
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        failed_at, first_failure = None, 0
+        while any(p.poll() is None for p in procs):
+            codes = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if codes and failed_at is None and not received:
+                # A failed process leaves its peers waiting in a collective: ask them to stop.
+                failed_at, first_failure = time.monotonic(), _status(codes[0])
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            if failed_at is not None and time.monotonic() - failed_at > FAILED_PEER_GRACE_S:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if received:
+        return exit_code(received[0])
+    if first_failure:
+        return first_failure
+    codes = [p.returncode for p in procs if p.returncode]
+    return _status(codes[0]) if codes else 0
+
+
+def _status(returncode: int) -> int:
+    """Popen's returncode (negative: killed by that signal) as a shell exit status."""
+    return returncode if returncode >= 0 else exit_code(-returncode)
