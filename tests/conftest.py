@@ -25,6 +25,23 @@ def copy_first(src: Path, dst: Path, n: int) -> list[Path]:
     return [Path(shutil.copy(p, dst / p.name)) for p in files]
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A small CycleGAN-shaped weights file (G_A, G_B: resnet_6blocks, ngf 8), random but fixed."""
+    import torch
+
+    from translate.checkpoints import save_weights
+    from translate.nets import init_weights
+    from translate.registry import create_net
+
+    torch.manual_seed(0)
+    spec = {"net": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
+    nets = {name: init_weights(create_net(spec["net"], **spec["kwargs"])) for name in ("G_A", "G_B")}
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(path, nets, {"G_A": spec, "G_B": spec})
+    return path
+
+
 @pytest.fixture
 def pairs4(tmp_path: Path) -> Path:
     """4 side-by-side photo|outline pairs in the aligned layout (train/)."""

@@ -20,26 +20,11 @@ from translate.checkpoints import save_weights
 from translate.cli import app
 from translate.images import CARRIED_TAGS, carried_exif, decode, encode_atomic, probe_size, read_rgb
 from translate.infer import RunOptions, run
-from translate.nets import init_weights
 from translate.registry import create_net
 
 MAKE, MODEL, ORIENTATION, DATETIME, EXIF_IFD, GPS_IFD = 0x010F, 0x0110, 0x0112, 0x0132, 0x8769, 0x8825
 EXPOSURE_TIME, F_NUMBER, DATETIME_ORIGINAL = 0x829A, 0x829D, 0x9003
 BITS_PER_SAMPLE, PHOTOMETRIC = 258, 262
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A small CycleGAN-shaped weights file (G_A, G_B), random but fixed."""
-    torch.manual_seed(0)
-    spec = {"net": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
-    nets = {}
-    for name in ("G_A", "G_B"):
-        nets[name] = create_net(spec["net"], **spec["kwargs"])
-        init_weights(nets[name])
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(path, nets, {"G_A": spec, "G_B": spec})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,32 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import shared
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from translate.checkpoints import save_weights
 from translate.cli import app
 from translate.infer import DEFAULT_WEIGHTS, RunOptions, plan, run
-from translate.nets import init_weights
-from translate.registry import create_net
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A small CycleGAN-shaped weights file (G_A, G_B), random but fixed."""
-    torch.manual_seed(0)
-    spec = {"net": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
-    nets = {}
-    for name in ("G_A", "G_B"):
-        nets[name] = create_net(spec["net"], **spec["kwargs"])
-        init_weights(nets[name])
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(path, nets, {"G_A": spec, "G_B": spec})
-    return path
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
