@@ -84,3 +84,12 @@ def test_lr_scale_follows_the_number_of_processes(pairs4, tmp_path):
     resume(tmp_path / "run", ["train.max_steps=2"], quiet=True)
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["lr"]) for r in log] == [(1, 0.0004), (2, 0.0002)]
+
+
+def test_devices_launcher_returns_the_failure(tmp_path):
+    """Both processes fail on a missing data folder: the launcher exits with their status, no traceback."""
+    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", "--recipe=pix2pix",
+           f"--data={tmp_path / 'nope'}", f"--out={tmp_path / 'run'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "data folder not found" in res.stderr and "Traceback" not in res.stderr

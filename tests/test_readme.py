@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image
 
 from translate.checkpoints import save_weights
 from translate.images import list_images
+from translate.launch import free_port
 from translate.nets import init_weights
 from translate.registry import create_net
 
@@ -49,12 +49,6 @@ def readme_commands() -> list[str]:
             if line:
                 commands += [part.strip() for part in line.split(" && ")]
     return commands
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_run(command: str) -> list[list[str]] | None:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from translate.checkpoints import WeightsFile, read_weights
 from translate.devices import DTYPES, close_distributed, init_distributed, pick_device, resolve_precision
 from translate.errors import TranslateError
 from translate.images import FORMATS, IMAGE_EXTENSIONS, decode, encode_atomic, is_image_file, probe_size
-from translate.signals import StopSignals, exit_code, ignore_in_worker
+from translate.signals import StopSignals, blocked, exit_code, ignore_in_worker
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
 EXIT_PARTIAL = 3  # some files failed; the rest were translated
@@ -71,9 +72,7 @@ class RunSummary:
     device: str = ""
     failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
     interrupted: int | None = None  # the signal that stopped the run early
-
-    def __post_init__(self) -> None:
-        self.out_dir: Path | None = None
+    out_dir: Path | None = None
 
     @property
     def n_failed(self) -> int:
@@ -95,8 +94,6 @@ class RunSummary:
                 f"{self.found} images in {self.seconds:.1f}s ({self.images_per_s:.2f} img/s, {self.precision} "
                 f"on {self.device})")
         if self.interrupted is not None:
-            import signal
-
             return (f"interrupted by {signal.Signals(self.interrupted).name}: {text}; outputs in {self.out_dir}; "
                     "run the same command again to translate the rest")
         return f"{text}; outputs in {self.out_dir}"
@@ -478,7 +475,9 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     # A rerun skips what is there and translates the rest.
     with StopSignals(progress.interrupted if progress is not None else None) as signals, \
             ThreadPoolExecutor(max_workers=2) as writer:
-        for items in loader:
+        with blocked():  # decoding workers start here
+            batches = iter(loader)
+        for items in batches:
             if signals.stop is not None:
                 break
             good = []
@@ -582,8 +581,6 @@ class RunProgress:
             self.console.print(f"{self.done}/{self.total} images, {rate:.2f} img/s", highlight=False)
 
     def interrupted(self, signum: int) -> None:
-        import signal
-
         self.console.print(f"{signal.Signals(signum).name}: finishing the images in flight, then stopping ...",
                            highlight=False)
 

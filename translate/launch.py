@@ -44,7 +44,7 @@ def launch(nproc: int, args: list[str]) -> int:
     """Run ``python -m translate ARGS`` in ``nproc`` processes; return the exit status for the shell.
 
     0 when all succeed; 128 + signal when stopped by SIGINT/SIGTERM (after every process has
-    saved); otherwise the first failing process's status (the others are then asked to stop).
+    saved); otherwise the first failing process's status (the others are asked to stop, then killed).
     """
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "translate", *args], env=_env(r, nproc, port))
@@ -66,10 +66,14 @@ def launch(nproc: int, args: list[str]) -> int:
     try:
         failed_at, first_failure = None, 0
         while any(p.poll() is None for p in procs):
-            codes = [p.returncode for p in procs if p.returncode not in (None, 0)]
-            if codes and failed_at is None and not received:
-                # A failed process leaves its peers waiting in a collective: ask them to stop.
-                failed_at, first_failure = time.monotonic(), _status(codes[0])
+            # After a stop signal, 130/143 is how a process ends well; anything else is a failure.
+            ok = (0, exit_code(received[0])) if received else (0,)
+            codes = [_status(p.returncode) for p in procs if p.returncode is not None]
+            failures = [c for c in codes if c not in ok]
+            if failures and failed_at is None:
+                # A failed process leaves its peers waiting in a collective: ask them to stop, and
+                # kill them after a grace period (after a signal they ignore a repeated one).
+                failed_at, first_failure = time.monotonic(), failures[0]
                 for p in procs:
                     if p.poll() is None:
                         p.terminate()
@@ -81,12 +85,11 @@ def launch(nproc: int, args: list[str]) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if received:
-        return exit_code(received[0])
-    if first_failure:
-        return first_failure
-    codes = [p.returncode for p in procs if p.returncode]
-    return _status(codes[0]) if codes else 0
+    ok = (0, exit_code(received[0])) if received else (0,)
+    failures = [c for c in (_status(p.returncode) for p in procs) if c not in ok]
+    if first_failure or failures:
+        return first_failure or failures[0]
+    return exit_code(received[0]) if received else 0
 
 
 def _status(returncode: int) -> int:

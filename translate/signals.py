@@ -5,7 +5,10 @@ Batch systems stop a job by signalling every process of it: ``timeout``, Slurm, 
 So the rules are:
 
 - DataLoader workers ignore both signals (:func:`ignore_in_worker`, their ``worker_init_fn``);
-  the main process decides, and shuts the workers down itself.
+  the main process decides, and shuts the workers down itself. The signals are blocked while the
+  workers are forked (:func:`blocked`), or one arriving then would kill a worker before its
+  ``worker_init_fn`` runs: torch's own SIGTERM handler, set first, ends a worker signalled by
+  anyone but its parent. (With the ``fork`` start method, Linux's default before Python 3.14.)
 - The main process notes the first signal (:class:`StopSignals`) and the work loop stops at a safe
   point (training: after the current step, then it saves; ``translate run``: after the writes in
   flight). The exit status is 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM.
@@ -16,10 +19,11 @@ So the rules are:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -42,7 +46,25 @@ def ignore_in_worker(worker_id: int = 0) -> None:
     "DataLoader worker (pid N) is killed by signal: Terminated" instead of saving.
     """
     for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, signal.SIG_IGN)  # also drops one that waited while blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while DataLoader workers start (wrap the ``iter(loader)``).
+
+    A forked worker inherits the block and so cannot be killed before ``ignore_in_worker``; this
+    process gets a signal that came meanwhile as soon as the block lifts. Seen without it: a group
+    SIGTERM at an epoch's start failed training with "DataLoader worker exited unexpectedly"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class StopSignals:

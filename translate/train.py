@@ -51,7 +51,7 @@ from translate.errors import TranslateError
 from translate.images import save_png_atomic
 from translate.methods import get_method
 from translate.recipes import Recipe, load_recipe
-from translate.signals import StopSignals, exit_code, ignore_in_worker
+from translate.signals import StopSignals, blocked, exit_code, ignore_in_worker
 
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
 NUMBERED = re.compile(r"epoch_(\d{3,})\.safetensors")  # the numbered copies train.keep_last prunes
@@ -375,9 +375,10 @@ class Trainer:
             step_losses = self.method.train_step(batch)
             self.step += 1
             self.samples_in_epoch += self.global_batch
-            self._check_finite(step_losses)
+            values = self._stacked(step_losses)  # one device sync reads them all
+            self._check_finite(step_losses, values)
             if self.step % t.log_every == 0 or self.step == self.total_steps:
-                self.losses = self._mean_over_ranks(step_losses)
+                self.losses = self._mean_over_ranks(step_losses, values)
                 elapsed = time.perf_counter() - self._start_time
                 rate = (self.step - self._start_step) * self.global_batch / elapsed
                 self._log(self.losses, rate)
@@ -401,7 +402,9 @@ class Trainer:
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self.epoch
         cuda = self.device.type == "cuda"
-        for raw in self._loader():
+        with blocked():  # workers start here
+            raws = iter(self._loader())
+        for raw in raws:
             self._report(raw)
             if "A" not in raw:
                 continue  # every file of this batch was unreadable
@@ -426,12 +429,12 @@ class Trainer:
 
     def _stacked(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """All losses in one float tensor on one device (a method may compute some on another,
-        e.g. a CPU-side regulariser beside CUDA losses), so one sync reads them all."""
+        e.g. a CPU-side regulariser beside CUDA losses)."""
         where = self.device if self.device.type == "cuda" else "cpu"
         return torch.stack([v.detach().float().reshape(()).to(where) for v in losses.values()])
 
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        if bool(torch.isfinite(self._stacked(losses)).all()):
+    def _check_finite(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> None:
+        if bool(torch.isfinite(values).all()):
             return
         bad = next(k for k, v in losses.items() if not torch.isfinite(v).all())
         keep = self.paths.weights if self.paths.weights.exists() else None
@@ -439,9 +442,8 @@ class Trainer:
         raise TranslateError(f"loss {bad} became {float(losses[bad])} at step {self.step}: training diverged "
                              f"(try a lower train.lr); {where}")
 
-    def _mean_over_ranks(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _mean_over_ranks(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> dict[str, float]:
         """Losses as floats, averaged over ranks so the log describes the global batch."""
-        values = self._stacked(losses)
         if self.dist.enabled:
             import torch.distributed as dist
 
