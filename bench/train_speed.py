@@ -22,7 +22,6 @@ already does so; on the CPU it is an experiment).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common import cpu_busy_s, own_cpu_s  # noqa: E402
 
 from translate import devices  # noqa: E402
 from translate.recipes import load_recipe  # noqa: E402
@@ -82,22 +83,6 @@ def cpu_family() -> str | None:
         zen4 = 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF
         return "zen4" if zen4 else "zen3"
     return None
-
-
-def cpu_busy_s() -> float | None:
-    """Seconds of CPU time all processes have used so far (Linux /proc/stat), or None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def to_channels_last(trainer: Trainer) -> None:

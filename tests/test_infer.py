@@ -241,3 +241,36 @@ def test_jpeg_truncation_detected_without_end_marker(tmp_path):
     (tmp_path / "t.jpg").write_bytes(buf.getvalue()[:-200])
     with pytest.raises(Exception, match="(?i)truncated|incomplete"):
         decode(tmp_path / "t.jpg")
+
+
+def test_batches_from_workers_are_stacked_and_translate_as_single_images(weights, tmp_path):
+    """Decoding processes stack a batch's equal-size images into one tensor (one transfer); the
+    outputs are those of one image at a time in this process, and the batch's bad file is still
+    reported on its own."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in sorted(os.listdir(shared("horse2zebra", "testA")))[:5]:
+        Image.open(shared("horse2zebra", "testA", name)).save(src / name)
+    data = (src / name).read_bytes()
+    (src / "zz_broken.jpg").write_bytes(data[: len(data) // 2])
+    one = run(src, tmp_path / "one", RunOptions(weights=weights, precision="fp32", batch_size=1, workers=0))
+    many = run(src, tmp_path / "many", RunOptions(weights=weights, precision="fp32", batch_size=4, workers=2))
+    assert (one.translated, one.n_failed, many.translated, many.n_failed) == (5, 1, 5, 1)
+    for f in sorted((tmp_path / "one").iterdir()):
+        a, b = np.asarray(Image.open(f)), np.asarray(Image.open(tmp_path / "many" / f.name))
+        assert psnr(a, b) > 45, f.name  # JPEG outputs of the same pixels, up to float summation order
+
+
+def test_decoding_and_encoding_parallelism_by_device(monkeypatch):
+    from translate.infer import _parallelism
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert _parallelism(RunOptions(), cuda=False) == (0, 0)  # the CPU's cores belong to the network
+    assert _parallelism(RunOptions(workers=3), cuda=False) == (3, 0)
+    assert _parallelism(RunOptions(), cuda=True) == (8, 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four processes, one per GPU, share the 16 cores
+    assert _parallelism(RunOptions(), cuda=True) == (2, 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _parallelism(RunOptions(), cuda=True) == (2, 2)

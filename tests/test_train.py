@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from translate.checkpoints import read_weights
 from translate.errors import TranslateError
 from translate.recipes import load_recipe
+from translate.registry import create_net
 from translate.train import ResumableSampler, Trainer, resume
 
 TINY_PIX2PIX = ["data.load_size=128", "data.crop_size=128", "data.flip=false", "data.num_workers=0",
@@ -101,6 +102,35 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(h2z4, tmp_path, monkeypat
         trainer.fit()
     meta = read_weights(tmp_path / "run" / "latest.safetensors").meta
     assert meta["step"] == "2"  # written at the end of epoch 0, before the NaN
+
+
+def test_nan_guard_read_later_names_the_steps_and_saves_nothing_bad(h2z4, tmp_path):
+    """On CUDA the guard reads the device only at log steps and before saves (no wait per step):
+    the flags pile up in between. Driven here by hand, as the CPU reads every step."""
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "train.max_steps=6"])
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    good, bad = torch.tensor([1.0, 2.0]), torch.tensor([1.0, float("inf")])
+    for step, values in zip((1, 2, 3), (good, bad, good), strict=True):
+        trainer.step = step
+        trainer._check_finite({"G_A": values[0], "D_A": values[1]}, values, read=False)
+    with pytest.raises(TranslateError, match=r"loss .* between steps 1 and 3: training diverged"):
+        trainer.save()  # a save reads the flags first and writes nothing
+    assert not (tmp_path / "run" / "latest.safetensors").exists()
+    trainer.step = 4
+    trainer._check_finite({"G_A": good[0], "D_A": good[1]}, good, read=True)  # a new window, all finite
+
+
+def test_cpu_fp32_training_uses_winograd_with_the_same_weight_names(h2z4):
+    from translate.nets.winograd import WinogradConv2d, winograd_pays
+
+    # ngf 32: the blocks have 128 channels, the narrowest use_winograd takes
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "model.ngf=32"])
+    trainer = Trainer(recipe, Path("unused"), quiet=True)
+    G = trainer.method.net("G_A")
+    swapped = sum(isinstance(m, WinogradConv2d) for m in G.modules())
+    assert swapped == (12 if winograd_pays() else 0)  # 6 blocks x 2 convs
+    fresh = create_net(trainer.method.arch("G_A")["net"], **trainer.method.arch("G_A")["kwargs"])
+    assert list(G.state_dict()) == list(fresh.state_dict())
 
 
 def test_sampler_skips_in_global_order_across_world_sizes():

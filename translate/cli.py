@@ -104,7 +104,8 @@ def train_cmd(
     if not is_main_process():
         return
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
-    err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s; "
+    peak = f"; peak GPU memory {_size(result.peak_gpu_bytes)}" if result.peak_gpu_bytes else ""
+    err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s{peak}; "
               f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}",
               highlight=False, soft_wrap=True)
 
@@ -166,8 +167,8 @@ def run_cmd(
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
     skip_existing: Annotated[bool, typer.Option(help="Leave outputs that exist (resumes a killed job).")] = True,
     keep_alpha: Annotated[bool, typer.Option(help="Re-attach the input's alpha channel to the output.")] = True,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 4 on CUDA, 1 on the "
-                                                "CPU).", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 8 on CUDA; none on "
+                                                "the CPU, where decoding is 0.2% of the work).", min=0)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:

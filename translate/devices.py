@@ -121,6 +121,24 @@ def deterministic(on: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
+def peak_gpu_bytes(device: torch.device) -> int:
+    """The most memory this process's tensors held on ``device`` at once (0 off CUDA)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+@contextlib.contextmanager
+def autotune(on: bool) -> Iterator[None]:
+    """cuDNN's autotuner, for work whose shapes repeat (a training run's crops, a folder's batches):
+    its search costs a few ms per shape and pays back at once. Never under deterministic
+    algorithms (``deterministic`` turns it off for exact runs); restored on exit."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or (on and not torch.are_deterministic_algorithms_enabled())
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 @dataclass
 class Precision:
     """Autocast and (for fp16 on CUDA) loss scaling, so methods need not know which is in use."""

@@ -1,7 +1,7 @@
 """Batch translation of folders: walk, decode, batch by size, translate, encode, write.
 
 in/ tree ─► plan (walk, shard by rank, skip existing, read headers, group by size)
-        ─► DataLoader workers decode (torchvision / Pillow), keep alpha, ICC and EXIF
+        ─► decode with Pillow (in DataLoader workers on CUDA), keep alpha, ICC and EXIF
         ─► device: pad to the net's multiple, translate (precision by hardware), crop back;
            images above ``max_pixels`` go through overlapping, blended tiles
         ─► writer threads: re-attach alpha and metadata, encode, write to a temp name, rename.
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,9 +32,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
-from translate.devices import DTYPES, close_distributed, init_distributed, pick_device, resolve_precision
+from translate.devices import (
+    DTYPES,
+    autotune,
+    close_distributed,
+    init_distributed,
+    peak_gpu_bytes,
+    pick_device,
+    resolve_precision,
+)
 from translate.errors import TranslateError
-from translate.images import FORMATS, IMAGE_EXTENSIONS, decode, encode_atomic, is_image_file, probe_size
+from translate.images import FORMATS, IMAGE_EXTENSIONS, decode, encode_atomic, is_image_file, probe_size, resize_u8
 from translate.signals import StopSignals, blocked, exit_code, ignore_in_worker
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
@@ -73,6 +82,7 @@ class RunSummary:
     failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
     interrupted: int | None = None  # the signal that stopped the run early
     out_dir: Path | None = None
+    peak_gpu_bytes: int = 0  # most GPU memory this process's tensors held at once (CUDA only)
 
     @property
     def n_failed(self) -> int:
@@ -90,9 +100,10 @@ class RunSummary:
 
     def line(self) -> str:
         """The one-line summary `translate run` prints last."""
+        peak = f", peak GPU memory {self.peak_gpu_bytes / 2**30:.2f} GiB" if self.peak_gpu_bytes else ""
         text = (f"translated {self.translated}, skipped {self.skipped} (already there), failed {self.n_failed} of "
                 f"{self.found} images in {self.seconds:.1f}s ({self.images_per_s:.2f} img/s, {self.precision} "
-                f"on {self.device})")
+                f"on {self.device}{peak})")
         if self.interrupted is not None:
             return (f"interrupted by {signal.Signals(self.interrupted).name}: {text}; outputs in {self.out_dir}; "
                     "run the same command again to translate the rest")
@@ -121,23 +132,38 @@ def size_multiple(spec: dict[str, Any]) -> int:
 
 
 class Translator:
-    """A generator prepared for inference: eval, weights in the chosen precision, memory format,
-    optional compile.
+    """A generator prepared for inference: eval, weights in the chosen precision, then what makes
+    it faster on its device (each measured; bench/net_variants.py).
 
     Low precision means the whole net in bf16/fp16, not autocast: on a 2-core Zen4 CPU a bf16
     resnet_9blocks ran 0.83 img/s that way against 0.62 with autocast (fp32 0.37), with the same
-    output (48 dB PSNR to fp32). channels_last is for CUDA: on the CPU it slowed bf16 (-10%) and
-    was no clear gain for fp32 at batch 1 (the CPU default), as it was for training (-15 to -20%).
+    output (48 dB PSNR to fp32). Memory format: plain NCHW everywhere. On an H200 (torch 2.11,
+    bf16, resnet_9blocks at 256x256) NCHW ran 1,320 img/s at batch 64 against 998 for
+    channels_last: InstanceNorm works on NCHW and converted each layer's input back and forth.
+    On the CPU channels_last slowed bf16 (-10%) and was no gain for fp32. CUDA graphs of each batch
+    shape gained 0-2% at batch 16-128 there (the kernels, not their launches, take the time), so
+    they are not used. ``winograd``: the CPU's 3x3 convolutions in fp32 as Winograd F(4x4, 3x3),
+    fewer multiplications for the same sums (nets/winograd.py).
     """
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False) -> None:
+    def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
+                 channels_last: bool = False, winograd: bool | None = None) -> None:
         self.device, self.precision = device, precision
         self.dtype = DTYPES[precision]
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last
+        if winograd is None:
+            from translate.nets.winograd import winograd_pays
+
+            winograd = device.type == "cpu" and self.dtype == torch.float32 and winograd_pays()
+        self.winograd = winograd
         net = net.to(device, self.dtype).eval()
         net.requires_grad_(False)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if self.winograd:
+            from translate.nets.winograd import use_winograd
+
+            use_winograd(net)
         self.net = torch.compile(net) if compile else net
 
     @torch.inference_mode()
@@ -150,7 +176,7 @@ class Translator:
 
 
 def load_translator(weights: Path | None, direction: str, device: torch.device, precision: str,
-                    compile: bool = False) -> tuple[Translator, int, str]:
+                    compile: bool = False, **prepare: bool) -> tuple[Translator, int, str]:
     """Weights file -> (Translator, size multiple, net name)."""
     path = weights or DEFAULT_WEIGHTS
     if weights is None and not DEFAULT_WEIGHTS.is_file():
@@ -163,7 +189,7 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
                              f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
     name = pick_generator(wf, direction)
     net = wf.build(name)
-    return Translator(net, device, precision, compile), size_multiple(wf.arch[name]), name
+    return Translator(net, device, precision, compile, **prepare), size_multiple(wf.arch[name]), name
 
 
 # --- planning ---------------------------------------------------------------------------------------
@@ -270,19 +296,19 @@ class _Decode(Dataset):
             return {"index": i, "error": f"decoded as {rgb.dtype} {rgb.shape[-1]}x{rgb.shape[-2]}, but its header "
                                          f"says {job.probed[1]}x{job.probed[0]}"}
         if tuple(rgb.shape[-2:]) != job.size:
-            rgb = _resize_u8(rgb, job.size)
-            alpha = _resize_u8(alpha, job.size) if alpha is not None else None
+            rgb = resize_u8(rgb, job.size)
+            alpha = resize_u8(alpha, job.size) if alpha is not None else None
         return {"index": i, "rgb": rgb, "alpha": alpha, "icc": d.icc, "exif": d.exif}
 
 
-def _resize_u8(x: Tensor, size: tuple[int, int]) -> Tensor:
-    import torchvision.transforms.v2.functional as TF
-
-    return TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-
-
-def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return items
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch's items, and their pixels stacked into one tensor when all have one size (the usual
+    case): one shared-memory transfer from the worker and one pinned copy instead of one per image."""
+    good = [it for it in items if "rgb" in it]
+    stacked = None
+    if len(good) > 1 and all(it["rgb"].shape == good[0]["rgb"].shape for it in good):
+        stacked = torch.from_numpy(np.stack([it.pop("rgb").numpy() for it in good]))  # numpy: see images._orient
+    return {"items": items, "stacked": stacked}
 
 
 # --- on the device --------------------------------------------------------------------------------
@@ -304,12 +330,44 @@ def to_u8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
 
 
-def translate_batch(tr: Translator, rgbs: list[Tensor], m: int) -> list[Tensor]:
+@dataclass
+class Launched:
+    """A batch handed to the device: its uint8 output is on its way to (pinned) host memory."""
+
+    host: Tensor  # (N, 3, H, W) uint8, padded size
+    sizes: list[tuple[int, int]]
+    done: Any = None  # a CUDA event recorded after the copy; None on the CPU
+
+    def result(self) -> list[Tensor]:
+        """Wait for the copy; uint8 (3, h, w) per image, cropped back to its own size."""
+        if self.done is not None:
+            self.done.synchronize()
+        return [self.host[i, :, :h, :w] for i, (h, w) in enumerate(self.sizes)]
+
+
+def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, m: int) -> Launched:
+    """Queue the translation of images of one padded size (a list, or a stacked (N, 3, h, w)
+    tensor) without waiting for it: on CUDA the host goes on to prepare the next batch while the
+    device computes and copies this one back."""
+    sizes = [tuple(r.shape[-2:]) for r in rgbs]
+    size = padded(sizes[0], m)
+    if isinstance(rgbs, Tensor):
+        x = pad_to(to_model(rgbs, tr.device), size)
+    else:
+        x = torch.cat([pad_to(to_model(r, tr.device)[None], size) for r in rgbs])
+    y = to_u8(tr(x))
+    if y.device.type != "cuda":
+        return Launched(y.cpu(), sizes)
+    host = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return Launched(host, sizes, done)
+
+
+def translate_batch(tr: Translator, rgbs: list[Tensor] | Tensor, m: int) -> list[Tensor]:
     """Translate images of one padded size together; returns uint8 (3, h, w) on the CPU."""
-    size = padded(tuple(rgbs[0].shape[-2:]), m)
-    x = torch.cat([pad_to(to_model(r, tr.device)[None], size) for r in rgbs])
-    y = to_u8(tr(x)).cpu()
-    return [y[i, :, : r.shape[-2], : r.shape[-1]] for i, r in enumerate(rgbs)]
+    return launch_batch(tr, rgbs, m).result()
 
 
 @contextlib.contextmanager
@@ -463,25 +521,32 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
         progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
         for path, reason in summary.failed:
             progress.fail(path, reason)
-    # Decoding is ~1 ms an image against ~1 s of network on a CPU: there, more decoding processes
-    # only take cores from the network. A GPU needs them to keep up.
-    workers = opts.workers if opts.workers is not None else (min(4, os.cpu_count() or 1) if device.type == "cuda"
-                                                             else 1)
+    cuda = device.type == "cuda"
+    workers, writers = _parallelism(opts, cuda)
     loader = DataLoader(_Decode(jobs), batch_sampler=group_batches(jobs, m, opts), num_workers=workers,
-                        collate_fn=_collate, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker)
+                        collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
+                        worker_init_fn=ignore_in_worker)
     pending: list[Future] = []
-    # On SIGINT/SIGTERM: take no new batch, finish the writes in flight (each is atomic), report.
-    # A rerun skips what is there and translates the rest.
+    in_flight: tuple[list[dict[str, Any]], Launched] | None = None
+
+    def hand_over(good: list[dict[str, Any]], launched: Launched) -> None:
+        nonlocal pending
+        for it, y in zip(good, launched.result(), strict=True):
+            alpha = it["alpha"] if opts.keep_alpha else None
+            pending.append(writer.submit(_write, jobs[it["index"]], y, alpha, it, opts.quality))
+        pending = _drain(pending, summary, progress, limit=max(16, 4 * opts.batch_size))
+
+    # On SIGINT/SIGTERM: take no new batch, finish the batch and writes in flight (each is atomic),
+    # report. A rerun skips what is there and translates the rest.
     with StopSignals(progress.interrupted if progress is not None else None) as signals, \
-            ThreadPoolExecutor(max_workers=2) as writer:
+            _writer(writers) as writer, autotune(cuda):
         with blocked():  # decoding workers start here
             batches = iter(loader)
-        for items in batches:
+        for batch in batches:
             if signals.stop is not None:
                 break
             good = []
-            for it in items:
+            for it in batch["items"]:
                 if "error" in it:
                     summary.failed.append((str(jobs[it["index"]].src), it["error"]))
                     if progress is not None:
@@ -490,21 +555,61 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                     good.append(it)
             if not good:
                 continue
-            big = good[0]["rgb"].shape[-2] * good[0]["rgb"].shape[-1] > opts.max_pixels
-            outs = [translate_tiled(tr, good[0]["rgb"], m, opts)] if big else \
-                translate_batch(tr, [it["rgb"] for it in good], m)
-            for it, y in zip(good, outs, strict=True):
-                job = jobs[it["index"]]
-                alpha = it["alpha"] if opts.keep_alpha else None
-                pending.append(writer.submit(_write, job, y, alpha, it, opts.quality))
-            pending = _drain(pending, summary, progress, limit=16)
+            first = batch["stacked"] if batch["stacked"] is not None else good[0]["rgb"]
+            if first.shape[-2] * first.shape[-1] > opts.max_pixels:
+                launched = Launched(translate_tiled(tr, good[0]["rgb"], m, opts)[None], [tuple(first.shape[-2:])])
+            else:
+                rgbs = batch["stacked"] if batch["stacked"] is not None else [it["rgb"] for it in good]
+                launched = launch_batch(tr, rgbs, m)
+            if in_flight is not None:
+                hand_over(*in_flight)
+            in_flight = (good, launched)
+        if in_flight is not None:
+            hand_over(*in_flight)
         _drain(pending, summary, progress, limit=0)
         summary.interrupted = signals.stop
     summary.seconds = time.perf_counter() - start
+    summary.peak_gpu_bytes = peak_gpu_bytes(device)
     if dist.enabled:
         _gather(summary, device)
         close_distributed()
     return summary
+
+
+def _parallelism(opts: RunOptions, cuda: bool) -> tuple[int, int]:
+    """(decoding processes, encoding threads) for this device.
+
+    CPU: decode and encode here, one after the other. Decoding a 256x256 JPEG takes 1.4 ms and
+    writing its PNG ~30 ms, next to ~0.8 s of network that uses every core; a decoding process or
+    an encoding thread beside it only took cores from the network's threads, which then wait for
+    each other (2-core EPYC: 1.0-1.2 s an image with them against 0.85 s without).
+    CUDA: the device translates thousands of images a second, so decoding gets processes and
+    encoding threads (Pillow lets go of the GIL while it encodes) from the cores there are.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # one process per GPU shares them
+    if not cuda:
+        return (opts.workers if opts.workers is not None else 0), 0
+    workers = opts.workers if opts.workers is not None else max(2, min(8, cores // 2))
+    return workers, max(2, min(8, cores - workers))
+
+
+class _Inline:
+    """An executor that runs each task at once, in the calling thread."""
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+@contextlib.contextmanager
+def _writer(threads: int) -> Iterator[Any]:
+    if threads == 0:
+        yield _Inline()
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield pool
 
 
 def _write(job: Job, rgb: Tensor, alpha: Tensor | None, item: dict[str, Any], quality: int

@@ -44,6 +44,7 @@ from translate.devices import (
     close_distributed,
     deterministic,
     init_distributed,
+    peak_gpu_bytes,
     pick_device,
     resolve_precision,
 )
@@ -143,6 +144,7 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)
     last_losses: dict[str, float] = field(default_factory=dict)
     run_bytes: int = 0  # the run folder's size on disk at the end
+    peak_gpu_bytes: int = 0  # most GPU memory this process's tensors held at once (CUDA only)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -215,6 +217,8 @@ class Trainer:
         self.schedulers = make_schedulers(self.method, recipe)
         self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
         self.step = self.epoch = 0
+        self._finite: torch.Tensor | None = None  # all losses finite since step _since (not read yet)
+        self._since = 0
         self.samples_in_epoch = 0  # of the epoch's permutation, in the global order: valid for any world size
         self.skipped: list[str] = []
         self._warned: set[str] = set()
@@ -311,6 +315,7 @@ class Trainer:
 
     def save(self, numbered: bool = False) -> None:
         """Write weights (for inference) and state (for resume); rank 0 only."""
+        self._read_finite()
         self._saved_step = self.step
         if not self.dist.is_main:
             return
@@ -362,7 +367,7 @@ class Trainer:
         done = self.step - self._start_step
         return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
                            done * self.global_batch / seconds if seconds > 0 else 0.0, self.skipped, self.losses,
-                           _folder_bytes(paths.root))
+                           _folder_bytes(paths.root), peak_gpu_bytes(self.device))
 
     def _done(self) -> bool:
         t = self.recipe.train
@@ -375,9 +380,10 @@ class Trainer:
             step_losses = self.method.train_step(batch)
             self.step += 1
             self.samples_in_epoch += self.global_batch
-            values = self._stacked(step_losses)  # one device sync reads them all
-            self._check_finite(step_losses, values)
-            if self.step % t.log_every == 0 or self.step == self.total_steps:
+            values = self._stacked(step_losses)
+            log_now = self.step % t.log_every == 0 or self.step == self.total_steps
+            self._check_finite(step_losses, values, read=log_now or self.device.type != "cuda")
+            if log_now:
                 self.losses = self._mean_over_ranks(step_losses, values)
                 elapsed = time.perf_counter() - self._start_time
                 rate = (self.step - self._start_step) * self.global_batch / elapsed
@@ -433,14 +439,34 @@ class Trainer:
         where = self.device if self.device.type == "cuda" else "cpu"
         return torch.stack([v.detach().float().reshape(()).to(where) for v in losses.values()])
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> None:
-        if bool(torch.isfinite(values).all()):
+    def _check_finite(self, losses: dict[str, torch.Tensor], values: torch.Tensor, read: bool = True) -> None:
+        """The NaN guard. Reading a loss on CUDA waits for the device, and a wait every step left
+        the GPU idle between steps at batch 1; so there the check piles up on the device and is
+        read at log steps and before every save (bad weights are never written either way). On
+        the CPU, which has nothing to overlap, it is read every step."""
+        ok = torch.isfinite(values).all()
+        if self._finite is None:
+            self._finite, self._since = ok, self.step
+        else:
+            self._finite &= ok
+        self._last_losses = (losses, values)
+        if read:
+            self._read_finite()
+
+    def _read_finite(self) -> None:
+        if self._finite is None:
             return
-        bad = next(k for k, v in losses.items() if not torch.isfinite(v).all())
+        ok, since = bool(self._finite), self._since
+        self._finite = None
+        if ok:
+            return
+        losses, values = self._last_losses
+        bad = [k for k, v in zip(losses, values.tolist(), strict=True) if not math.isfinite(v)] or ["(an earlier one)"]
+        what = f"became {values[list(losses).index(bad[0])].item()}" if bad[0] in losses else "was not finite"
+        when = f"at step {self.step}" if since == self.step else f"between steps {since} and {self.step}"
         keep = self.paths.weights if self.paths.weights.exists() else None
         where = f"the last good checkpoint is kept at {keep}" if keep else "no checkpoint was written yet"
-        raise TranslateError(f"loss {bad} became {float(losses[bad])} at step {self.step}: training diverged "
-                             f"(try a lower train.lr); {where}")
+        raise TranslateError(f"loss {', '.join(bad)} {what} {when}: training diverged (try a lower train.lr); {where}")
 
     def _mean_over_ranks(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> dict[str, float]:
         """Losses as floats, averaged over ranks so the log describes the global batch."""

@@ -23,21 +23,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from translate.errors import TranslateError
-from translate.images import list_images, read_rgb
+from translate.images import list_images, read_rgb, resize_u8
 from translate.recipes import DataConfig
 
 Item = dict[str, Any]
 
 
 def _resize(img: Tensor, h: int, w: int) -> Tensor:
-    if img.shape[-2:] == (h, w):
-        return img
-    return TF.resize(img, [h, w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return resize_u8(img, (h, w))
+
+
+def _gray(img: Tensor) -> Tensor:
+    """(3, H, W) uint8 -> (1, H, W): ITU-R 601 luma, truncated (as torchvision's rgb_to_grayscale)."""
+    r, g, b = img.float().unbind(0)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8)[None]
+
+
+def _center_crop(t: Tensor, h: int, w: int) -> Tensor:
+    top, left = int(round((t.shape[-2] - h) / 2.0)), int(round((t.shape[-1] - w) / 2.0))
+    return t[..., top : top + h, left : left + w]
 
 
 def prepare(img: Tensor, cfg: DataConfig) -> tuple[Tensor, str | None]:
@@ -67,7 +75,7 @@ def _load(path: Path, cfg: DataConfig) -> tuple[Tensor | None, list[str]]:
     except Exception as e:  # PIL raises many types for bad files; each is a skip, not a crash
         return None, [f"{path}: unreadable ({type(e).__name__}: {e})"]
     if cfg.channels == 1:
-        img = TF.rgb_to_grayscale(img)
+        img = _gray(img)
     return img, []
 
 
@@ -272,5 +280,5 @@ def collate(items: list[Item]) -> dict[str, Any]:
             continue
         h = min(t.shape[-2] for t in imgs)
         w = min(t.shape[-1] for t in imgs)
-        out[key] = torch.stack([TF.center_crop(t, [h, w]) if t.shape[-2:] != (h, w) else t for t in imgs])
+        out[key] = torch.stack([_center_crop(t, h, w) for t in imgs])
     return out
