@@ -14,20 +14,67 @@ from translate.nets.layers import uses_bias
 from translate.nets.patchgan import NLayerDiscriminator, PixelDiscriminator
 from translate.nets.resnet import ResnetGenerator
 from translate.nets.unet import UnetGenerator
-from translate.registry import NETS, create_net
+from translate.registry import NETS, ROLES, create_net
 
 NORMS = ["instance", "batch", "none"]
-GENERATORS = ["resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256"]
-DISCRIMINATORS = ["basic", "n_layers", "pixel"]
+TRANSLATORS = NETS.names(role="translator")
 
 
 def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def test_every_family_is_registered() -> None:
-    for name in GENERATORS + DISCRIMINATORS:
-        assert name in NETS
+def test_every_family_is_registered_with_its_facts() -> None:
+    assert {"resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256"} <= set(TRANSLATORS)
+    assert NETS.names(role="discriminator", family="image") == ["basic", "n_layers", "pixel"]
+    for name in NETS.names():
+        info = NETS.info(name)
+        assert info.role in ROLES and info.summary, name
+        assert info.size_multiple >= 1
+        assert not info.reference or info.role == "translator", name  # `translate import` reads generators
+        assert NETS.partners(name, "discriminator") or info.role in ("discriminator", "autoencoder"), name
+
+
+@pytest.mark.parametrize("name", TRANSLATORS)
+def test_translators_keep_any_size_that_is_a_multiple_of_their_registered_one(name: str) -> None:
+    """The registry's size multiple is what inference pads to: it must hold for every translator."""
+    m = max(NETS.info(name).size_multiple, 16)
+    net = create_net(name, in_ch=3, out_ch=3, ngf=4, norm="instance").eval()
+    for h, w in ((m, m), (m, 2 * m)):
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, h, w)).shape == (1, 3, h, w), (name, h, w)
+
+
+def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path) -> None:
+    """A translator registered at run time (as a new file in nets/ would) is accepted by recipes,
+    sets the training size check and the padding of `translate run`, and is listed by the zoo."""
+    from typer.testing import CliRunner
+
+    from translate.cli import app
+    from translate.infer import size_multiple
+    from translate.recipes import RecipeError, load_recipe
+
+    monkeypatch.setattr(NETS, "_items", dict(NETS._items))  # the registration ends with the test
+    monkeypatch.setattr(NETS, "_info", dict(NETS._info))
+
+    @NETS.register("toy_translator", role="translator", family="image", size_multiple=8)
+    def toy(in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False):
+        """A 1x1 convolution: the smallest translator."""
+        return nn.Conv2d(in_ch, out_ch, 1)
+
+    recipe = load_recipe("pix2pix", ["model.generator=toy_translator", "data.crop_size=64"])
+    assert recipe.model.generator == "toy_translator"
+    assert size_multiple({"net": "toy_translator"}) == 8
+    from translate.methods.base import Method
+
+    with pytest.raises(TranslateError, match="needs a multiple of 8"):
+        Method.check_size(type("M", (), {"recipe": recipe})(), 60)
+    with pytest.raises(RecipeError, match="toy_translator"):  # a wrong name lists it among the valid ones
+        load_recipe("pix2pix", ["model.generator=toy"])
+    with pytest.raises(RecipeError, match="basic, n_layers, pixel"):  # a partner of another family
+        load_recipe("pix2pix", ["model.discriminator=stylegan2_d"])
+    res = CliRunner().invoke(app, ["zoo"])
+    assert res.exit_code == 0 and "toy_translator" in res.output and "smallest translator" in res.output
 
 
 @pytest.mark.parametrize("norm", NORMS)

@@ -287,7 +287,7 @@ def encode_cmd(
 
 @app.command("zoo")
 def zoo_cmd() -> None:
-    """Every model: parameters, resolution, and the commands that apply to it."""
+    """Every model: parameters, resolution, and the commands that apply to it; then every network."""
     from rich.table import Table
 
     from translate.generate import zoo
@@ -297,6 +297,30 @@ def zoo_cmd() -> None:
         table.add_row(row.recipe, row.method, row.kind, f"{row.params / 1e6:.2f} M", f"{row.resolution}",
                       ", ".join(row.commands))
     out.print(table)
+    _print_networks()
+
+
+def _print_networks() -> None:
+    """The registered networks by role: family, the size multiple inputs need, what they train beside."""
+    from translate.registry import NETS, ROLES
+
+    out.print("\n[bold]networks[/] (model.generator / model.discriminator of a recipe)", highlight=False)
+    for role, what in ROLES.items():
+        names = NETS.names(role=role)
+        if not names:
+            continue
+        out.print(f"[bold]{role}s[/] ({what})", highlight=False)
+        for name in names:
+            info = NETS.info(name)
+            facts = [f"family {info.family}"]
+            if info.size_multiple > 1:
+                facts.append(f"sides a multiple of {info.size_multiple}")
+            if info.reference:
+                facts.append("reference checkpoints import")
+            if role != "discriminator" and (partners := NETS.partners(name, "discriminator")):
+                facts.append(f"trains with {', '.join(partners)}")
+            out.print(f"  {name:<15} {info.summary}  [dim]({'; '.join(facts)})[/]", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("info")

@@ -127,8 +127,13 @@ def pick_generator(wf: WeightsFile, direction: str) -> str:
 
 
 def size_multiple(spec: dict[str, Any]) -> int:
-    """Inputs must be a multiple of this for the net to return the same size."""
-    return {"unet_128": 128, "unet_256": 256}.get(spec["net"], 4)
+    """Inputs must be a multiple of this for the net to return the same size (its registry entry)."""
+    from translate.registry import NETS
+
+    if spec["net"] not in NETS:
+        raise TranslateError(f"the weights' network {spec['net']!r} is not one this version knows "
+                             f"(translators: {', '.join(NETS.names(role='translator'))})")
+    return NETS.info(spec["net"]).size_multiple
 
 
 class Translator:

@@ -36,6 +36,18 @@ def choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def registered(default: str, role: str, family: str | None = None) -> Any:
+    """A field naming a registered network of ``role`` (and ``family``): the valid names are asked
+    of the registry when a recipe is checked, so a network registered later (a new file, or a test's
+    toy) is accepted with no edit here."""
+    def names() -> list[str]:
+        from translate.registry import NETS
+
+        return NETS.names(role=role, family=family)
+
+    return field(default=default, metadata={"choices": names, "role": role})
+
+
 def at_least(default: Any, low: float) -> Any:
     """A numeric field that must be >= ``low``."""
     return field(default=default, metadata={"min": low})
@@ -170,6 +182,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     except (ValueError, TypeError, json.JSONDecodeError):
         raise RecipeError(f"{key}: expected {kind}, got {value!r}") from None
     choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
     if choices and value not in choices:
         names = [str(c) for c in choices]
         raise RecipeError(f"{key}: {value!r} is not one of {', '.join(names)}{_nearest(str(value), names)}")

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from translate.errors import TranslateError
-from translate.registry import create_net
+from translate.registry import NETS, create_net
 
-GENERATORS = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
 RESNET_BLOCKS = {6: "resnet_6blocks", 9: "resnet_9blocks"}
 UNET_DEPTHS = {7: "unet_128", 8: "unet_256"}
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -86,9 +85,10 @@ def detect_arch(sd: dict[str, Tensor], arch: str | None = None, norm: str | None
     has no parameters and does not shift any index, so it is reported as ``False`` (it is inactive
     in eval mode anyway).
     """
-    if arch is not None and arch not in GENERATORS:
+    generators = NETS.names(role="translator", reference=True)
+    if arch is not None and arch not in generators:
         raise TranslateError(
-            f"arch {arch!r} is not a reference generator; choose from: {', '.join(GENERATORS)}"
+            f"arch {arch!r} is not a reference generator; choose from: {', '.join(generators)}"
         )
     if "model.model.0.weight" in sd:
         spec = _detect_unet(sd)

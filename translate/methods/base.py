@@ -15,19 +15,17 @@ from torch import Tensor, nn
 
 from translate.devices import Precision
 from translate.errors import TranslateError
-from translate.recipes import Recipe, at_least, choice
-from translate.registry import create_net
-
-GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
-DISCRIMINATORS = ("basic", "n_layers", "pixel")
+from translate.recipes import Recipe, at_least, choice, registered
+from translate.registry import NETS, create_net
 
 
 @dataclass
 class TranslatorModel:
-    """Networks of an image-to-image translator (names as the reference's options)."""
+    """Networks of an image-to-image translator (names as the reference's options; any registered
+    translator, and any discriminator of its family)."""
 
-    generator: str = choice("resnet_9blocks", *GENERATORS)
-    discriminator: str = choice("basic", *DISCRIMINATORS)
+    generator: str = registered("resnet_9blocks", role="translator")
+    discriminator: str = registered("basic", role="discriminator", family="image")
     n_layers_D: int = at_least(3, 1)
     ngf: int = at_least(64, 1)
     ndf: int = at_least(64, 1)
@@ -68,7 +66,7 @@ class Method:
     def check_size(self, size: int) -> None:
         """The generator's down-sampling decides which training sizes work; say so up front."""
         gen = getattr(self.recipe.model, "generator", "")
-        multiple = {"unet_128": 128, "unet_256": 256}.get(gen, 4 if gen.startswith("resnet") else 1)
+        multiple = NETS.info(gen).size_multiple if gen in NETS else 1
         if size % multiple:
             raise TranslateError(f"data.crop_size {size} does not suit model.generator {gen}: it needs a "
                                  f"multiple of {multiple} (or pick another generator)")

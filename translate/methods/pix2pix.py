@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from translate.losses import GAN_MODES, GANLoss, gradient_penalty
-from translate.methods.base import GENERATORS, Method, TranslatorModel, as_rgb, set_requires_grad
-from translate.recipes import at_least, choice
+from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
+from translate.recipes import at_least, choice, registered
 from translate.registry import METHODS
 
 
 @dataclass
 class Pix2PixModel(TranslatorModel):
-    generator: str = choice("unet_256", *GENERATORS)
+    generator: str = registered("unet_256", role="translator")
     norm: str = choice("batch", "instance", "batch", "none")
     dropout: bool = True
 

@@ -112,13 +112,13 @@ class ConvVAE(ConvAutoencoder):
         return self.decode(z), mu, logvar
 
 
-@NETS.register("conv_ae")
+@NETS.register("conv_ae", role="autoencoder", family="autoencoder")
 def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A deterministic conv autoencoder for ``resolution`` x ``resolution`` images (a power of two >= 16)."""
     return ConvAutoencoder(channels, resolution, z_dim, nf)
 
 
-@NETS.register("conv_vae")
+@NETS.register("conv_vae", role="autoencoder", family="autoencoder")
 def conv_vae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16."""
     return ConvVAE(channels, resolution, z_dim, nf)

@@ -111,14 +111,14 @@ class ProjectionDiscriminator(nn.Module):
         return score
 
 
-@NETS.register("dcgan_g")
+@NETS.register("dcgan_g", role="generator", family="dcgan")
 def dcgan_g(z_dim: int = 100, resolution: int = 64, channels: int = 3, ngf: int = 64,
             num_classes: int = 0) -> nn.Module:
     """DCGAN generator; ``num_classes > 0`` makes it class-conditional (embedding concatenated to z)."""
     return DCGANGenerator(z_dim, resolution, channels, ngf, num_classes)
 
 
-@NETS.register("dcgan_d")
+@NETS.register("dcgan_d", role="discriminator", family="dcgan")
 def dcgan_d(resolution: int = 64, channels: int = 3, ndf: int = 64, norm: str = "batch",
             num_classes: int = 0) -> nn.Module:
     """DCGAN discriminator; ``num_classes > 0`` adds the class projection."""

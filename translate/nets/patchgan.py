@@ -69,19 +69,19 @@ class PixelDiscriminator(nn.Module):
         return self.net(x)
 
 
-@NETS.register("basic")
+@NETS.register("basic", role="discriminator", family="image")
 def basic(in_ch: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> nn.Module:
     """The standard 70x70 PatchGAN; ``n_layers`` is accepted for a uniform signature but fixed at 3."""
     return NLayerDiscriminator(in_ch, ndf, n_layers=3, norm=norm)
 
 
-@NETS.register("n_layers")
+@NETS.register("n_layers", role="discriminator", family="image")
 def n_layers(in_ch: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> nn.Module:
     """PatchGAN with a chosen depth (receptive field grows with ``n_layers``)."""
     return NLayerDiscriminator(in_ch, ndf, n_layers=n_layers, norm=norm)
 
 
-@NETS.register("pixel")
+@NETS.register("pixel", role="discriminator", family="image")
 def pixel(in_ch: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> nn.Module:
     """1x1 PixelGAN; ``n_layers`` is accepted for a uniform signature and ignored."""
     return PixelDiscriminator(in_ch, ndf, norm=norm)

@@ -99,7 +99,7 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
-@NETS.register("resnet_9blocks")
+@NETS.register("resnet_9blocks", role="translator", family="image", size_multiple=4, reference=True)
 def resnet_9blocks(
     in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
 ) -> nn.Module:
@@ -107,7 +107,7 @@ def resnet_9blocks(
     return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=9)
 
 
-@NETS.register("resnet_6blocks")
+@NETS.register("resnet_6blocks", role="translator", family="image", size_multiple=4, reference=True)
 def resnet_6blocks(
     in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
 ) -> nn.Module:

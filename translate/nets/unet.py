@@ -130,7 +130,7 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
-@NETS.register("unet_256")
+@NETS.register("unet_256", role="translator", family="image", size_multiple=256, reference=True)
 def unet_256(
     in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
 ) -> nn.Module:
@@ -138,7 +138,7 @@ def unet_256(
     return UnetGenerator(in_ch, out_ch, num_downs=8, ngf=ngf, norm=norm, dropout=dropout)
 
 
-@NETS.register("unet_128")
+@NETS.register("unet_128", role="translator", family="image", size_multiple=128, reference=True)
 def unet_128(
     in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
 ) -> nn.Module:
