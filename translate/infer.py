@@ -568,7 +568,11 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                 launched = launch_batch(tr, rgbs, m)
             if in_flight is not None:
                 hand_over(*in_flight)
-            in_flight = (good, launched)
+                in_flight = None
+            if launched.done is None:  # already on the host (CPU, tiles): nothing to overlap, write now
+                hand_over(good, launched)
+            else:
+                in_flight = (good, launched)
         if in_flight is not None:
             hand_over(*in_flight)
         _drain(pending, summary, progress, limit=0)
