@@ -156,18 +156,14 @@ class Translator:
         self.device, self.precision = device, precision
         self.dtype = DTYPES[precision]
         self.channels_last = channels_last
-        if winograd is None:
-            from translate.nets.winograd import winograd_pays
+        from translate.nets.winograd import use_winograd, winograd_pays
 
-            winograd = device.type == "cpu" and self.dtype == torch.float32 and winograd_pays()
-        self.winograd = winograd
+        self.winograd = winograd_pays(device, self.dtype) if winograd is None else winograd
         net = net.to(device, self.dtype).eval()
         net.requires_grad_(False)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.winograd:
-            from translate.nets.winograd import use_winograd
-
             use_winograd(net)
         self.net = torch.compile(net) if compile else net
 

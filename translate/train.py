@@ -219,6 +219,7 @@ class Trainer:
         self.step = self.epoch = 0
         self._finite: torch.Tensor | None = None  # all losses finite since step _since (not read yet)
         self._since = 0
+        self._last_losses: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
         self.samples_in_epoch = 0  # of the epoch's permutation, in the global order: valid for any world size
         self.skipped: list[str] = []
         self._warned: set[str] = set()
@@ -460,13 +461,13 @@ class Trainer:
         self._finite = None
         if ok:
             return
-        losses, values = self._last_losses
-        bad = [k for k, v in zip(losses, values.tolist(), strict=True) if not math.isfinite(v)] or ["(an earlier one)"]
-        what = f"became {values[list(losses).index(bad[0])].item()}" if bad[0] in losses else "was not finite"
+        losses, values = self._last_losses  # the last step's: a bad one earlier in the window may be gone
+        bad = {k: v for k, v in zip(losses, values.tolist(), strict=True) if not math.isfinite(v)}
+        what = f"loss {', '.join(bad)} became {next(iter(bad.values()))}" if bad else "a loss became nan or inf"
         when = f"at step {self.step}" if since == self.step else f"between steps {since} and {self.step}"
         keep = self.paths.weights if self.paths.weights.exists() else None
         where = f"the last good checkpoint is kept at {keep}" if keep else "no checkpoint was written yet"
-        raise TranslateError(f"loss {', '.join(bad)} {what} {when}: training diverged (try a lower train.lr); {where}")
+        raise TranslateError(f"{what} {when}: training diverged (try a lower train.lr); {where}")
 
     def _mean_over_ranks(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> dict[str, float]:
         """Losses as floats, averaged over ranks so the log describes the global batch."""

@@ -33,10 +33,6 @@ from translate.recipes import DataConfig
 Item = dict[str, Any]
 
 
-def _resize(img: Tensor, h: int, w: int) -> Tensor:
-    return resize_u8(img, (h, w))
-
-
 def _gray(img: Tensor) -> Tensor:
     """(3, H, W) uint8 -> (1, H, W): ITU-R 601 luma, truncated (as torchvision's rgb_to_grayscale)."""
     r, g, b = img.float().unbind(0)
@@ -54,17 +50,17 @@ def prepare(img: Tensor, cfg: DataConfig) -> tuple[Tensor, str | None]:
     p, load, crop = cfg.preprocess, cfg.load_size, cfg.crop_size
     warning = None
     if p == "resize_and_crop":
-        img = _resize(img, load, load)
+        img = resize_u8(img, (load, load))
     elif p.startswith("scale_width"):
         new_w = load
         new_h = max(int(round(load * h / w)), crop if "crop" in p else 1)
-        img = _resize(img, new_h, new_w)
+        img = resize_u8(img, (new_h, new_w))
     elif p == "none":  # sizes a multiple of 4, as the reference's make_power_2(base=4)
-        img = _resize(img, max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
+        img = resize_u8(img, (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4)))
     h, w = img.shape[-2:]
     if "crop" in p and (h < crop or w < crop):
         scale = crop / min(h, w)
-        img = _resize(img, max(crop, round(h * scale)), max(crop, round(w * scale)))
+        img = resize_u8(img, (max(crop, round(h * scale)), max(crop, round(w * scale))))
         warning = f"{h}x{w} is smaller than crop_size {crop}: resized up"
     return img, warning
 
@@ -114,7 +110,7 @@ class PairedFoldersDataset(Dataset):
         if a is None or b is None:
             return {"error": (na + nb)[0], "path": str(pa)}
         if a.shape[-2:] != b.shape[-2:]:
-            b = _resize(b, *a.shape[-2:])
+            b = resize_u8(b, a.shape[-2:])
         return _pair(a, b, pa, self.cfg, na + nb)
 
 

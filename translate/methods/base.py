@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from translate.devices import Precision
+from translate.devices import DTYPES, Precision
 from translate.errors import TranslateError
 from translate.recipes import Recipe, at_least, choice, registered
 from translate.registry import NETS, create_net
@@ -97,7 +97,7 @@ class Method:
         self._arch = getattr(self, "_arch", {})
         self._arch[name] = {"net": net, "kwargs": kwargs}
         module = module.to(self.device)
-        if self.device.type == "cpu" and self.amp.name == "fp32" and winograd_pays():
+        if winograd_pays(self.device, DTYPES[self.amp.name]):
             use_winograd(module)  # the same sums in fewer multiplications: nets/winograd.py
         if self.device.type == "cuda":
             # channels_last for training, though inference runs NCHW (infer.Translator): on an H200

@@ -57,12 +57,13 @@ _CHUNK_TILES = 256  # tiles per chunk: a 64x64 map in one, fewer tiles make the 
 _BIAS_AT = 7  # M[1, 1]: A^T e_1 e_1^T A is all ones, so a bias added there reaches all 16 outputs
 
 
-def winograd_pays() -> bool:
-    """Whether :func:`use_winograd` is worth it for fp32 on this CPU: measured only without native
-    bf16 (AVX2), where the 256-ch convs run 1.6-1.8x faster; with AVX512/AMX it is unmeasured."""
+def winograd_pays(device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> bool:
+    """Whether :func:`use_winograd` is worth it for nets run on ``device`` in ``dtype``: fp32 on a CPU
+    without native bf16 (AVX2), where the 256-ch convs run 1.6-1.8x faster. Elsewhere it would fall
+    back to F.conv2d anyway (other devices, dtypes), or is unmeasured (AVX512/AMX CPUs)."""
     from translate.devices import cpu_bf16_native
 
-    return not cpu_bf16_native()
+    return device.type == "cpu" and dtype == torch.float32 and not cpu_bf16_native()
 
 
 class _Scratch(threading.local):
