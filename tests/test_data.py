@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared
+from conftest import copy_first, shared
 from PIL import Image
 
 from translate.data import Augment, collate, open_dataset
 from translate.data.layouts import prepare
+from translate.errors import TranslateError
 from translate.images import read_rgb
 from translate.recipes import DataConfig, load_recipe
 from translate.train import Trainer
@@ -313,3 +314,20 @@ def test_real_pairs_stay_aligned_through_augment(pairs4, tmp_path):
     assert out["A"].shape == (2, 3, cfg.crop_size, cfg.crop_size)
     assert torch.equal(out["A"], out["B"])
     assert out["A"].min() >= -1 and out["A"].max() <= 1
+
+
+def test_degrade_makes_pairs_from_single_images(tmp_path):
+    """data.degrade: B is the image as prepared, A its degraded copy; only for paired methods."""
+    from translate.data.layouts import degrade
+
+    root = tmp_path / "digits"
+    copy_first(shared("mnist", "train", "3"), root / "3", 4)
+    cfg = DataConfig(path=str(root), load_size=32, crop_size=32, degrade="downsample4", channels=1)
+    ds = open_dataset(cfg, "paired")
+    item = ds[0]
+    assert item["A"].shape == item["B"].shape == (1, 32, 32) and len(ds) == 4
+    assert torch.equal(item["A"], degrade(item["B"], "downsample4")) and not torch.equal(item["A"], item["B"])
+    masked = degrade(item["B"], "mask_half")
+    assert masked[..., 16:].max() == 0 and torch.equal(masked[..., :16], item["B"][..., :16])
+    with pytest.raises(TranslateError, match="data.degrade makes input/target pairs"):
+        open_dataset(cfg, "unpaired")

@@ -139,10 +139,13 @@ def check_outputs(args: list[str], ws: Path) -> None:
         assert (ws / run / "latest.safetensors").is_file(), run
     elif cmd[0] in ("run", "reconstruct"):
         src, dst = (ws / p for p in positionals(cmd[1:]))
-        for image in list_images(src):  # the same tree, every output whole
+        samples = int(cmd[cmd.index("--samples") + 1]) if "--samples" in cmd else 1
+        for image in list_images(src):  # the same tree, every output whole (name_k.ext for several samples)
             out = dst / image.relative_to(src)
-            with Image.open(out if cmd[0] == "run" else out.with_suffix(".png")) as im:
-                im.load()
+            outs = [out] if samples == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(samples)]
+            for out in outs:
+                with Image.open(out if cmd[0] == "run" else out.with_suffix(".png")) as im:
+                    im.load()
     for flag in ("-o", "--output"):
         if flag in cmd:
             out = ws / cmd[cmd.index(flag) + 1]

@@ -136,9 +136,9 @@ def calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
     where: list[str] = []
     call, stats, tiled = infer.Translator.__call__, infer.instance_norm_stats, infer.translate_tiled
 
-    def spy_call(self, x):
+    def spy_call(self, x, z=None):
         seen.append((where[-1] if where else "batch", x.detach().clone()))
-        return call(self, x)
+        return call(self, x, z)
 
     def within(kind, fn):
         def wrapper(*args, **kwargs):

@@ -35,12 +35,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the recipes, one line each."""
-    from translate.recipes import list_recipes, load_recipe
+    from translate.recipes import alias_of, list_recipes, load_recipe
 
     for name in list_recipes():
         try:
             r = load_recipe(name)
-            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}", highlight=False, soft_wrap=True)
+            also = f" (another name for {alias})" if (alias := alias_of(name)) else ""
+            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}{also}", highlight=False, soft_wrap=True)
         except TranslateError as e:
             out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False, soft_wrap=True)
 
@@ -170,6 +171,10 @@ def run_cmd(
     workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 8 on CUDA; none on "
                                                 "the CPU, where decoding is 0.2% of the work).", min=0)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    samples: Annotated[int, typer.Option(help="Translations of each image, written as name_0.ext ... "
+                                         "(models with a latent code: bicyclegan).", min=1)] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed of the latents: the same seed gives the same files "
+                                             "(default: z = 0 for one sample, seed 0 for more).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """Translate every image under IN into the same tree under OUT.
@@ -183,7 +188,7 @@ def run_cmd(
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
                       batch_size=batch_size, precision=precision, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
-                      device=device)
+                      device=device, samples=samples, seed=seed)
     progress = RunProgress(err, quiet=quiet)
     try:
         summary = run(in_dir, out_dir, opts, progress=progress)
@@ -236,18 +241,22 @@ def interpolate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the latents.")] = 0,
     between: Annotated[tuple[Path, Path] | None, typer.Option(help="Two images to interpolate between "
                                                               "(ae / vae: through their codes).")] = None,
+    image: Annotated[Path | None, typer.Option("--input", "-i", help="The image to translate along the paths "
+                                               "(translators with a latent code: bicyclegan).")] = None,
     device: Device = "cpu",
 ) -> None:
-    """Walk the latent space: spherical interpolation between Gaussian latents, or between two images."""
+    """Walk the latent space: spherical interpolation between Gaussian latents, or between two images;
+    for a multimodal translator, the translations of one image (--input) along the paths."""
     from translate.generate import interpolate, to_grid
     from translate.images import save_png_atomic
 
     try:
-        images = interpolate(weights, steps, seed, rows, between, device)
+        images = interpolate(weights, steps, seed, rows, between, device, image)
     except TranslateError as e:
         fail(str(e))
-    save_png_atomic(to_grid(images, steps), output)
-    err.print(f"wrote {output}: {images.shape[0] // steps} row(s) of {steps}", highlight=False, soft_wrap=True)
+    per_row = steps + 1 if image is not None else steps  # a translator's rows start with the input
+    save_png_atomic(to_grid(images, per_row), output)
+    err.print(f"wrote {output}: {images.shape[0] // per_row} row(s) of {per_row}", highlight=False, soft_wrap=True)
 
 
 @app.command("reconstruct")
@@ -301,10 +310,11 @@ def zoo_cmd() -> None:
 
 
 def _print_networks() -> None:
-    """The registered networks by role: family, the size multiple inputs need, what they train beside."""
-    from translate.registry import NETS, ROLES
+    """The registered networks by role, with their facts; then the encoder + decoder pairs that fit."""
+    from translate.registry import CODES, NETS, ROLES
 
-    out.print("\n[bold]networks[/] (model.generator / model.discriminator of a recipe)", highlight=False)
+    out.print("\n[bold]networks[/] (model.generator / model.discriminator / model.encoder / model.decoder of a "
+              "recipe)", highlight=False)
     for role, what in ROLES.items():
         names = NETS.names(role=role)
         if not names:
@@ -313,14 +323,30 @@ def _print_networks() -> None:
         for name in names:
             info = NETS.info(name)
             facts = [f"family {info.family}"]
-            if info.size_multiple > 1:
+            if callable(info.size_multiple):
+                facts.append("sides a multiple of 2^levels")
+            elif info.size_multiple > 1:
                 facts.append(f"sides a multiple of {info.size_multiple}")
+            if info.fixed_size:
+                facts.append("works at its trained resolution")
+            if info.gives:
+                facts.append(f"gives {info.gives}")
+            if info.takes:
+                facts.append(f"takes {' or '.join(info.takes)}")
+            if info.source:
+                facts.append(f"starts from `--recipe {info.source[2]}` weights")
             if info.reference:
                 facts.append("reference checkpoints import")
-            if role != "discriminator" and (partners := NETS.partners(name, "discriminator")):
+            if role in ("translator", "generator", "autoencoder") and (
+                    partners := NETS.partners(name, "discriminator")):
                 facts.append(f"trains with {', '.join(partners)}")
-            out.print(f"  {name:<15} {info.summary}  [dim]({'; '.join(facts)})[/]", highlight=False,
-                      soft_wrap=True)
+            shown = name.removesuffix(f"_{role}") if role in ("encoder", "decoder") else name
+            out.print(f"  {shown:<15} {info.summary}  [dim]({'; '.join(facts)})[/]", highlight=False, soft_wrap=True)
+    out.print("[bold]pairs that fit[/] (model.encoder + model.decoder: the code one gives, the other takes)",
+              highlight=False)
+    for e, d in NETS.pairs():
+        code = NETS.info(f"{e}_encoder").gives
+        out.print(f"  {e + ' + ' + d:<20} {code}: {CODES[code]}", highlight=False, soft_wrap=True)
 
 
 @app.command("info")

@@ -137,9 +137,16 @@ def load_for(net: nn.Module, path: str | Path, device: torch.device) -> tuple[Te
 
 
 def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 4,
-                between: tuple[str | Path, str | Path] | None = None, device: str | torch.device = "cpu") -> Tensor:
+                between: tuple[str | Path, str | Path] | None = None, device: str | torch.device = "cpu",
+                image: str | Path | None = None) -> Tensor:
     """Rows of ``steps`` images along a latent path: slerp between random latents, or (``between``,
-    autoencoders only) a straight line between the codes of two images."""
+    autoencoders only) a straight line between the codes of two images, or (``image``, translators
+    with a latent: BicycleGAN) the image, then its translations along slerp paths between latents."""
+    if model_kind(read_weights(weights)) == "translator":
+        return _interpolate_translation(weights, image, steps, seed, rows, torch.device(device))
+    if image is not None:
+        raise TranslateError("--input is for translators with a latent code (bicyclegan); generators walk between "
+                             "random latents, autoencoders also --between two images")
     wf, kind = _open(weights, "interpolate")
     device = torch.device(device)
     net = _net(wf, kind, device)
@@ -155,6 +162,32 @@ def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 
     labels = _labels(wf, net, rows, None, device)
     labels = labels.repeat_interleave(steps) if labels is not None else None
     return _generate(net, kind, path, labels, 1.0)
+
+
+def _interpolate_translation(weights: str | Path, image: str | Path | None, steps: int, seed: int, rows: int,
+                             device: torch.device) -> Tensor:
+    """``rows`` x (the input, then ``steps`` translations with z slerped between two seeded latents)."""
+    from translate.infer import latent_recipes, load_translator, pad_to, padded
+
+    tr, m, _ = load_translator(Path(weights), "AtoB", device, "fp32")
+    if not tr.nz:
+        raise TranslateError(f"`translate interpolate` on a translator walks its latent code, and {Path(weights).name} "
+                             f"has none (recipes with one: {', '.join(latent_recipes())})")
+    if image is None:
+        raise TranslateError("--input IMAGE: the image to translate along the path (a translator needs one)")
+    try:
+        rgb = read_rgb(image)
+    except (OSError, ValueError) as e:
+        raise TranslateError(f"cannot read {image}: {e}") from None
+    h, w = rgb.shape[-2:]
+    x = pad_to(rgb.float().div(127.5).sub(1)[None].to(device), padded((h, w), m))
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    z = _latents(2 * rows, tr.nz, seed, device)
+    out = []
+    for i in range(rows):
+        out.append(x[..., :h, :w])
+        out += [tr(x, zi)[..., :h, :w] for zi in slerp(z[i : i + 1], z[rows + i : rows + i + 1], t)]
+    return torch.cat(out)
 
 
 def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu"
@@ -219,9 +252,12 @@ def zoo() -> list[ZooRow]:
 
     rows = []
     cpu = torch.device("cpu")
-    for name in list_recipes():
+    for name in list_recipes(aliases=False):
         recipe = load_recipe(name)
         cls = get_method(recipe.method)
+        if getattr(recipe.model, "freeze_decoder", False) and not recipe.model.init_decoder:
+            # the same networks as the recipe's, though their weights would come from a file (pSp)
+            recipe = load_recipe(name, ["model.freeze_decoder=false"])
         method = cls(recipe, cpu, Precision("fp32", cpu), {"classes": ["a", "b"]})
         exported = method.export()
         kind = "autoencoder" if "AE" in exported else (

@@ -68,6 +68,8 @@ class RunOptions:
     keep_alpha: bool = True
     workers: int | None = None
     device: str = "auto"
+    samples: int = 1  # translations per input, from as many latents (models with one: BicycleGAN)
+    seed: int | None = None  # of the latents; None: z = 0 (the prior's mean) for one sample, seed 0 for more
 
 
 @dataclass
@@ -126,14 +128,27 @@ def pick_generator(wf: WeightsFile, direction: str) -> str:
     raise TranslateError(f"{wf.path} holds no generator (nets: {', '.join(wf.nets)})")
 
 
-def size_multiple(spec: dict[str, Any]) -> int:
-    """Inputs must be a multiple of this for the net to return the same size (its registry entry)."""
+def input_size(spec: dict[str, Any]) -> tuple[int, int | None]:
+    """(multiple, fixed resolution or None) the net's inputs need, from its registry entry (and its parts')."""
     from translate.registry import NETS
 
     if spec["net"] not in NETS:
         raise TranslateError(f"the weights' network {spec['net']!r} is not one this version knows "
                              f"(translators: {', '.join(NETS.names(role='translator'))})")
-    return NETS.info(spec["net"]).size_multiple
+    return NETS.input_size(spec)
+
+
+def size_multiple(spec: dict[str, Any]) -> int:
+    """Inputs must be a multiple of this for the net to return the same size."""
+    return input_size(spec)[0]
+
+
+def io_channels(spec: dict[str, Any]) -> tuple[int, int]:
+    """(input, output) image channels of a translator's spec; a composed one's from its halves."""
+    kw = spec.get("kwargs", {})
+    if "encoder" in kw and "decoder" in kw:
+        return io_channels(kw["encoder"])[0] - kw.get("nz", 0), io_channels(kw["decoder"])[1]
+    return kw.get("in_ch", kw.get("channels", 3)), kw.get("out_ch", kw.get("channels", 3))
 
 
 class Translator:
@@ -149,11 +164,19 @@ class Translator:
     shape gained 0-2% at batch 16-128 there (the kernels, not their launches, take the time), so
     they are not used. ``winograd``: the CPU's 3x3 convolutions in fp32 as Winograd F(4x4, 3x3),
     fewer multiplications for the same sums (nets/winograd.py).
+
+    What the net's weights fix is met here, so callers pass any RGB batch: ``resolution`` (a net that
+    works at one size, as a StyleGAN2 decoder): images are resized to it and the outputs back;
+    ``in_ch`` / ``out_ch`` 1: grayscale in (ITU-R 601 luma, as training's), gray repeated out;
+    ``nz`` > 0: the net takes a latent z (BicycleGAN), zeros unless one is given.
     """
 
     def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
-                 channels_last: bool = False, winograd: bool | None = None) -> None:
+                 channels_last: bool = False, winograd: bool | None = None, resolution: int | None = None,
+                 in_ch: int = 3, out_ch: int = 3) -> None:
         self.device, self.precision = device, precision
+        self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
+        self.nz = int(getattr(net, "nz", 0))
         self.dtype = DTYPES[precision]
         self.channels_last = channels_last
         from translate.nets.winograd import use_winograd, winograd_pays
@@ -168,12 +191,24 @@ class Translator:
         self.net = torch.compile(net) if compile else net
 
     @torch.inference_mode()
-    def __call__(self, x: Tensor) -> Tensor:
-        """float [-1, 1] (N, C, H, W) on the device -> float32 output."""
+    def __call__(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        """float [-1, 1] (N, 3, H, W) on the device (and a latent (nz,) or (N, nz)) -> float32 (N, 3, H, W)."""
+        size = tuple(x.shape[-2:])
+        if self.in_ch == 1 and x.shape[1] == 3:
+            x = (x * torch.tensor([0.2989, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if self.resolution and size != (self.resolution,) * 2:
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bicubic", antialias=True, align_corners=False)
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float()
+        if self.nz:
+            z = x.new_zeros(self.nz) if z is None else z.to(x.device, x.dtype)
+            y = self.net(x, z.expand(x.shape[0], self.nz)).float()
+        else:
+            y = self.net(x).float()
+        if tuple(y.shape[-2:]) != size:
+            y = F.interpolate(y, size=size, mode="bicubic", antialias=True, align_corners=False)
+        return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
 
 
 def load_translator(weights: Path | None, direction: str, device: torch.device, precision: str,
@@ -190,7 +225,38 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
                              f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
     name = pick_generator(wf, direction)
     net = wf.build(name)
-    return Translator(net, device, precision, compile, **prepare), size_multiple(wf.arch[name]), name
+    multiple, fixed = input_size(wf.arch[name])
+    in_ch, out_ch = io_channels(wf.arch[name])
+    tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch, **prepare)
+    return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
+
+
+def latents(tr: Translator, samples: int, seed: int | None) -> list[Tensor | None]:
+    """One latent per output of each image: the same ``samples`` latents for every image, so the
+    k-th outputs share a style and a rerun with the seed gives the same files. One sample without a
+    seed: z = 0, the prior's mean. A model without a latent: [None]."""
+    if not tr.nz:
+        if samples > 1 or seed is not None:
+            raise TranslateError(f"--samples and --seed need a model with a latent code; this one gives one "
+                                 f"translation per input (recipes with one: {', '.join(latent_recipes())})")
+        return [None]
+    if samples == 1 and seed is None:
+        return [torch.zeros(tr.nz)]
+    return list(torch.randn(samples, tr.nz, generator=torch.Generator().manual_seed(seed or 0)))
+
+
+def latent_recipes() -> list[str]:
+    """Shipped recipes whose model takes a latent beside the image (a ``model.nz``)."""
+    from translate.methods import get_method
+    from translate.recipes import list_recipes, load_recipe
+
+    return [n for n in list_recipes() if "nz" in {f.name for f in dataclasses.fields(
+        get_method(load_recipe(n).method).ModelConfig)}]
+
+
+def sample_path(dst: Path, k: int, samples: int) -> Path:
+    """name.ext for one sample, name_k.ext for several."""
+    return dst if samples == 1 else dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
 
 
 # --- planning ---------------------------------------------------------------------------------------
@@ -201,6 +267,11 @@ class Job:
     dst: Path
     size: tuple[int, int]  # (H, W) the network will see before padding
     probed: tuple[int, int]  # (H, W) the header promised, upright
+    samples: int = 1  # outputs: dst, or dst_0 ... dst_{samples-1}
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [sample_path(self.dst, k, self.samples) for k in range(self.samples)]
 
 
 def output_path(src: Path, in_dir: Path, out_dir: Path, fmt: str) -> Path:
@@ -234,7 +305,7 @@ def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: in
     jobs = []
     for src in files[rank::world]:
         dst = output_path(src, in_dir, out_dir, opts.format)
-        if opts.skip_existing and dst.exists():
+        if opts.skip_existing and all(sample_path(dst, k, opts.samples).exists() for k in range(opts.samples)):
             summary.skipped += 1
             continue
         try:
@@ -242,7 +313,7 @@ def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: in
         except Exception as e:  # any header problem is this file's failure, not the run's
             summary.failed.append((str(src), _reason(e)))
             continue
-        jobs.append(Job(src, dst, scaled_size(h, w, opts.size), (h, w)))
+        jobs.append(Job(src, dst, scaled_size(h, w, opts.size), (h, w), opts.samples))
     return jobs, summary
 
 
@@ -346,7 +417,7 @@ class Launched:
         return [self.host[i, :, :h, :w] for i, (h, w) in enumerate(self.sizes)]
 
 
-def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, m: int) -> Launched:
+def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, m: int, z: Tensor | None = None) -> Launched:
     """Queue the translation of images of one padded size (a list, or a stacked (N, 3, h, w)
     tensor) without waiting for it: on CUDA the host goes on to prepare the next batch while the
     device computes and copies this one back."""
@@ -356,7 +427,7 @@ def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, m: int) -> Launche
         x = pad_to(to_model(rgbs, tr.device), size)
     else:
         x = torch.cat([pad_to(to_model(r, tr.device)[None], size) for r in rgbs])
-    y = to_u8(tr(x))
+    y = to_u8(tr(x, z))
     if y.device.type != "cuda":
         return Launched(y.cpu(), sizes)
     host = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
@@ -394,7 +465,7 @@ def shared_instance_norm(net: nn.Module, stats: dict[nn.Module, tuple[Tensor, Te
             mod.forward = fwd
 
 
-def instance_norm_stats(tr: Translator, x: Tensor) -> dict[nn.Module, tuple[Tensor, Tensor]]:
+def instance_norm_stats(tr: Translator, x: Tensor, z: Tensor | None = None) -> dict[nn.Module, tuple[Tensor, Tensor]]:
     """Per-channel (mean, var) at every InstanceNorm layer for input ``x``."""
     stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
     norms = [mod for mod in _base(tr.net).modules() if isinstance(mod, nn.InstanceNorm2d)]
@@ -405,7 +476,7 @@ def instance_norm_stats(tr: Translator, x: Tensor) -> dict[nn.Module, tuple[Tens
 
     handles = [mod.register_forward_pre_hook(hook) for mod in norms]
     try:
-        tr(x)
+        tr(x, z)
     finally:
         for h in handles:
             h.remove()
@@ -436,7 +507,7 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     return [*starts, length - tile]
 
 
-def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions) -> Tensor:
+def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions, z: Tensor | None = None) -> Tensor:
     """Translate a large image in overlapping tiles, blended with linear ramps.
 
     Tiles alone would each normalise by their own InstanceNorm statistics and disagree in tone.
@@ -452,7 +523,7 @@ def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions) -> Te
         s = min(1.0, math.sqrt(opts.max_pixels / (h * w)))
         small_size = (max(m, round(h * s / m) * m), max(m, round(w * s / m) * m))
         small = F.interpolate(x, size=small_size, mode="bilinear", antialias=True, align_corners=False)
-        stats = instance_norm_stats(tr, small)
+        stats = instance_norm_stats(tr, small, z)
     # Tiles start on multiples of m, the grid of the net's strided convolutions, as the whole image
     # does: pad the image as the untiled path would, tile that, crop back. A tile off the grid is
     # sampled on another grid by the strided convolutions and disagrees with its neighbours.
@@ -468,7 +539,7 @@ def translate_tiled(tr: Translator, rgb: Tensor, m: int, opts: RunOptions) -> Te
             for left in _starts(wp, tile, step):
                 piece = x[..., top : top + tile, left : left + tile]
                 ph, pw = piece.shape[-2:]
-                y = tr(pad_to(piece, padded((ph, pw), m)))[0, :, :ph, :pw]
+                y = tr(pad_to(piece, padded((ph, pw), m)), z)[0, :, :ph, :pw]
                 wy = _ramp(ph, overlap, top == 0, top + ph >= hp, tr.device)
                 wx = _ramp(pw, overlap, left == 0, left + pw >= wp, tr.device)
                 wt = wy[:, None] * wx[None, :]
@@ -509,9 +580,12 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     dist = init_distributed(device)
     precision = resolve_precision(opts.precision, device)
     tr, m, _ = load_translator(opts.weights, opts.direction, device, precision, opts.compile)
+    zs = latents(tr, opts.samples, opts.seed)
     start = time.perf_counter()
     if opts.batch_size is None:
         opts = dataclasses.replace(opts, batch_size=16 if device.type == "cuda" else 1)
+    if tr.resolution:  # the net sees every image at its one size: nothing to tile
+        opts = dataclasses.replace(opts, max_pixels=2**62)
     jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size)
     if not summary.found:
         kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -528,13 +602,14 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                         collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
                         worker_init_fn=ignore_in_worker)
     pending: list[Future] = []
-    in_flight: tuple[list[dict[str, Any]], Launched] | None = None
+    in_flight: tuple[list[dict[str, Any]], list[Launched]] | None = None
 
-    def hand_over(good: list[dict[str, Any]], launched: Launched) -> None:
+    def hand_over(good: list[dict[str, Any]], launched: list[Launched]) -> None:
         nonlocal pending
-        for it, y in zip(good, launched.result(), strict=True):
+        outputs = zip(*(sample.result() for sample in launched), strict=True)  # per image, its samples
+        for it, ys in zip(good, outputs, strict=True):
             alpha = it["alpha"] if opts.keep_alpha else None
-            pending.append(writer.submit(_write, jobs[it["index"]], y, alpha, it, opts.quality))
+            pending.append(writer.submit(_write, jobs[it["index"]], ys, alpha, it, opts.quality))
         pending = _drain(pending, summary, progress, limit=max(16, 4 * opts.batch_size))
 
     # On SIGINT/SIGTERM: take no new batch, finish the batch and writes in flight (each is atomic),
@@ -558,14 +633,15 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                 continue
             first = batch["stacked"] if batch["stacked"] is not None else good[0]["rgb"]
             if first.shape[-2] * first.shape[-1] > opts.max_pixels:
-                launched = Launched(translate_tiled(tr, good[0]["rgb"], m, opts)[None], [tuple(first.shape[-2:])])
+                launched = [Launched(translate_tiled(tr, good[0]["rgb"], m, opts, z)[None], [tuple(first.shape[-2:])])
+                            for z in zs]
             else:
                 rgbs = batch["stacked"] if batch["stacked"] is not None else [it["rgb"] for it in good]
-                launched = launch_batch(tr, rgbs, m)
+                launched = [launch_batch(tr, rgbs, m, z) for z in zs]
             if in_flight is not None:
                 hand_over(*in_flight)
                 in_flight = None
-            if launched.done is None:  # already on the host (CPU, tiles): nothing to overlap, write now
+            if launched[-1].done is None:  # already on the host (CPU, tiles): nothing to overlap, write now
                 hand_over(good, launched)
             else:
                 in_flight = (good, launched)
@@ -617,10 +693,11 @@ def _writer(threads: int) -> Iterator[Any]:
         yield pool
 
 
-def _write(job: Job, rgb: Tensor, alpha: Tensor | None, item: dict[str, Any], quality: int
+def _write(job: Job, rgbs: tuple[Tensor, ...], alpha: Tensor | None, item: dict[str, Any], quality: int
            ) -> tuple[Job, str | None]:
     try:
-        encode_atomic(job.dst, rgb, alpha, item["icc"], item["exif"], quality)
+        for dst, rgb in zip(job.outputs, rgbs, strict=True):
+            encode_atomic(dst, rgb, alpha, item["icc"], item["exif"], quality)
     except Exception as e:  # e.g. a full disk or a read-only folder: this file fails, the run goes on
         return job, f"write failed: {_reason(e)}"
     return job, None

@@ -36,14 +36,18 @@ def choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
-def registered(default: str, role: str, family: str | None = None) -> Any:
+def registered(default: str, role: str, family: str | None = None, composite: bool | None = None,
+               short: bool = False) -> Any:
     """A field naming a registered network of ``role`` (and ``family``): the valid names are asked
     of the registry when a recipe is checked, so a network registered later (a new file, or a test's
-    toy) is accepted with no edit here."""
+    toy) is accepted with no edit here. ``short``: encoders and decoders by their short name (``psp``
+    for ``psp_encoder``), and "" for none."""
     def names() -> list[str]:
         from translate.registry import NETS
 
-        return NETS.names(role=role, family=family)
+        if short:
+            return ["", *NETS.short_names(role)]
+        return NETS.names(role=role, family=family, composite=composite)
 
     return field(default=default, metadata={"choices": names, "role": role})
 
@@ -68,6 +72,7 @@ class DataConfig:
     channels: int = choice(3, 1, 3)
     num_workers: int = at_least(2, 0)
     max_dataset_size: int = at_least(0, 0)  # 0: no limit
+    degrade: str = choice("none", "none", "downsample4", "downsample8", "mask_half")  # pairs from single images
 
     def validate(self) -> None:
         if self.preprocess in ("resize_and_crop", "scale_width_and_crop") and self.load_size < self.crop_size:
@@ -185,7 +190,7 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     if callable(choices):
         choices = choices()
     if choices and value not in choices:
-        names = [str(c) for c in choices]
+        names = [str(c) or '""' for c in choices]
         raise RecipeError(f"{key}: {value!r} is not one of {', '.join(names)}{_nearest(str(value), names)}")
     low = f.metadata.get("min")
     if low is not None and value < low:
@@ -264,18 +269,31 @@ def find_recipe(name_or_path: str) -> Path:
     return candidate
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe by name or path."""
-    path = find_recipe(str(name_or_path))
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
+
+
+def alias_of(name: str) -> str | None:
+    """The recipe that ``name`` is another name for (a TOML holding only ``alias = "..."``), or None."""
+    raw = _read(find_recipe(name))
+    return raw["alias"] if set(raw) == {"alias"} else None
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe by name or path."""
+    raw = _read(find_recipe(str(name_or_path)))
+    if set(raw) == {"alias"}:
+        return load_recipe(str(raw["alias"]), overrides)
     return recipe_from_dict(raw, overrides)
 
 
-def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+def list_recipes(aliases: bool = True) -> list[str]:
+    """Shipped recipe names; ``aliases=False`` leaves out the other names of a recipe."""
+    names = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+    return names if aliases else [n for n in names if alias_of(n) is None]
 
 
 def recipe_from_json(text: str) -> Recipe:

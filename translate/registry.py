@@ -8,12 +8,19 @@ What a network needs is registered with it (:class:`NetInfo`, as timm links a co
 model): its role, the size multiple its input needs, the family whose nets it is trained beside,
 and whether the reference's checkpoints load into it. Recipes, inference, ``translate import`` and
 ``translate zoo`` ask the registry; no other list of networks is kept.
+
+Encoders and decoders are the halves a composed translator is made of (``model.encoder`` and
+``model.decoder`` of a recipe, nets/composed.py). An encoder says what code it ``gives``, a decoder
+which codes it ``takes``: a pair fits when they meet, so the valid pairs follow from the entries.
+Each says how the recipe sets its options (``options``) and which zoo weights it can start from
+(``source``).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -62,6 +69,15 @@ ROLES = {
     "generator": "latent -> image generator",
     "discriminator": "real/fake critic",
     "autoencoder": "image -> latent -> image",
+    "encoder": "image -> code, the first half of a composed translator",
+    "decoder": "code -> image, the second half of a composed translator",
+}
+
+CODES = {
+    "features": "a feature map at 1/4 of the image size (ResNet)",
+    "skips": "the feature map of every level, for skip connections (U-Net)",
+    "vector": "one vector per image (an AE/VAE code; a StyleGAN2 z)",
+    "wplus": "one style vector per synthesis layer of a StyleGAN2 (W+)",
 }
 
 
@@ -71,9 +87,16 @@ class NetInfo:
 
     role: str  # a key of ROLES
     family: str  # nets are trained beside nets of their own family (a generator with its discriminators)
-    size_multiple: int = 1  # each side of an input must be a multiple of this (translators)
+    size_multiple: int | Callable[..., int] = 1  # each input side a multiple of this (or a rule of the kwargs)
     reference: bool = False  # layer for layer the reference's: `translate import` reads its checkpoints
     summary: str = ""  # the builder's first docstring line
+    fixed_size: bool = False  # works at kwargs["resolution"] only (inputs are resized to it and back)
+    gives: str = ""  # encoders: the code they emit (a key of CODES)
+    takes: tuple[str, ...] = ()  # decoders: the codes they accept
+    options: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # recipe context -> builder kwargs
+    source: tuple[str, str, str] | None = None  # (zoo net, key prefix, recipe): weights it can start from
+    parts: tuple[str, ...] = ()  # kwargs that are themselves net specs ({"net": ..., "kwargs": ...})
+    recipe_init: bool = True  # model.init_type applies (False: it initialises itself, as StyleGAN2's)
 
 
 class NetRegistry(Registry[Callable[..., Any]]):
@@ -84,15 +107,21 @@ class NetRegistry(Registry[Callable[..., Any]]):
         super().__init__("network")
         self._info: dict[str, NetInfo] = {}
 
-    def register(self, name: str, *, role: str, family: str, size_multiple: int = 1,  # type: ignore[override]
-                 reference: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, *, role: str, family: str, **facts: Any  # type: ignore[override]
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """``facts``: the other fields of :class:`NetInfo`."""
         if role not in ROLES:
             raise ValueError(f"network {name!r}: role {role!r} is not one of {', '.join(ROLES)}")
+        if role in ("encoder", "decoder") and not name.endswith(f"_{role}"):
+            raise ValueError(f"{role} {name!r}: name it <short>_{role}; recipes choose it as model.{role} = <short>")
+        for code in (facts.get("gives") or "", *facts.get("takes", ())):
+            if code and code not in CODES:
+                raise ValueError(f"network {name!r}: code {code!r} is not one of {', '.join(CODES)}")
         add = super().register(name)
 
         def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
             summary = (builder.__doc__ or "").strip().splitlines()
-            self._info[name] = NetInfo(role, family, size_multiple, reference, summary[0] if summary else "")
+            self._info[name] = NetInfo(role, family, summary=summary[0] if summary else "", **facts)
             return add(builder)
 
         return deco
@@ -110,13 +139,36 @@ class NetRegistry(Registry[Callable[..., Any]]):
             raise KeyError(unknown_name_message(self.kind, name, self._info))
         return self._info[name]
 
-    def names(self, role: str | None = None, family: str | None = None, reference: bool | None = None
-              ) -> list[str]:
-        """Registered names, optionally only those of a role, a family, or reference compatibility."""
+    def names(self, role: str | None = None, family: str | None = None, reference: bool | None = None,
+              composite: bool | None = None) -> list[str]:
+        """Registered names, optionally only those of a role, a family, reference compatibility, or
+        whether they are built of other nets (``composite``)."""
         self._load()
         return sorted(n for n, i in self._info.items()
                       if (role is None or i.role == role) and (family is None or i.family == family)
-                      and (reference is None or i.reference == reference))
+                      and (reference is None or i.reference == reference)
+                      and (composite is None or bool(i.parts) == composite))
+
+    def short_names(self, role: str) -> list[str]:
+        """Encoders or decoders as a recipe names them: ``psp`` for ``psp_encoder``."""
+        return [n.removesuffix(f"_{role}") for n in self.names(role=role)]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (encoder, decoder) that fits: the decoder takes the code the encoder gives."""
+        return [(e, d) for e in self.short_names("encoder") for d in self.short_names("decoder")
+                if self.info(f"{e}_encoder").gives in self.info(f"{d}_decoder").takes]
+
+    def input_size(self, spec: dict[str, Any]) -> tuple[int, int | None]:
+        """(multiple, fixed resolution or None) an input to the net of ``spec`` needs: its own facts
+        and those of its parts (a composed net works at a fixed size when a part does)."""
+        info, kwargs = self.info(spec["net"]), spec.get("kwargs", {})
+        rule = info.size_multiple
+        multiple = rule(**kwargs) if callable(rule) else rule
+        fixed = kwargs.get("resolution") if info.fixed_size else None
+        for part in info.parts:
+            m, r = self.input_size(kwargs[part])
+            multiple, fixed = math.lcm(multiple, m), fixed or r
+        return multiple, fixed
 
     def partners(self, name: str, role: str) -> list[str]:
         """The nets of ``role`` that ``name`` is trained beside (same family)."""

@@ -13,6 +13,7 @@ with the same next loss, as one that was never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -208,7 +209,7 @@ class Trainer:
         self.dataset = open_dataset(recipe.data, cls.data_kind, seed=t.seed)
         self.precision = Precision(resolve_precision(t.precision, self.device, training=True), self.device)
         info = {"classes": list(getattr(self.dataset, "classes", []))}
-        self.method = cls(recipe, self.device, self.precision, info)
+        self.method = cls(self._startable(recipe, resume), self.device, self.precision, info)
         self.method.world_size = self.dist.world_size
         _scale_lr(self.method.optimizers, self.lr_factor)
         if self.dist.enabled:
@@ -231,6 +232,15 @@ class Trainer:
             self._load(load_state(self.paths.state))
 
     # --- set-up --------------------------------------------------------------------------------
+    def _startable(self, recipe: Recipe, resume: bool) -> Recipe:
+        """On resume, composed halves start from the run's own weights instead of their init files
+        (the saved state then sets every value): a moved or deleted init file stops nothing."""
+        m, weights = recipe.model, self.paths.weights
+        moved = {f"init_{p}": str(weights) for p in ("encoder", "decoder") if getattr(m, f"init_{p}", "")}
+        if not (resume and moved and weights.is_file()):
+            return recipe
+        return dataclasses.replace(recipe, model=dataclasses.replace(m, **moved))
+
     def _wrap_ddp(self) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -378,6 +388,7 @@ class Trainer:
         """Steps through the rest of this epoch; True if it ran to its end (False: stopped or done)."""
         t = self.recipe.train
         for batch in self._epoch_batches():
+            self.method.steps_done = self.step
             step_losses = self.method.train_step(batch)
             self.step += 1
             self.samples_in_epoch += self.global_batch

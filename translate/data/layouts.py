@@ -11,7 +11,9 @@ Layouts (``data.layout = auto`` picks from what the folder holds):
 - ``paired_folders``: ``A/`` and ``B/`` with matching file names (``A/train`` and ``B/train`` too);
 - ``unaligned``: ``trainA/`` and ``trainB/``, B drawn independently of A;
 - for the generative models: every image of a folder (``images``), or one subfolder per class
-  (``classes``, as torchvision's ImageFolder).
+  (``classes``, as torchvision's ImageFolder);
+- pairs made from every image of a folder (``data.degrade``): the image is the target B, a degraded
+  copy (downsampled, half masked) the input A, for restoration (pSp super-resolution, inpainting).
 
 An unreadable or truncated file yields an item with an ``error``; :func:`collate` drops it and
 the trainer reports it once.
@@ -178,6 +180,31 @@ class ImageFolderDataset(Dataset):
         return item
 
 
+def degrade(img: Tensor, how: str) -> Tensor:
+    """A worse copy of a (C, H, W) uint8 image, the input that pSp-style restoration learns to undo:
+    ``downsampleN`` loses detail (bicubic to 1/N and back), ``mask_half`` blacks out the right half."""
+    h, w = img.shape[-2:]
+    if how.startswith("downsample"):
+        n = int(how.removeprefix("downsample"))
+        return resize_u8(resize_u8(img, (max(1, h // n), max(1, w // n))), (h, w))
+    if how == "mask_half":
+        out = img.clone()
+        out[..., w // 2 :] = 0
+        return out
+    raise ValueError(f"unknown degradation {how!r}")
+
+
+class DegradedDataset(ImageFolderDataset):
+    """Pairs made from single images: B the image, A its degraded copy (``data.degrade``)."""
+
+    def __getitem__(self, i: int) -> Item:
+        item = super().__getitem__(i)
+        if "A" in item:
+            item["B"] = item["A"]
+            item["A"] = degrade(item["A"], self.cfg.degrade)
+        return item
+
+
 def _open_images(root: Path, cfg: DataConfig, kind: str) -> Dataset:
     """``images``: every image under the folder (its train/ if it has one); ``classes``: one
     subfolder per class, named by the folder."""
@@ -220,6 +247,10 @@ def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
         raise TranslateError(f"data folder not found: {root}")
     if not root.is_dir():
         raise TranslateError(f"data path is not a folder: {root}")
+    if cfg.degrade != "none":
+        if kind != "paired":
+            raise TranslateError(f"data.degrade makes input/target pairs; this method trains on {kind} data")
+        return DegradedDataset(_open_images(root, cfg, "images").files, cfg)
     if kind in ("images", "classes"):
         return _open_images(root, cfg, kind)
     layout = cfg.layout if cfg.layout != "auto" else _pick_layout(root, kind)

@@ -22,9 +22,11 @@ from translate.registry import NETS, create_net
 @dataclass
 class TranslatorModel:
     """Networks of an image-to-image translator (names as the reference's options; any registered
-    translator, and any discriminator of its family)."""
+    translator, and any discriminator of its family). Or a generator composed of a registered
+    encoder and decoder (``encoder`` + ``decoder``, see translate/backbones.py), whose halves may
+    start from zoo weights files and be frozen."""
 
-    generator: str = registered("resnet_9blocks", role="translator")
+    generator: str = registered("resnet_9blocks", role="translator", composite=False)
     discriminator: str = registered("basic", role="discriminator", family="image")
     n_layers_D: int = at_least(3, 1)
     ngf: int = at_least(64, 1)
@@ -35,6 +37,15 @@ class TranslatorModel:
     dropout: bool = False
     input_nc: int = at_least(3, 1)
     output_nc: int = at_least(3, 1)
+    encoder: str = registered("", role="encoder", short=True)  # "" with decoder "": model.generator
+    decoder: str = registered("", role="decoder", short=True)
+    init_encoder: str = ""  # a weights file to start the encoder from (e.g. of `translate train --recipe vae`)
+    init_decoder: str = ""  # (e.g. of `translate train --recipe stylegan2`)
+    freeze_encoder: bool = False  # never trained
+    freeze_decoder: bool = False
+    freeze_encoder_steps: int = at_least(0, 0)  # not trained for the first N steps
+    freeze_decoder_steps: int = at_least(0, 0)
+    z_dim: int = at_least(64, 1)  # code size of ae/vae encoders and of a stylegan2 decoder's z and w
 
 
 class Method:
@@ -49,6 +60,7 @@ class Method:
     data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired"
     export_names: ClassVar[tuple[str, ...]] = ()
     world_size: int = 1  # processes training together (set by the Trainer); each takes train.batch_size images
+    steps_done: int = 0  # steps before the coming one (set by the Trainer)
 
     @property
     def global_batch(self) -> int:
@@ -61,15 +73,55 @@ class Method:
         self.info = dict(info or {})  # facts about the data (e.g. class names), kept in weights metadata
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.held: list[tuple[list[nn.Parameter], int]] = []  # (parameters, steps): see hold_frozen
         self.check_size(recipe.data.crop_size)
 
     def check_size(self, size: int) -> None:
         """The generator's down-sampling decides which training sizes work; say so up front."""
-        gen = getattr(self.recipe.model, "generator", "")
-        multiple = NETS.info(gen).size_multiple if gen in NETS else 1
+        m = self.recipe.model
+        if not hasattr(m, "generator"):
+            return
+        c = self.composition()
+        multiple, fixed = NETS.input_size(c.spec)
+        what = (f"model.encoder {m.encoder} + model.decoder {m.decoder}" if c.composed
+                else f"model.generator {m.generator}")
+        if fixed and size != fixed:
+            raise TranslateError(f"data.crop_size {size} does not suit {what}: it works at {fixed}x{fixed} only "
+                                 f"(set data.crop_size={fixed})")
         if size % multiple:
-            raise TranslateError(f"data.crop_size {size} does not suit model.generator {gen}: it needs a "
-                                 f"multiple of {multiple} (or pick another generator)")
+            raise TranslateError(f"data.crop_size {size} does not suit {what}: it needs a multiple of {multiple} "
+                                 "(or pick another generator)")
+
+    def composition(self, in_ch: int | None = None, out_ch: int | None = None) -> Any:
+        """What the recipe's generator is (translate/backbones.py); read once, files included."""
+        from translate.backbones import compose
+
+        m = self.recipe.model
+        key = (in_ch or m.input_nc, out_ch or m.output_nc)
+        cache = self.__dict__.setdefault("_compositions", {})
+        if key not in cache:
+            cache[key] = compose(m, *key, self.recipe.data.crop_size, getattr(m, "nz", 0))
+        return cache[key]
+
+    def build_generator(self, name: str, in_ch: int, out_ch: int) -> nn.Module:
+        """The recipe's generator (``model.generator``, or ``model.encoder`` + ``model.decoder`` with
+        their init files and freezing) for ``in_ch`` -> ``out_ch`` images."""
+        from translate.backbones import prepare
+
+        c = self.composition(in_ch, out_ch)
+
+        def start(module: nn.Module) -> None:
+            self.held += prepare(module, c, self.recipe.model, self._init)
+
+        return self.build(name, c.spec["net"], init=False, start=start, **c.spec["kwargs"])
+
+    def hold_frozen(self) -> None:
+        """Drop the gradients of halves frozen for their first steps (call before the optimizer
+        steps): Adam then leaves them exactly as they are, moments included."""
+        for params, steps in self.held:
+            if self.steps_done < steps:
+                for p in params:
+                    p.grad = None
 
     # --- what subclasses implement -------------------------------------------------------------
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -82,18 +134,35 @@ class Method:
         raise NotImplementedError
 
     # --- shared helpers ------------------------------------------------------------------------
+    @torch.no_grad()
+    def paired_rows(self, batch: dict[str, Tensor], name: str = "G") -> Tensor:
+        """Sample-grid rows of input | translation | target, for paired translation."""
+        G = self.net(name)
+        G.eval()
+        with self.amp.autocast():
+            fake = G(batch["A"]).float()
+        G.train()
+        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"])], -1)
+
     def arch(self, name: str) -> dict[str, Any]:
         """How to rebuild net ``name`` (kept in weights metadata): registry name and kwargs."""
         return self._arch[name]
 
-    def build(self, name: str, net: str, init: bool = True, **kwargs: Any) -> nn.Module:
-        """Create a registered network, initialise it as the recipe says and move it to the device."""
+    def _init(self, module: nn.Module) -> None:
         from translate.nets import init_weights
+
+        init_weights(module, self.recipe.model.init_type, self.recipe.model.init_gain)
+
+    def build(self, name: str, net: str, init: bool = True, start: Any = None, **kwargs: Any) -> nn.Module:
+        """Create a registered network, initialise it as the recipe says (or with ``start(module)``)
+        and move it to the device."""
         from translate.nets.winograd import use_winograd, winograd_pays
 
         module = create_net(net, **kwargs)
         if init:
-            init_weights(module, self.recipe.model.init_type, self.recipe.model.init_gain)
+            self._init(module)
+        if start is not None:
+            start(module)
         self._arch = getattr(self, "_arch", {})
         self._arch[name] = {"net": net, "kwargs": kwargs}
         module = module.to(self.device)
@@ -111,7 +180,7 @@ class Method:
         """Adam over the given nets. The fused kernel: on the CPU PyTorch's default is a per-tensor
         loop, 9x slower on pix2pix's 54M-parameter U-Net (149 ms vs 16.5 ms per step)."""
         t = self.recipe.train
-        params = [p for m in modules for p in m.parameters()]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]  # not frozen halves
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
 

@@ -46,10 +46,9 @@ class CycleGAN(Method):
         if loss.lambda_identity > 0 and m.input_nc != m.output_nc:
             raise TranslateError("loss.lambda_identity needs model.input_nc == model.output_nc "
                                  "(set loss.lambda_identity=0)")
-        g = {"ngf": m.ngf, "norm": m.norm, "dropout": m.dropout}
         d = {"ndf": m.ndf, "n_layers": m.n_layers_D, "norm": m.norm}
-        self.build("G_A", m.generator, in_ch=m.input_nc, out_ch=m.output_nc, **g)
-        self.build("G_B", m.generator, in_ch=m.output_nc, out_ch=m.input_nc, **g)
+        self.build_generator("G_A", m.input_nc, m.output_nc)
+        self.build_generator("G_B", m.output_nc, m.input_nc)
         self.build("D_A", m.discriminator, in_ch=m.output_nc, **d)
         self.build("D_B", m.discriminator, in_ch=m.input_nc, **d)
         n = self.nets
@@ -83,6 +82,7 @@ class CycleGAN(Method):
         idt_loss_b = F.l1_loss(idt_b.float(), real_a.float()) if idt_b is not None else zero
         loss_g = g_a + g_b + (cycle_a + cycle_b) * lam + (idt_loss_a + idt_loss_b) * lam_idt
         self.amp.backward(loss_g)
+        self.hold_frozen()
         self.amp.step(self.optimizers["G"])
 
         # Discriminators: real vs. a fake drawn through the pool of past fakes.

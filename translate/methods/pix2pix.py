@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from translate.losses import GAN_MODES, GANLoss, gradient_penalty
-from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
+from translate.methods.base import Method, TranslatorModel, set_requires_grad
 from translate.recipes import at_least, choice, registered
 from translate.registry import METHODS
 
@@ -44,8 +44,7 @@ class Pix2Pix(Method):
     def __init__(self, recipe, device, precision, info=None) -> None:
         super().__init__(recipe, device, precision, info)
         m = recipe.model
-        self.build("G", m.generator, in_ch=m.input_nc, out_ch=m.output_nc, ngf=m.ngf, norm=m.norm,
-                   dropout=m.dropout)
+        self.build_generator("G", m.input_nc, m.output_nc)
         self.build("D", m.discriminator, in_ch=m.input_nc + m.output_nc, ndf=m.ndf, n_layers=m.n_layers_D,
                    norm=m.norm)
         self.optimizers = {"G": self.adam(self.nets["G"]), "D": self.adam(self.nets["D"])}
@@ -80,18 +79,13 @@ class Pix2Pix(Method):
             g_gan = self.gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
         g_l1 = F.l1_loss(fake_b.float(), real_b.float())
         self.amp.backward(g_gan + g_l1 * loss.lambda_l1)
+        self.hold_frozen()
         self.amp.step(opt_G)
         self.amp.update()
         return {"G_GAN": g_gan.detach(), "G_L1": g_l1.detach(), "D_real": d_real.detach(),
                 "D_fake": d_fake.detach()}
 
-    @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | translation | target."""
-        G = self.net("G")
-        G.eval()
-        with self.amp.autocast():
-            fake = G(batch["A"]).float()
-        G.train()
-        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"])], -1)
+        return self.paired_rows(batch)
 

@@ -122,3 +122,36 @@ def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 
 def conv_vae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16."""
     return ConvVAE(channels, resolution, z_dim, nf)
+
+
+# --- encoders for composed translators: the zoo's AE/VAE encoders, loadable from their weights ----
+
+class VAEEncoder(ConvEncoder):
+    """The VAE's encoder alone: ``forward`` gives the mean code (as ``ConvVAE.encode``), with
+    ``logvar=True`` the mean and the log-variance."""
+
+    def __init__(self, channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> None:
+        super().__init__(channels, resolution, nf, 2 * z_dim)
+        self.z_dim = z_dim
+
+    def forward(self, x: Tensor, logvar: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        mu, log_var = super().forward(x).chunk(2, dim=1)
+        return (mu, log_var) if logvar else mu
+
+
+def _code_options(c: dict) -> dict:
+    return {"channels": c["in_ch"], "resolution": c["size"], "z_dim": c["z_dim"], "nf": c["ngf"]}
+
+
+@NETS.register("ae_encoder", role="encoder", family="autoencoder", fixed_size=True, gives="vector", recipe_init=False,
+               options=_code_options, source=("conv_ae", "encoder.", "ae"))
+def ae_encoder(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
+    """The conv autoencoder's encoder (a ``z_dim`` code); starts from `translate train --recipe ae` weights."""
+    return ConvEncoder(channels, resolution, nf, z_dim)
+
+
+@NETS.register("vae_encoder", role="encoder", family="autoencoder", fixed_size=True, gives="vector", recipe_init=False,
+               options=_code_options, source=("conv_vae", "encoder.", "vae"))
+def vae_encoder(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
+    """The conv VAE's encoder (the mean code); starts from `translate train --recipe vae` weights."""
+    return VAEEncoder(channels, resolution, z_dim, nf)

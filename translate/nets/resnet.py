@@ -44,6 +44,45 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def _down(in_ch: int, ngf: int, norm: str) -> list[nn.Module]:
+    """7x7 stem and two stride-2 convs: ``in_ch`` x H x W -> 4 ngf x H/4 x W/4."""
+    make_norm, bias = norm_layer(norm), uses_bias(norm)
+    layers: list[nn.Module] = [
+        ReflectionPad2d(3),
+        nn.Conv2d(in_ch, ngf, kernel_size=7, padding=0, bias=bias),
+        make_norm(ngf),
+        nn.ReLU(True),
+    ]
+    for i in range(N_DOWNSAMPLING):
+        ch = ngf * 2**i
+        layers += [
+            nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+            make_norm(ch * 2),
+            nn.ReLU(True),
+        ]
+    return layers
+
+
+def _blocks(ngf: int, norm: str, dropout: bool, n_blocks: int) -> list[nn.Module]:
+    if n_blocks < 0:
+        raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+    return [ResnetBlock(ngf * 2**N_DOWNSAMPLING, norm=norm, dropout=dropout) for _ in range(n_blocks)]
+
+
+def _up(out_ch: int, ngf: int, norm: str) -> list[nn.Module]:
+    """Two stride-2 transposed convs and a 7x7 output conv (always biased: no norm follows) with tanh."""
+    make_norm, bias = norm_layer(norm), uses_bias(norm)
+    layers: list[nn.Module] = []
+    for i in range(N_DOWNSAMPLING):
+        ch = ngf * 2 ** (N_DOWNSAMPLING - i)
+        layers += [
+            nn.ConvTranspose2d(ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias),
+            make_norm(ch // 2),
+            nn.ReLU(True),
+        ]
+    return [*layers, ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, kernel_size=7, padding=0), nn.Tanh()]
+
+
 class ResnetGenerator(nn.Module):
     """7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks, two transposed-conv
     upsamplings and a 7x7 output conv with tanh. Input sides must be multiples of 4."""
@@ -57,46 +96,37 @@ class ResnetGenerator(nn.Module):
         dropout: bool = False,
         n_blocks: int = 9,
     ) -> None:
-        if n_blocks < 0:
-            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
         super().__init__()
         self.in_ch, self.out_ch, self.ngf = in_ch, out_ch, ngf
-        make_norm = norm_layer(norm)
-        bias = uses_bias(norm)
-
-        layers: list[nn.Module] = [
-            ReflectionPad2d(3),
-            nn.Conv2d(in_ch, ngf, kernel_size=7, padding=0, bias=bias),
-            make_norm(ngf),
-            nn.ReLU(True),
-        ]
-        for i in range(N_DOWNSAMPLING):
-            ch = ngf * 2**i
-            layers += [
-                nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=bias),
-                make_norm(ch * 2),
-                nn.ReLU(True),
-            ]
-        width = ngf * 2**N_DOWNSAMPLING
-        layers += [ResnetBlock(width, norm=norm, dropout=dropout) for _ in range(n_blocks)]
-        for i in range(N_DOWNSAMPLING):
-            ch = ngf * 2 ** (N_DOWNSAMPLING - i)
-            layers += [
-                nn.ConvTranspose2d(
-                    ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias
-                ),
-                make_norm(ch // 2),
-                nn.ReLU(True),
-            ]
-        layers += [
-            ReflectionPad2d(3),
-            nn.Conv2d(ngf, out_ch, kernel_size=7, padding=0),  # always biased: no norm follows
-            nn.Tanh(),
-        ]
+        layers = [*_down(in_ch, ngf, norm), *_blocks(ngf, norm, dropout, n_blocks), *_up(out_ch, ngf, norm)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class ResnetEncoder(nn.Module):
+    """The first half of the ResNet generator: stem, downsampling and the residual blocks; gives
+    a ``features`` code (4 ngf x H/4 x W/4)."""
+
+    def __init__(self, in_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
+                 n_blocks: int = 9) -> None:
+        super().__init__()
+        self.model = nn.Sequential(*_down(in_ch, ngf, norm), *_blocks(ngf, norm, dropout, n_blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class ResnetDecoder(nn.Module):
+    """The second half: upsampling and the output conv, from a ``features`` code to an image."""
+
+    def __init__(self, out_ch: int = 3, ngf: int = 64, norm: str = "instance") -> None:
+        super().__init__()
+        self.model = nn.Sequential(*_up(out_ch, ngf, norm))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model(features)
 
 
 @NETS.register("resnet_9blocks", role="translator", family="image", size_multiple=4, reference=True)
@@ -113,3 +143,18 @@ def resnet_6blocks(
 ) -> nn.Module:
     """The lighter variant the CycleGAN paper uses for 128x128 images."""
     return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=6)
+
+
+@NETS.register("resnet_encoder", role="encoder", family="image", size_multiple=4, gives="features",
+               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"], "dropout": c["dropout"]})
+def resnet_encoder(in_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
+                   n_blocks: int = 9) -> nn.Module:
+    """ResNet generator's stem, downsampling and residual blocks (a feature map at 1/4 size)."""
+    return ResnetEncoder(in_ch, ngf, norm, dropout, n_blocks)
+
+
+@NETS.register("resnet_decoder", role="decoder", family="image", size_multiple=4, takes=("features",),
+               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"]})
+def resnet_decoder(out_ch: int = 3, ngf: int = 64, norm: str = "instance") -> nn.Module:
+    """ResNet generator's upsampling and output conv."""
+    return ResnetDecoder(out_ch, ngf, norm)

@@ -281,6 +281,30 @@ class Generator(nn.Module):
         return (img, ws) if return_ws else img
 
 
+def num_ws(resolution: int) -> int:
+    """w's a synthesis network of ``resolution`` takes: two per block but the 4x4 one's single conv, and
+    the last toRGB's."""
+    return 2 * int(math.log2(resolution)) - 2
+
+
+class StyleDecoder(Generator):
+    """The generator as the decoder of a composed translator, deterministic (constant noise).
+
+    It takes a ``vector`` code as z (through the mapping network) or a ``wplus`` code, one style
+    offset per layer from the average w (pSp's encoders predict offsets, so an untrained encoder
+    gives the average image). Its keys are the generator's: a zoo StyleGAN2's weights load as they
+    are, and the average w it was trained with (``mapping.w_avg``) is no longer updated.
+    """
+
+    def forward(self, code: Tensor) -> Tensor:  # type: ignore[override]
+        if code.dim() == 2:
+            ws = self.mapping(code).unsqueeze(1).repeat(1, self.num_ws, 1)
+        else:
+            ws = self.mapping.w_avg.to(code.dtype) + code
+        img = self.synthesis(ws, "const")
+        return img if self.training else img.clamp(-1, 1)
+
+
 class MinibatchStdDev(nn.Module):
     """Appends the mean standard deviation of features over groups of samples as one more channel,
     so D can see a lack of variety (mode collapse) in a batch."""
@@ -350,3 +374,14 @@ def stylegan2_d(resolution: int = 256, channels: int = 3, channel_base: int = 32
                 mbstd_group: int = 4) -> Discriminator:
     """StyleGAN2 residual discriminator with minibatch stddev; initialises itself."""
     return Discriminator(resolution, channels, channel_base, channel_max, mbstd_group)
+
+
+@NETS.register("stylegan2_decoder", role="decoder", family="stylegan2", fixed_size=True, takes=("vector", "wplus"),
+               recipe_init=False, source=("stylegan2_g", "", "stylegan2"),
+               options=lambda c: {"z_dim": c["z_dim"], "w_dim": c["z_dim"], "resolution": c["size"],
+                                  "channels": c["out_ch"], "channel_base": c["ngf"] * 512,
+                                  "channel_max": c["ngf"] * 8})
+def stylegan2_decoder(z_dim: int = 512, w_dim: int = 512, resolution: int = 256, channels: int = 3,
+                      channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8) -> StyleDecoder:
+    """StyleGAN2 synthesis from a z (vector) or W+ code; starts from `translate train --recipe stylegan2` weights."""
+    return StyleDecoder(z_dim, w_dim, resolution, channels, channel_base, channel_max, mapping_layers)

@@ -144,3 +144,87 @@ def unet_128(
 ) -> nn.Module:
     """Seven downsamplings, for 128x128 inputs."""
     return UnetGenerator(in_ch, out_ch, num_downs=7, ngf=ngf, norm=norm, dropout=dropout)
+
+
+# --- the U-Net in two halves, for composed translators --------------------------------------------
+# The same computation as UnetGenerator, written level by level instead of nested, so the encoder
+# can hand every level's features (a ``skips`` code) to a decoder built apart from it.
+
+def _widths(ngf: int, num_downs: int) -> list[int]:
+    """Features after each down conv: ngf, 2 ngf, 4 ngf, then 8 ngf down to the bottleneck."""
+    if num_downs < 5:
+        raise ValueError(f"num_downs must be >= 5, got {num_downs}")
+    return [ngf * min(2**i, 8) for i in range(num_downs)]
+
+
+def unet_depth(size: int) -> int:
+    """Levels for a training size: down to 1x1 (as unet_256 at 256), between 5 and 8 levels."""
+    return min(8, max(5, size.bit_length() - 1))
+
+
+class UnetEncoder(nn.Module):
+    """Stride-2 4x4 convs (LeakyReLU before and norm after each but the first), giving every
+    level's output: ``skips[i]`` is ``widths[i]`` x H/2^(i+1) x W/2^(i+1)."""
+
+    def __init__(self, in_ch: int = 3, ngf: int = 64, norm: str = "batch", num_downs: int = 8) -> None:
+        super().__init__()
+        w, make_norm, bias = _widths(ngf, num_downs), norm_layer(norm), uses_bias(norm)
+        downs: list[nn.Module] = [nn.Conv2d(in_ch, w[0], kernel_size=4, stride=2, padding=1, bias=bias)]
+        for i in range(1, num_downs):
+            innermost = i == num_downs - 1
+            downs.append(nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(w[i - 1], w[i], 4, 2, 1, bias=bias),
+                                       nn.Identity() if innermost else make_norm(w[i])))
+        self.downs = nn.ModuleList(downs)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        return skips
+
+
+class UnetDecoder(nn.Module):
+    """Transposed convs back up, each level fed its own output beside the encoder's skip
+    (LeakyReLU of it, as the reference's in-place activation leaves it); tanh at the end."""
+
+    def __init__(self, out_ch: int = 3, ngf: int = 64, norm: str = "batch", dropout: bool = False,
+                 num_downs: int = 8) -> None:
+        super().__init__()
+        w, make_norm, bias = _widths(ngf, num_downs), norm_layer(norm), uses_bias(norm)
+        ups: list[nn.Module] = [nn.Sequential(nn.ReLU(True), nn.ConvTranspose2d(w[0] * 2, out_ch, 4, 2, 1), nn.Tanh())]
+        for i in range(1, num_downs):
+            c_in = w[i] if i == num_downs - 1 else w[i] * 2  # the bottleneck has no skip beside it
+            layers = [nn.ReLU(True), nn.ConvTranspose2d(c_in, w[i - 1], 4, 2, 1, bias=bias), make_norm(w[i - 1])]
+            if dropout and 4 <= i < num_downs - 1:  # the extra 8 ngf levels, as UnetGenerator
+                layers.append(nn.Dropout(0.5))
+            ups.append(nn.Sequential(*layers))
+        self.ups = nn.ModuleList(ups)
+        self.leaky = nn.LeakyReLU(0.2)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        y = self.ups[-1](skips[-1])
+        for i in range(len(skips) - 2, -1, -1):
+            y = self.ups[i](torch.cat([self.leaky(skips[i]), y], 1))
+        return y
+
+
+def _depth_multiple(num_downs: int = 8, **_: object) -> int:
+    return 2**num_downs
+
+
+@NETS.register("unet_encoder", role="encoder", family="image", size_multiple=_depth_multiple, gives="skips",
+               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"],
+                                  "num_downs": unet_depth(c["size"])})
+def unet_encoder(in_ch: int = 3, ngf: int = 64, norm: str = "batch", num_downs: int = 8) -> nn.Module:
+    """U-Net's down path, every level's features kept for the decoder's skips."""
+    return UnetEncoder(in_ch, ngf, norm, num_downs)
+
+
+@NETS.register("unet_decoder", role="decoder", family="image", size_multiple=_depth_multiple, takes=("skips",),
+               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"],
+                                  "dropout": c["dropout"], "num_downs": unet_depth(c["size"])})
+def unet_decoder(out_ch: int = 3, ngf: int = 64, norm: str = "batch", dropout: bool = False,
+                 num_downs: int = 8) -> nn.Module:
+    """U-Net's up path with skip connections, to a tanh image."""
+    return UnetDecoder(out_ch, ngf, norm, dropout, num_downs)
