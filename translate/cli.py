@@ -294,6 +294,111 @@ def encode_cmd(
     err.print(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims", highlight=False, soft_wrap=True)
 
 
+@app.command("score")
+def score_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    weights: Weights,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of scores, worst first.")] = Path("scores.csv"),
+    samples: Annotated[int, typer.Option("--samples", "-k", help="Importance samples per image for the "
+                                         "negative log-likelihood (VAEs).", min=1)] = 16,
+    top: Annotated[int | None, typer.Option(help="Mark the N worst images as outliers.", min=1)] = None,
+    quantile: Annotated[float | None, typer.Option(help="Mark images scoring above this quantile (default "
+                                                   "0.99 without --top).")] = None,
+    copy_to: Annotated[Path | None, typer.Option(help="Copy the outliers here (tree mirrored).")] = None,
+    sheet: Annotated[Path | None, typer.Option(help="PNG of the worst images beside their reconstructions "
+                                               "(default: the CSV's name with .png).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV with columns file,is_outlier: print ROC-AUC and "
+                                                "average precision.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the importance samples.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+) -> None:
+    """Outlier scores of every image under IN with an autoencoder (ae, vae, beta-vae): how badly the
+    model explains each image. Exit 3 when some files could not be read (each is named)."""
+    from translate.analyze import score
+    from translate.infer import RunProgress
+
+    progress = RunProgress(err, quiet=quiet, verb="scoring")
+    try:
+        s = score(weights, in_dir, output, samples=samples, top=top, quantile=quantile, copy_to=copy_to, sheet=sheet,
+                  labels=labels, batch_size=batch_size, device=device, precision=precision, seed=seed,
+                  progress=progress)
+    except TranslateError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+    copied = f", copied to {copy_to}" if copy_to else ""
+    err.print(f"scored {s.scored} images ({len(s.failed)} failed); {len(s.outliers)} marked as outliers{copied}; "
+              f"wrote {s.csv}" + (f" and {s.sheet}" if s.sheet else ""), highlight=False, soft_wrap=True)
+    if s.auc is not None:
+        auc, ap, n = s.auc
+        left = f" ({s.unlabelled} without a label left out)" if s.unlabelled else ""
+        out.print(f"ROC-AUC {auc:.3f}, average precision {ap:.3f} over {n} labelled images{left}", highlight=False)
+    raise typer.Exit(s.exit_code)
+
+
+@app.command("classify")
+def classify_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    weights: Weights,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of probabilities.")] = Path("predictions.csv"),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+) -> None:
+    """The positive class's probability for every image (dbvae weights). Subfolders named as the
+    model's classes count as the truth: accuracy is printed per subfolder."""
+    from translate.analyze import classify
+    from translate.infer import RunProgress
+
+    progress = RunProgress(err, quiet=quiet, verb="classifying")
+    try:
+        s = classify(weights, in_dir, output, batch_size=batch_size, device=device, progress=progress)
+    except TranslateError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+    for group, (right, total) in sorted(s.by_folder.items()):
+        out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})", highlight=False)
+    err.print(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}", highlight=False,
+              soft_wrap=True)
+    raise typer.Exit(s.exit_code)
+
+
+@app.command("debias")
+def debias_cmd(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively), e.g. the positives.")],
+    weights: Weights,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of sampling probabilities.")] = Path(
+        "weights.csv"),
+    bins: Annotated[int | None, typer.Option(help="Histogram bins per latent dimension (default: the "
+                                             "model's recipe).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Histogram smoothing (default: the model's recipe).")] = None,
+    sheet: Annotated[Path | None, typer.Option(help="PNG of the most and least often drawn images (default: "
+                                               "the CSV's name with .png).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+) -> None:
+    """How often the DB-VAE would draw each image: sampling probability and latent density (dbvae weights)."""
+    from translate.analyze import debias
+    from translate.infer import RunProgress
+
+    progress = RunProgress(err, quiet=quiet, verb="encoding")
+    try:
+        s = debias(weights, in_dir, output, bins=bins, alpha=alpha, sheet=sheet, batch_size=batch_size,
+                   device=device, progress=progress)
+    except TranslateError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+    err.print(f"{s.images} images ({len(s.failed)} failed): the most drawn {s.max_min:.1f}x as often as the least, "
+              f"entropy {s.entropy:.3f} of uniform; wrote {s.csv} and {s.sheet}", highlight=False, soft_wrap=True)
+    raise typer.Exit(s.exit_code)
+
+
 @app.command("zoo")
 def zoo_cmd() -> None:
     """Every model: parameters, resolution, and the commands that apply to it; then every network."""

@@ -21,7 +21,7 @@ from translate.errors import TranslateError
 from translate.images import list_images, read_rgb, save_png_atomic
 
 GENERATIVE_COMMANDS = {"generator": ("sample", "interpolate"),
-                       "autoencoder": ("sample", "interpolate", "reconstruct", "encode"),
+                       "autoencoder": ("sample", "interpolate", "reconstruct", "encode", "score"),
                        "translator": ("run",)}
 
 
@@ -263,8 +263,9 @@ def zoo() -> list[ZooRow]:
         kind = "autoencoder" if "AE" in exported else (
             "generator" if cls.data_kind in ("images", "classes") else "translator")
         params = sum(p.numel() for net in exported.values() for p in net.parameters())
+        classifier = ("classify", "debias") if hasattr(exported.get("AE"), "classify") else ()
         rows.append(ZooRow(name, recipe.method, kind, params, recipe.data.crop_size,
-                           GENERATIVE_COMMANDS[kind] + ("train",)))
+                           GENERATIVE_COMMANDS[kind] + classifier + ("train",)))
     return rows
 
 

@@ -740,8 +740,8 @@ class RunProgress:
     """Progress for `translate run`: a rich bar with rate and ETA on a terminal, plain lines every
     few seconds otherwise (logs of batch jobs), nothing with ``quiet``. Failures are always shown."""
 
-    def __init__(self, console: Any, quiet: bool = False, every_s: float = 10.0) -> None:
-        self.console, self.quiet, self.every_s = console, quiet, every_s
+    def __init__(self, console: Any, quiet: bool = False, every_s: float = 10.0, verb: str = "translating") -> None:
+        self.console, self.quiet, self.every_s, self.verb = console, quiet, every_s, verb
         self.bar = None
 
     def start(self, total: int, done: int) -> None:
@@ -751,7 +751,7 @@ class RunProgress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("translating"), BarColumn(), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn(self.verb), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(),
                             console=self.console)
         self.bar.start()

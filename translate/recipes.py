@@ -2,7 +2,8 @@
 
 A recipe has a ``method`` name and four sections. ``data`` and ``train`` are shared by every
 method; ``model`` and ``loss`` are dataclasses that the method declares (``Method.ModelConfig``,
-``Method.LossConfig``), so a new method brings its own keys without edits here.
+``Method.LossConfig``), so a new method brings its own keys without edits here. A method may add
+sections of its own (``Method.Sections``, e.g. the DB-VAE's ``debias``), read as ``recipe.debias``.
 
 Every value is checked against its field: type, allowed choices, lower bound. An unknown key or a
 bad value raises :class:`RecipeError` with one line naming the key and, for unknown keys, the
@@ -73,6 +74,7 @@ class DataConfig:
     num_workers: int = at_least(2, 0)
     max_dataset_size: int = at_least(0, 0)  # 0: no limit
     degrade: str = choice("none", "none", "downsample4", "downsample8", "mask_half")  # pairs from single images
+    positive: str = ""  # classifiers (dbvae): the positive class's subfolder; "" the first in sorted order
 
     def validate(self) -> None:
         if self.preprocess in ("resize_and_crop", "scale_width_and_crop") and self.load_size < self.crop_size:
@@ -115,9 +117,18 @@ class Recipe:
     model: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's own sections, by name
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in d.items()}
+        return d | {k: dataclasses.asdict(v) for k, v in self.extra.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -126,7 +137,7 @@ class Recipe:
         """The resolved recipe as TOML (kept in every run folder)."""
         d = self.to_dict()
         lines = [f"method = {_toml_value(d['method'])}", f"description = {_toml_value(d['description'])}"]
-        for section in SECTIONS:
+        for section in (*SECTIONS, *self.extra):
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in d[section].items()]
         return "\n".join(lines) + "\n"
@@ -146,7 +157,8 @@ def _section_classes(method: str) -> dict[str, type]:
     from translate.methods import get_method
 
     cls = get_method(method)
-    return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig}
+    return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig,
+            **getattr(cls, "Sections", {})}
 
 
 def _nearest(name: str, options: list[str]) -> str:
@@ -214,7 +226,7 @@ def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     return obj
 
 
-def parse_override(text: str) -> tuple[str, str, str]:
+def parse_override(text: str, sections: tuple[str, ...] = SECTIONS) -> tuple[str, str, str]:
     """``"train.lr=1e-4"`` -> ``("train", "lr", "1e-4")``."""
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected section.key=value")
@@ -224,34 +236,38 @@ def parse_override(text: str) -> tuple[str, str, str]:
         top = ("method", "description")
         if key in top:
             return "", key, value.strip()
-        raise RecipeError(f"--set {key}: expected section.key (sections: {', '.join(SECTIONS)})")
+        raise RecipeError(f"--set {key}: expected section.key (sections: {', '.join(sections)})")
     section, name = key.split(".", 1)
-    if section not in SECTIONS:
-        raise RecipeError(f"--set {key}: unknown section {section!r}{_nearest(section, list(SECTIONS))}")
+    if section not in sections:
+        raise RecipeError(f"--set {key}: unknown section {section!r}{_nearest(section, list(sections))}")
     return section, name, value.strip()
 
 
 def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
     """Validate a parsed TOML dict (plus ``--set`` overrides) into a :class:`Recipe`."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for text in overrides or []:
-        section, name, value = parse_override(text)
-        if section:
-            raw.setdefault(section, {})[name] = value
-        else:
-            raw[name] = value
+    top = ("method", "description")
+    for text in overrides or []:  # the method first: it decides which sections there are
+        key, _, value = text.partition("=")
+        if key.strip() in top:
+            raw[key.strip()] = value.strip()
     method = raw.get("method")
     if not isinstance(method, str) or not method:
         raise RecipeError("recipe has no 'method' (e.g. method = \"cyclegan\")")
-    for k in raw:
-        if k not in (*SECTIONS, "method", "description"):
-            raise RecipeError(f"unknown key {k}{_nearest(k, [*SECTIONS, 'method', 'description'])}")
     try:
         classes = _section_classes(method)
     except KeyError as e:
         raise RecipeError(f"method: {e.args[0]}") from None
-    sections = {s: _build_section(s, classes[s], raw.get(s, {})) for s in SECTIONS}
-    return Recipe(method=method, description=str(raw.get("description", "")), **sections)
+    for text in overrides or []:
+        section, name, value = parse_override(text, tuple(classes))
+        if section:
+            raw.setdefault(section, {})[name] = value
+    for k in raw:
+        if k not in (*classes, *top):
+            raise RecipeError(f"unknown key {k}{_nearest(k, [*classes, *top])}")
+    sections = {s: _build_section(s, cls, raw.get(s, {})) for s, cls in classes.items()}
+    extra = {s: sections.pop(s) for s in list(sections) if s not in SECTIONS}
+    return Recipe(method=method, description=str(raw.get("description", "")), **sections, extra=extra)
 
 
 def find_recipe(name_or_path: str) -> Path:

@@ -34,7 +34,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from translate.checkpoints import load_state, save_state, save_weights
 from translate.data import Augment, collate, open_dataset
@@ -85,12 +85,16 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True) -> None:
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
         self.epoch, self.consumed = 0, 0
+        self.weights: torch.Tensor | None = None  # per item: the epoch draws n items with these (DB-VAE)
 
     def set_epoch(self, epoch: int, consumed: int = 0) -> None:
         self.epoch, self.consumed = epoch, consumed
 
     def _indices(self) -> list[int]:
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -416,6 +420,12 @@ class Trainer:
 
     def _epoch_batches(self):
         """This epoch's remaining batches, on the device and augmented; bad files reported once."""
+        if hasattr(self.method, "resample"):  # a method that weighs its data each epoch (DB-VAE)
+            if self.samples_in_epoch == 0:  # (a resumed epoch keeps the weights it started with)
+                self.method.resample(self._plain_batches(), len(self.dataset))
+                if self.method.weights is not None and self.dist.enabled:
+                    self.method.weights = self._from_rank0(self.method.weights)
+            self.sampler.weights = self.method.weights
         self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self.epoch
@@ -431,6 +441,29 @@ class Trainer:
                 batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                          for k, v in batch.items()}
             yield self.augment(batch)
+
+    def _plain_batches(self):
+        """Every readable item once, in order, centre-cropped, not augmented, with its index."""
+        loader = DataLoader(_Indexed(self.dataset), batch_size=64, num_workers=self.recipe.data.num_workers,
+                            collate_fn=list, generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=ignore_in_worker)
+        with blocked():
+            pairs = iter(loader)
+        for items in pairs:
+            good = [(i, it) for i, it in items if "error" not in it]
+            if good:
+                raw = collate([it for _, it in good])
+                batch = {k: raw[k].to(self.device) for k in BATCH_KEYS if k in raw}
+                yield [i for i, _ in good], self.augment(batch, train=False)
+
+    def _from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's copy of ``t`` on every rank (the sampling weights must agree to the last bit)."""
+        import torch.distributed as dist
+
+        where = self.device if self.device.type == "cuda" else torch.device("cpu")
+        t = t.to(where)
+        dist.broadcast(t, src=0)
+        return t.cpu()
 
     def _end_epoch(self) -> None:
         with warnings.catch_warnings():
@@ -581,6 +614,19 @@ class Trainer:
 
 _LR_RULES = {"none": "the same for any number of processes, as the reference",
              "linear": "x processes", "sqrt": "x sqrt(processes)"}
+
+
+class _Indexed(Dataset):
+    """(index, item) of a dataset, so a pass over it knows which items were unreadable."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, self.dataset[i]
 
 
 def _scale_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float, schedulers: Any = ()) -> None:

@@ -112,6 +112,33 @@ class ConvVAE(ConvAutoencoder):
         return self.decode(z), mu, logvar
 
 
+class ConvDBVAE(ConvVAE):
+    """DB-VAE (Amini et al. 2019): the VAE's encoder also classifies. Its output is one logit (is the
+    image of the positive class), then the mean and log-variance of q(z|x); the decoder is the VAE's.
+    ``forward(x, sample=True)`` -> ``(x_hat, mu, logvar, logit)``."""
+
+    def _code_size(self) -> int:
+        return 2 * self.z_dim + 1
+
+    def encode_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.encoder(x)
+        return out[:, 0], out[:, 1 : 1 + self.z_dim], out[:, 1 + self.z_dim :]
+
+    def classify(self, x: Tensor) -> Tensor:
+        """(N,) logits of the positive class."""
+        return self.encode_all(x)[0]
+
+    def encode_dist(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encode_all(x)[1:]
+
+    def forward(self, x: Tensor, sample: bool = False) -> Tensor | tuple[Tensor, ...]:  # type: ignore[override]
+        if not sample:
+            return self.decode(self.encode(x))
+        logit, mu, logvar = self.encode_all(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.decode(z), mu, logvar, logit
+
+
 @NETS.register("conv_ae", role="autoencoder", family="autoencoder")
 def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A deterministic conv autoencoder for ``resolution`` x ``resolution`` images (a power of two >= 16)."""
@@ -122,6 +149,12 @@ def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 
 def conv_vae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16."""
     return ConvVAE(channels, resolution, z_dim, nf)
+
+
+@NETS.register("conv_dbvae", role="autoencoder", family="autoencoder")
+def conv_dbvae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
+    """A conv VAE whose encoder also gives a class logit (DB-VAE), for power-of-two resolutions >= 16."""
+    return ConvDBVAE(channels, resolution, z_dim, nf)
 
 
 # --- encoders for composed translators: the zoo's AE/VAE encoders, loadable from their weights ----

@@ -1,0 +1,235 @@
+"""Outlier detection (`translate score`) and debiasing (the dbvae recipe, `translate debias`,
+`translate classify`) on real images: MNIST digits against other sources, LFW faces with a rare kind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import copy_first, shared
+from PIL import Image
+from typer.testing import CliRunner
+
+from translate.checkpoints import read_weights, save_weights
+from translate.cli import app
+from translate.debias import resampling
+from translate.recipes import load_recipe
+from translate.registry import create_net
+from translate.train import Trainer, resume
+
+runner = CliRunner()
+QUIET = ["data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.save_every=0", "train.device=cpu"]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- translate score ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digit_vae(tmp_path_factory) -> Path:
+    """A VAE trained briefly (160 steps) on 24 training images of each MNIST digit."""
+    root = tmp_path_factory.mktemp("digits")
+    for d in range(10):
+        copy_first(shared("mnist", "train", str(d)), root / "train" / str(d), 24)
+    over = [f"data.path={root}", "train.max_steps=160", "train.epochs=100", "train.batch_size=32", *QUIET]
+    return Trainer(load_recipe("vae", over), root / "run", quiet=True).fit().weights
+
+
+@pytest.fixture
+def mix(tmp_path) -> tuple[Path, Path]:
+    """Held-out digits (inliers) among fashion items, LFW faces and photos (outliers), and a labels CSV."""
+    root = tmp_path / "mix"
+    for d in range(10):
+        copy_first(shared("mnist", "test", str(d)), root / "digits" / str(d), 3)
+    for c in ("0", "7"):
+        for p in copy_first(shared("fashion_mnist", "test", c), root / "other", 4):
+            p.rename(p.with_name(f"fashion{c}_{p.name}"))
+    for p in copy_first(shared("lfw", "face"), root / "other", 4):
+        p.rename(p.with_name(f"lfw_{p.name}"))
+    copy_first(shared("photos"), root / "other" / "photos", 4)
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w") as f:
+        f.write("file,is_outlier\n")
+        for p in sorted(root.rglob("*.*")):
+            f.write(f"{p.relative_to(root)},{int('digits' not in p.relative_to(root).parts)}\n")
+    return root, labels
+
+
+def test_score_ranks_other_sources_above_held_out_digits(digit_vae, mix, tmp_path):
+    root, labels = mix
+    out = tmp_path / "scores.csv"
+    res = runner.invoke(app, ["score", str(root), "-w", str(digit_vae), "-o", str(out), "--labels", str(labels),
+                              "--samples", "4", "--top", "8", "--copy-to", str(tmp_path / "outliers")])
+    assert res.exit_code == 0, res.output
+    auc = float(res.output.split("ROC-AUC ")[1].split(",")[0])
+    assert auc >= 0.9, res.output
+    table = rows(out)
+    assert len(table) == 30 + 12 + 4 and list(table[0]) == ["file", "score", "recon", "kl", "outlier"]
+    scores = [float(r["score"]) for r in table]
+    assert scores == sorted(scores, reverse=True)  # worst first
+    assert all(float(r["kl"]) > 0 for r in table)  # a VAE: the KL column is filled
+    marked = [r["file"] for r in table if r["outlier"] == "1"]
+    assert marked == [r["file"] for r in table[:8]]
+    copied = sorted(str(p.relative_to(tmp_path / "outliers")) for p in (tmp_path / "outliers").rglob("*.*"))
+    assert copied == sorted(marked)  # the tree mirrored
+    with Image.open(out.with_suffix(".png")) as sheet:  # the worst images beside their reconstructions
+        assert sheet.width > 4 * 96 and sheet.height > 96
+
+    # the same seed gives the same estimates; K samples only tighten them
+    again = tmp_path / "again.csv"
+    assert runner.invoke(app, ["score", str(root), "-w", str(digit_vae), "-o", str(again), "--samples", "4",
+                               "-q"]).exit_code == 0
+    assert [(r["file"], r["score"]) for r in rows(again)] == [(r["file"], r["score"]) for r in table]
+
+
+def test_score_names_and_skips_bad_files(digit_vae, tmp_path):
+    root = tmp_path / "in"
+    copy_first(shared("mnist", "test", "3"), root, 3)
+    (root / "broken.png").write_bytes((root / sorted(p.name for p in root.iterdir())[0]).read_bytes()[:60])
+    (root / "notes.jpg").write_text("not an image")
+    res = runner.invoke(app, ["score", str(root), "-w", str(digit_vae), "-o", str(tmp_path / "s.csv")])
+    assert res.exit_code == 3, res.output
+    assert "broken.png" in res.output and "notes.jpg" in res.output and "scored 3 images (2 failed)" in res.output
+    assert len(rows(tmp_path / "s.csv")) == 3
+
+
+def test_score_with_an_autoencoder_and_the_wrong_model(weights, tmp_path):
+    ae = save_weights(tmp_path / "ae.safetensors", {"AE": create_net("conv_ae", channels=1, resolution=16, z_dim=4,
+                                                                      nf=4)},
+                      {"AE": {"net": "conv_ae", "kwargs": {"channels": 1, "resolution": 16, "z_dim": 4, "nf": 4}}},
+                      extra={"method": "ae"})
+    root = tmp_path / "in"
+    copy_first(shared("photos"), root, 2)  # any size and mode: RGB photos into a 16x16 grayscale model
+    res = runner.invoke(app, ["score", str(root), "-w", str(ae), "-o", str(tmp_path / "s.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    table = rows(tmp_path / "s.csv")
+    assert all(r["score"] == r["recon"] and float(r["kl"]) == 0 for r in table)
+    res = runner.invoke(app, ["score", str(root), "-w", str(weights), "-o", str(tmp_path / "t.csv")])
+    assert res.exit_code == 1 and "works with ae, vae and beta-vae weights" in res.output
+    assert "translator" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "labels.csv"
+    bad.write_text("name,label\nx.png,1\n")
+    res = runner.invoke(app, ["score", str(root), "-w", str(ae), "-o", str(tmp_path / "u.csv"), "--labels", str(bad)])
+    assert res.exit_code == 1 and "needs the columns file,is_outlier" in res.output
+
+
+# --- the DB-VAE --------------------------------------------------------------------------------------------
+
+def test_resampling_favours_rare_codes():
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(90, 4, generator=g) * 0.3
+    rare = torch.randn(10, 4, generator=g) * 0.3 + 3.0  # far from the rest in every dimension
+    r = resampling(torch.cat([common, rare]), bins=10, alpha=0.001)
+    assert torch.isclose(r.p.sum(), torch.tensor(1.0)) and float(r.p[90:].mean()) > 3 * float(r.p[:90].mean())
+    flat = resampling(torch.cat([common, rare]), bins=10, alpha=100.0)  # heavy smoothing: near uniform
+    assert flat.max_min < r.max_min and flat.entropy > r.entropy
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    """LFW faces (positives, one in ten darkened: the rare kind) and non-faces; 80 of each for training,
+    the last 20 faces darkened as a held-out test of the rare kind."""
+    root = tmp_path_factory.mktemp("lfw")
+    face, nonface = sorted(shared("lfw", "face").iterdir()), sorted(shared("lfw", "nonface").iterdir())
+    for sub in ("train/face", "train/nonface", "rare"):
+        (root / sub).mkdir(parents=True)
+    for k, f in enumerate(face):
+        img = np.asarray(Image.open(f).convert("L"))
+        if k >= 80:
+            Image.fromarray((img * 0.3).astype(np.uint8)).save(root / "rare" / f.name)
+        elif k % 10 == 0:
+            Image.fromarray((img * 0.3).astype(np.uint8)).save(root / "train" / "face" / f"dark_{f.name}")
+        else:
+            Image.fromarray(img).save(root / "train" / "face" / f.name)
+    for f in nonface[:80]:
+        Image.open(f).convert("L").save(root / "train" / "nonface" / f.name)
+    return root
+
+
+DBVAE = ["data.channels=1", "data.load_size=32", "data.crop_size=32", "model.z_dim=16", "model.nf=16",
+         "train.epochs=6", "train.batch_size=32", *QUIET]
+
+
+def test_dbvae_draws_the_rare_kind_more_and_classifies_it_no_worse(faces, tmp_path):
+    runs = {}
+    for name, enabled in (("debiased", "true"), ("plain", "false")):
+        over = [f"data.path={faces / 'train'}", f"debias.enabled={enabled}", *DBVAE]
+        runs[name] = Trainer(load_recipe("dbvae", over), tmp_path / name, quiet=True).fit().weights
+    log = [json.loads(line) for line in (tmp_path / "debiased" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["p_max_min"] > 1.5 and log[-1]["p_entropy"] < 1.0  # the sampling moved away from uniform
+    meta = json.loads(read_weights(runs["debiased"]).meta["info"])
+    assert meta["positive"] == "face" and meta["classes"] == ["face", "nonface"]
+
+    # the rare kind (darkened faces) gets a higher mean sampling probability than the common kind
+    out = tmp_path / "weights.csv"
+    res = runner.invoke(app, ["debias", str(faces / "train" / "face"), "-w", str(runs["debiased"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    table = rows(out)
+    dark = [float(r["probability"]) for r in table if r["file"].startswith("dark_")]
+    common = [float(r["probability"]) for r in table if not r["file"].startswith("dark_")]
+    assert np.mean(dark) > np.mean(common), (np.mean(dark), np.mean(common))
+    assert Image.open(out.with_suffix(".png")).width > 0
+
+    # a bad file is named and skipped; the rest is weighed; exit 3
+    bad = tmp_path / "bad"
+    copy_first(faces / "rare", bad, 3)
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    res = runner.invoke(app, ["debias", str(bad), "-w", str(runs["debiased"]), "-o", str(tmp_path / "b.csv")])
+    assert res.exit_code == 3 and "broken.png" in res.output and "3 images (1 failed)" in res.output, res.output
+    assert len(rows(tmp_path / "b.csv")) == 3
+
+    # accuracy on held-out faces of the rare kind: at least the plain classifier's
+    accuracy = {}
+    for name, w in runs.items():
+        csv_path = tmp_path / f"{name}.csv"
+        res = runner.invoke(app, ["classify", str(faces / "rare"), "-w", str(w), "-o", str(csv_path), "-q"])
+        assert res.exit_code == 0, res.output
+        accuracy[name] = np.mean([r["predicted"] == "face" for r in rows(csv_path)])
+    assert accuracy["debiased"] >= accuracy["plain"], accuracy
+
+    # classify with the truth in the folder names: accuracy per class folder
+    res = runner.invoke(app, ["classify", str(faces / "train"), "-w", str(runs["debiased"]), "-o",
+                              str(tmp_path / "all.csv")])
+    assert res.exit_code == 0 and "face: accuracy" in res.output and "nonface: accuracy" in res.output
+
+
+def test_dbvae_resume_equals_an_uninterrupted_run(faces, tmp_path):
+    """The epoch's sampling weights are part of the state: stopping mid-epoch and resuming draws the
+    same images as going on."""
+    over = [f"data.path={faces / 'train'}", *DBVAE, "train.epochs=2"]
+    Trainer(load_recipe("dbvae", [*over, "train.max_steps=8"]), tmp_path / "whole", quiet=True).fit()
+    Trainer(load_recipe("dbvae", [*over, "train.max_steps=6"]), tmp_path / "split", quiet=True).fit()
+    resume(tmp_path / "split", ["train.max_steps=8"], quiet=True)
+    a = read_weights(tmp_path / "whole" / "latest.safetensors").tensors["AE"]
+    b = read_weights(tmp_path / "split" / "latest.safetensors").tensors["AE"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_classify_and_debias_need_dbvae_weights(digit_vae, tmp_path):
+    root = tmp_path / "in"
+    copy_first(shared("mnist", "test", "3"), root, 2)
+    for command in ("classify", "debias"):
+        res = runner.invoke(app, [command, str(root), "-w", str(digit_vae), "-o", str(tmp_path / "x.csv")])
+        assert res.exit_code == 1 and "works with dbvae weights" in res.output and "holds a vae" in res.output
+
+
+def test_dbvae_trains_with_two_processes(faces, tmp_path):
+    """Under DDP every rank draws the epoch from rank 0's sampling weights."""
+    import os
+    import subprocess
+    import sys
+
+    sets = [f"--set={s}" for s in [*DBVAE, "train.epochs=2", "train.batch_size=16"]]
+    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", "--recipe=dbvae", f"--data={faces / 'train'}",
+           f"--out={tmp_path / 'run'}", *sets]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0 and "done: step 10" in res.stderr, res.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["p_max_min"] > 1.0

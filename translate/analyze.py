@@ -1,0 +1,440 @@
+"""Folders read through the VAE family: outlier scores (`translate score`), DB-VAE sampling weights
+(`translate debias`) and class probabilities (`translate classify`).
+
+Each image is read as training reads it (RGB, ITU-R 601 luma for 1-channel models, bicubic to the
+model's resolution whatever its size or mode), in batches; a file that cannot be read is named,
+counted and skipped (exit 3), and every file written goes through a temp name and a rename.
+
+Scores, in the units the model was trained in (per image, summed over pixels; ``l2``: Gaussian
+with variance 1/2, ``l1``: Laplace with scale 1, constants dropped, as methods/ae.py):
+
+- ``recon``: the error of the reconstruction from the mean code;
+- ``kl``: KL(q(z|x) || N(0, I)), VAEs only;
+- ``score``: the negative log-likelihood -log p(x) estimated with K importance samples from q(z|x),
+  -log (1/K sum_k p(x|z_k) p(z_k) / q(z_k|x)) (Burda et al.'s bound; K = 1 is a one-sample negative
+  ELBO); for an autoencoder, ``recon``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from translate.checkpoints import WeightsFile, atomic_path, read_weights
+from translate.errors import TranslateError
+from translate.images import list_images, read_rgb, resize_u8
+
+EXIT_PARTIAL = 3
+
+
+# --- reading folders -------------------------------------------------------------------------------
+
+def model_input(path: Path, channels: int, resolution: int) -> Tensor:
+    """A file as a (channels, resolution, resolution) uint8 model input."""
+    img = read_rgb(path)
+    if channels == 1:
+        r, g, b = img.float().unbind(0)
+        img = (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8)[None]  # as training's grayscale
+    return resize_u8(img, (resolution, resolution))
+
+
+class _Read(Dataset):
+    def __init__(self, files: list[Path], channels: int, resolution: int) -> None:
+        self.files, self.channels, self.resolution = files, channels, resolution
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return {"i": i, "x": model_input(self.files[i], self.channels, self.resolution)}
+        except Exception as e:  # any unreadable file is that file's failure
+            return {"i": i, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+
+
+@dataclass
+class Reading:
+    """What reading a folder found: the files, and those that failed with their reasons."""
+
+    root: Path
+    files: list[Path]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def folder(in_dir: str | Path) -> Reading:
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise TranslateError(f"input folder not found: {root}" if not root.exists() else f"not a folder: {root}")
+    files = list_images(root)
+    if not files:
+        raise TranslateError(f"no images found in {root} (hidden files and folders are skipped)")
+    return Reading(root, files)
+
+
+def batches(reading: Reading, channels: int, resolution: int, batch_size: int, device: torch.device,
+            progress: Any = None) -> Iterator[tuple[list[int], Tensor]]:
+    """(file indices, float [-1, 1] batch on ``device``) over the readable files; failures recorded."""
+    cuda = device.type == "cuda"
+    loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
+                        num_workers=4 if cuda else 0, pin_memory=cuda)
+    for items in loader:
+        good = []
+        for it in items:
+            if "error" in it:
+                reading.failed.append((str(reading.files[it["i"]]), it["error"]))
+                if progress is not None:
+                    progress.fail(str(reading.files[it["i"]]), it["error"])
+            else:
+                good.append(it)
+        if good:
+            x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda).float().div_(127.5).sub_(1)
+            yield [it["i"] for it in good], x
+            if progress is not None:
+                for _ in good:
+                    progress.advance()
+
+
+def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bool], what: str,
+               device: torch.device) -> tuple[WeightsFile, nn.Module]:
+    """The exported autoencoder ``AE`` of a weights file, if it can do what ``command`` needs."""
+    from translate.generate import model_kind, with_article
+
+    wf = read_weights(weights)
+    kind = model_kind(wf)
+    net = wf.build("AE", device) if kind == "autoencoder" else None
+    if net is None or not need(net):
+        method = wf.meta.get("method") or "imported"
+        raise TranslateError(f"`translate {command}` works with {what}; {Path(weights).name} holds "
+                             f"{with_article(method)} {kind}")
+    return wf, net
+
+
+def recon_kind(wf: WeightsFile) -> str:
+    try:
+        return json.loads(wf.recipe_json)["loss"].get("recon", "l2")
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "l2"
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+# --- the math ---------------------------------------------------------------------------------------
+
+def per_image_error(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
+    """(N,) reconstruction error summed over pixels (as methods.ae.recon_loss, per image)."""
+    diff = x_hat.float() - x.float()
+    return (diff.square() if kind == "l2" else diff.abs()).flatten(1).sum(1)
+
+
+def per_image_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    mu, logvar = mu.float(), logvar.float()
+    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)
+
+
+@torch.no_grad()
+def scores(net: nn.Module, x: Tensor, kind: str, samples: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Per image: ``score`` (estimated -log p(x), or the AE's error), ``recon`` and ``kl``."""
+    if not hasattr(net, "encode_dist"):
+        recon = per_image_error(net.decode(net.encode(x)), x, kind)
+        return {"score": recon, "recon": recon, "kl": torch.zeros_like(recon)}
+    mu, logvar = (t.float() for t in net.encode_dist(x))
+    dtype = x.dtype  # the net's (bf16 where native); the sums stay in fp32
+    recon = per_image_error(net.decode(mu.to(dtype)), x, kind)
+    std = torch.exp(0.5 * logvar)
+    log_w = []
+    for _ in range(samples):
+        eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+        z = mu + std * eps
+        log_px = -per_image_error(net.decode(z.to(dtype)), x, kind)
+        log_pz = -0.5 * z.square().sum(1)
+        log_qz = -0.5 * (eps.square() + logvar).sum(1)  # the 2 pi constants cancel with log p(z)'s
+        log_w.append(log_px + log_pz - log_qz)
+    nll = -(torch.logsumexp(torch.stack(log_w), 0) - math.log(samples))
+    return {"score": nll, "recon": recon, "kl": per_image_kl(mu, logvar)}
+
+
+def rank_metrics(scores_: list[float], labels: list[int]) -> tuple[float, float]:
+    """(ROC-AUC, average precision) of scores for binary labels (1: outlier), with torchmetrics."""
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    s, y = torch.tensor(scores_, dtype=torch.float64), torch.tensor(labels)
+    # torchmetrics takes values outside [0, 1] for logits and squashes them with a sigmoid, which ties
+    # every large score at 1; both metrics depend on the order alone, which scaling into [0, 1] keeps
+    s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
+    return float(binary_auroc(s, y)), float(binary_average_precision(s, y))
+
+
+# --- translate score --------------------------------------------------------------------------------
+
+@dataclass
+class ScoreSummary:
+    csv: Path
+    scored: int
+    outliers: list[Path]
+    failed: list[tuple[str, str]]
+    sheet: Path | None = None
+    auc: tuple[float, float, int] | None = None  # ROC-AUC, average precision, labelled images
+    unlabelled: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed else 0
+
+
+def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, samples: int = 16, top: int | None = None,
+          quantile: float | None = None, copy_to: str | Path | None = None, sheet: str | Path | None = None,
+          labels: str | Path | None = None, batch_size: int = 64, device: str = "auto", precision: str = "auto",
+          seed: int = 0, progress: Any = None) -> ScoreSummary:
+    """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
+    those above the ``quantile`` of the scores (0.99 when neither is given)."""
+    from translate.devices import DTYPES, pick_device, resolve_precision
+
+    if top is not None and quantile is not None:
+        raise TranslateError("give --top or --quantile, not both")
+    if quantile is not None and not 0 < quantile < 1:
+        raise TranslateError(f"--quantile must be between 0 and 1, not {quantile}")
+    dev = pick_device(device)
+    wf, net = open_model(weights, "score", lambda n: hasattr(n, "encode"), "ae, vae and beta-vae weights", dev)
+    kind = recon_kind(wf)
+    reading = folder(in_dir)
+    truth = _labels(labels, reading) if labels else None
+    prec = resolve_precision(precision, dev)
+    net = net.to(DTYPES[prec])
+    gen = torch.Generator().manual_seed(seed)
+    if progress is not None:
+        progress.start(total=len(reading.files), done=0)
+    found: dict[int, dict[str, float]] = {}
+    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+        s = scores(net, x.to(DTYPES[prec]), kind, samples, gen)
+        for j, i in enumerate(idx):
+            found[i] = {k: float(v[j]) for k, v in s.items()}
+    order = sorted(found, key=lambda i: -found[i]["score"])
+    if top is not None:
+        marked = set(order[:top])
+    else:
+        q = 0.99 if quantile is None else quantile
+        cut = torch.quantile(torch.tensor([found[i]["score"] for i in order], dtype=torch.float64), q).item() \
+            if order else math.inf
+        marked = {i for i in order if found[i]["score"] > cut}
+    rel = {i: reading.files[i].relative_to(reading.root) for i in order}
+    rows = [[str(rel[i]), f"{found[i]['score']:.4f}", f"{found[i]['recon']:.4f}", f"{found[i]['kl']:.4f}",
+             int(i in marked)] for i in order]
+    summary = ScoreSummary(write_csv(out_csv, ["file", "score", "recon", "kl", "outlier"], rows), len(order),
+                           [reading.files[i] for i in order if i in marked], reading.failed)
+    if copy_to is not None:
+        for i in order:
+            if i in marked:
+                dst = Path(copy_to) / rel[i]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(reading.files[i], tmp)
+    worst = order[:16]
+    if worst:
+        sheet = Path(sheet) if sheet else Path(out_csv).with_suffix(".png")
+        images = torch.stack([model_input(reading.files[i], net.channels, net.resolution) for i in worst])
+        x = images.to(dev).float().div(127.5).sub(1).to(DTYPES[prec])
+        with torch.no_grad():
+            code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
+            recon = net.decode(code).float()
+        captions = [f"{rel[i]}  {found[i]['score']:.1f}" for i in worst]
+        summary.sheet = contact_sheet(sheet, images, to_u8(recon), captions)
+    if truth is not None:
+        known = [i for i in order if str(rel[i]) in truth]
+        summary.unlabelled = len(order) - len(known)
+        if len({truth[str(rel[i])] for i in known}) < 2:
+            raise TranslateError(f"--labels {labels}: the labelled images need both outliers and inliers")
+        auc, ap = rank_metrics([found[i]["score"] for i in known], [truth[str(rel[i])] for i in known])
+        summary.auc = (auc, ap, len(known))
+    return summary
+
+
+def _labels(path: str | Path, reading: Reading) -> dict[str, int]:
+    """file (relative to the input folder) -> 0/1 from a CSV with columns file,is_outlier."""
+    path = Path(path)
+    if not path.is_file():
+        raise TranslateError(f"--labels file not found: {path}")
+    out = {}
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f)
+        if not rows.fieldnames or not {"file", "is_outlier"} <= set(rows.fieldnames):
+            raise TranslateError(f"--labels {path}: needs the columns file,is_outlier (found: "
+                                 f"{','.join(rows.fieldnames or [])})")
+        for n, row in enumerate(rows, 2):
+            value = str(row["is_outlier"]).strip().lower()
+            if value not in ("0", "1", "true", "false"):
+                raise TranslateError(f"--labels {path}:{n}: is_outlier must be 0/1 or true/false, not {value!r}")
+            name = Path(row["file"])
+            if name.is_absolute():
+                name = name.relative_to(reading.root.resolve()) if name.is_relative_to(reading.root.resolve()) \
+                    else name
+            out[str(name)] = int(value in ("1", "true"))
+    return out
+
+
+def to_u8(x: Tensor) -> Tensor:
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def contact_sheet(path: str | Path, left: Tensor, right: Tensor | None, captions: list[str], cols: int = 4,
+                  cell: int = 96) -> Path:
+    """A PNG of images (uint8 (N, C, h, w)), each beside its partner in ``right`` if given, a caption under
+    each; small images are enlarged (nearest) to ``cell`` pixels so they can be seen."""
+    from PIL import Image, ImageDraw
+
+    def pil(t: Tensor) -> Image.Image:
+        arr = t.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()
+        img = Image.fromarray(arr)
+        scale = max(1, cell // max(img.size))
+        return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+    tiles = []
+    for k, caption in enumerate(captions):
+        parts = [pil(left[k])] + ([pil(right[k])] if right is not None else [])
+        w, h = sum(p.width for p in parts) + 4 * (len(parts) - 1), max(p.height for p in parts)
+        tile = Image.new("RGB", (max(w, 8 * len(caption) // 2), h + 14), "white")
+        x = 0
+        for p in parts:
+            tile.paste(p, (x, 0))
+            x += p.width + 4
+        ImageDraw.Draw(tile).text((1, h + 1), caption, fill="black")
+        tiles.append(tile)
+    cols = min(cols, len(tiles))
+    tw, th = max(t.width for t in tiles), max(t.height for t in tiles)
+    rows = math.ceil(len(tiles) / cols)
+    sheet = Image.new("RGB", (cols * (tw + 6), rows * (th + 6)), "white")
+    for k, t in enumerate(tiles):
+        sheet.paste(t, ((k % cols) * (tw + 6), (k // cols) * (th + 6)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
+
+
+# --- translate classify and translate debias (DB-VAE weights) --------------------------------------
+
+def _classifier(weights: str | Path, command: str, device: torch.device) -> tuple[WeightsFile, nn.Module, str]:
+    wf, net = open_model(weights, command, lambda n: hasattr(n, "classify"), "dbvae weights (a classifier)", device)
+    try:
+        positive = json.loads(wf.meta.get("info", "{}")).get("positive", "positive")
+    except json.JSONDecodeError:
+        positive = "positive"
+    return wf, net, positive
+
+
+@dataclass
+class ClassifySummary:
+    csv: Path
+    classified: int
+    positive: str
+    failed: list[tuple[str, str]]
+    by_folder: dict[str, tuple[int, int]] = field(default_factory=dict)  # class folder -> (right, images)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed else 0
+
+
+def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, batch_size: int = 64,
+             device: str = "auto", progress: Any = None) -> ClassifySummary:
+    """The positive class's probability for every image under ``in_dir``. Where the first folder of a
+    path names one of the model's classes, that is its truth, and accuracy is counted per folder."""
+    from translate.devices import pick_device
+
+    dev = pick_device(device)
+    wf, net, positive = _classifier(weights, "classify", dev)
+    try:
+        classes = list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
+    except json.JSONDecodeError:
+        classes = []
+    reading = folder(in_dir)
+    if progress is not None:
+        progress.start(total=len(reading.files), done=0)
+    probs: dict[int, float] = {}
+    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+        with torch.no_grad():
+            p = torch.sigmoid(net.classify(x).float()).cpu()
+        probs.update({i: float(v) for i, v in zip(idx, p, strict=True)})
+    rows, by_folder = [], {}
+    for i in sorted(probs):
+        rel = reading.files[i].relative_to(reading.root)
+        rows.append([str(rel), f"{probs[i]:.5f}", positive if probs[i] >= 0.5 else f"not {positive}"])
+        group = rel.parts[0] if len(rel.parts) > 1 else ""
+        if group in classes:
+            right, total = by_folder.get(group, (0, 0))
+            by_folder[group] = (right + int((probs[i] >= 0.5) == (group == positive)), total + 1)
+    path = write_csv(out_csv, ["file", "probability", "predicted"], rows)
+    return ClassifySummary(path, len(rows), positive, reading.failed, by_folder)
+
+
+@dataclass
+class DebiasSummary:
+    csv: Path
+    sheet: Path
+    images: int
+    max_min: float
+    entropy: float
+    failed: list[tuple[str, str]]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed else 0
+
+
+def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins: int | None = None,
+           alpha: float | None = None, sheet: str | Path | None = None, batch_size: int = 64,
+           device: str = "auto", progress: Any = None) -> DebiasSummary:
+    """The DB-VAE's sampling probability and latent density of every image under ``in_dir`` (as
+    training computes them for its positives; ``bins``/``alpha`` default to the model's recipe), and
+    a PNG of the most (top row) and least often drawn images."""
+    from translate.debias import resampling
+    from translate.devices import pick_device
+
+    dev = pick_device(device)
+    wf, net, _ = _classifier(weights, "debias", dev)
+    try:
+        section = json.loads(wf.recipe_json).get("debias", {})
+    except (json.JSONDecodeError, AttributeError):
+        section = {}
+    bins = bins if bins is not None else int(section.get("bins", 10))
+    alpha = alpha if alpha is not None else float(section.get("alpha", 0.001))
+    if bins < 2 or alpha < 0:
+        raise TranslateError(f"--bins must be >= 2 and --alpha >= 0 (got {bins}, {alpha})")
+    reading = folder(in_dir)
+    if progress is not None:
+        progress.start(total=len(reading.files), done=0)
+    idx_all, mus = [], []
+    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+        with torch.no_grad():
+            mus.append(net.encode(x).float().cpu())
+        idx_all += idx
+    if not idx_all:
+        raise TranslateError(f"no readable images in {reading.root}")
+    r = resampling(torch.cat(mus), bins, alpha)
+    order = sorted(range(len(idx_all)), key=lambda k: -float(r.p[k]))
+    rel = [reading.files[i].relative_to(reading.root) for i in idx_all]
+    rows = [[str(rel[k]), f"{float(r.p[k]):.6g}", f"{float(r.density[k]):.6g}"] for k in order]
+    path = write_csv(out_csv, ["file", "probability", "density"], rows)
+    show = order[:8] + [k for k in order[-8:] if k not in order[:8]]
+    images = torch.stack([model_input(reading.files[idx_all[k]], net.channels, net.resolution) for k in show])
+    captions = [f"{'most' if j < min(8, len(order)) else 'least'} p={float(r.p[k]) * len(order):.2f}/N"
+                for j, k in enumerate(show)]
+    png = contact_sheet(Path(sheet) if sheet else Path(out_csv).with_suffix(".png"), images, None, captions, cols=8)
+    return DebiasSummary(path, png, len(order), r.max_min, r.entropy, reading.failed)

@@ -1,0 +1,146 @@
+"""DB-VAE, "Uncovering and Mitigating Algorithmic Bias through Learned Latent Structure" (Amini et al.
+2019), as MIT 6.S191's debiasing lab trains it: a classifier that learns which kinds of images are
+rare in its data and sees them more often.
+
+One encoder gives the class logit and q(z|x); the decoder is a VAE's. The loss is the binary
+cross-entropy of the logit for every image plus, for images of the positive class only (the VAE
+models the positives: faces, not the non-faces), the VAE loss: the reconstruction error (mean
+absolute error per pixel, as the lab) plus ``kl_weight`` times the KL to N(0, I).
+
+Each epoch begins with the latent means of every positive image; their per-dimension histograms
+give each one a sampling probability that grows as its code gets rarer (translate/debias.py), and
+the epoch's positives are drawn with those probabilities (negatives stay uniform). The log carries
+how far the probabilities spread: ``p_max_min`` (most / least drawn) and ``p_entropy`` (1: uniform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from translate.debias import resampling
+from translate.errors import TranslateError
+from translate.methods.ae import check_power_of_two
+from translate.methods.base import Method, as_rgb
+from translate.recipes import at_least
+from translate.registry import METHODS
+
+
+@dataclass
+class DBVAEModel:
+    z_dim: int = at_least(32, 1)
+    nf: int = at_least(32, 1)
+
+
+@dataclass
+class DBVAELoss:
+    kl_weight: float = at_least(0.0005, 0.0)  # the lab's; the reconstruction term is a per-pixel mean
+
+
+@dataclass
+class DebiasConfig:
+    enabled: bool = True  # false: a plain classifier (uniform sampling), for comparison
+    bins: int = at_least(10, 2)  # histogram bins per latent dimension
+    alpha: float = at_least(0.001, 0.0)  # histogram smoothing; larger is closer to uniform sampling
+
+
+@METHODS.register("dbvae")
+class DBVAE(Method):
+    """A debiased binary classifier on ``classes`` data (one subfolder per class). Exports ``AE``
+    (``classify``, ``encode``, ``decode``)."""
+
+    ModelConfig = DBVAEModel
+    LossConfig = DBVAELoss
+    Sections = {"debias": DebiasConfig}
+    data_kind = "classes"
+    export_names = ("AE",)
+
+    def __init__(self, recipe, device, precision, info=None) -> None:
+        super().__init__(recipe, device, precision, info)
+        m, d = recipe.model, recipe.data
+        classes = list(self.info.get("classes") or [])
+        if len(classes) < 2:
+            raise TranslateError(f"dbvae trains a classifier: {d.path} needs two or more class subfolders "
+                                 "(e.g. face/ and nonface/)")
+        name = d.positive or classes[0]
+        if name not in classes:
+            raise TranslateError(f"data.positive {name!r} is not a subfolder of {d.path} (found: {', '.join(classes)})")
+        self.positive = classes.index(name)
+        self.info["positive"] = name
+        self.build("AE", "conv_dbvae", init=False, channels=d.channels, resolution=d.crop_size, z_dim=m.z_dim,
+                   nf=m.nf)
+        self.optimizers = {"AE": self.adam(self.nets["AE"])}
+        self.weights: Tensor | None = None  # this epoch's sampling weights over the dataset (None: uniform)
+        self.spread = torch.ones(2)  # (max / min, entropy) of the positives' probabilities
+
+    def check_size(self, size: int) -> None:
+        check_power_of_two(size, "dbvae")
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x, opt = batch["A"], self.optimizers["AE"]
+        y = (batch["label"] == self.positive).float()
+        opt.zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            x_hat, mu, logvar, logit = self.nets["AE"](x, sample=True)
+        bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
+        recon = (x_hat.float() - x.float()).abs().flatten(1).mean(1)
+        kl = (0.5 * (mu.float().square() + logvar.float().exp() - 1.0 - logvar.float())).sum(1)
+        vae = recon + self.recipe.loss.kl_weight * kl
+        loss = (bce + y * vae).mean()
+        self.amp.backward(loss)
+        self.amp.step(opt)
+        self.amp.update()
+        positives = y.sum().clamp_min(1)
+        accuracy = ((logit.detach() > 0).float() == y).float().mean()
+        return {"loss": loss.detach(), "bce": bce.mean().detach(), "recon": ((y * recon).sum() / positives).detach(),
+                "kl": ((y * kl).sum() / positives).detach(), "accuracy": accuracy,
+                "p_max_min": self.spread[0].to(x.device), "p_entropy": self.spread[1].to(x.device)}
+
+    @torch.no_grad()
+    def resample(self, batches: Iterable[tuple[list[int], dict[str, Tensor]]], n: int) -> None:
+        """The coming epoch's sampling weights over the ``n`` dataset items, from the latent means of
+        the positives (``batches``: every readable item in order, with its index)."""
+        if not self.recipe.debias.enabled:
+            return
+        net = self.net("AE")
+        net.eval()
+        indices, means, labels = [], [], []
+        for idx, batch in batches:
+            with self.amp.autocast():
+                means.append(net.encode(batch["A"]).float().cpu())
+            indices += idx
+            labels.append(batch["label"].cpu())
+        net.train()
+        index, mu, label = torch.tensor(indices), torch.cat(means), torch.cat(labels)
+        pos = label == self.positive
+        weights = torch.zeros(n, dtype=torch.float64)  # unreadable items: never drawn
+        neg_index = index[~pos]
+        weights[neg_index] = 1.0 / len(index)
+        if pos.any():
+            r = resampling(mu[pos], self.recipe.debias.bins, self.recipe.debias.alpha)
+            weights[index[pos]] = r.p.double() * (int(pos.sum()) / len(index))  # the positives' share, redistributed
+            self.spread = torch.tensor([r.max_min, r.entropy])
+        self.weights = weights
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rows of input | reconstruction (of the mean code)."""
+        net = self.net("AE")
+        net.eval()
+        with self.amp.autocast():
+            out = net(batch["A"]).float()
+        net.train()
+        return torch.cat([as_rgb(batch["A"]), as_rgb(out)], -1)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"weights": self.weights if self.weights is not None else torch.zeros(0), "spread": self.spread}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        w = state.get("weights")
+        self.weights = w if w is not None and w.numel() else None
+        self.spread = state.get("spread", torch.ones(2))
