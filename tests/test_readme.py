@@ -41,9 +41,13 @@ DOCKER_VALUE_OPTIONS = {"-v", "--volume", "--shm-size", "--stop-timeout", "--ent
 
 
 def readme_commands() -> list[str]:
-    """Shell commands in the README's fenced blocks, one per line, in order."""
+    """Shell commands in the README's fenced blocks, one per line, in order; a ```python block is one
+    command, ``python:`` and its code."""
     commands = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+    for lang, block in re.findall(r"```([a-z]*)\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        if lang == "python":
+            commands.append(f"python:{block}")
+            continue
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"(^|\s+)#(\s.*)?$", "", line).strip()  # a comment, whole-line or trailing
             if line:
@@ -55,6 +59,8 @@ def as_run(command: str) -> list[list[str]] | None:
     """The argv lists that stand for one README command here (several for two machines), or None."""
     if command.startswith(SKIPPED):
         return None
+    if command.startswith("python:"):  # a Python example, run as written
+        return [[sys.executable, "-c", command.removeprefix("python:")]]
     words = shlex.split(command)
     if words[:2] == ["docker", "run"]:
         words, entry = _strip_docker(words[2:])

@@ -399,6 +399,61 @@ def debias_cmd(
     raise typer.Exit(s.exit_code)
 
 
+@app.command("eval")
+def eval_cmd(
+    weights: Weights,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Paired data: aligned test/ (A|B side by side) or "
+                                       "A/test + B/test.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of metrics per pair.")] = Path("eval.csv"),
+    split: Annotated[str, typer.Option(help="Which split of the data: test, val, ...")] = "test",
+    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, failures and errors.")] = False,
+) -> None:
+    """PSNR, SSIM and L1 of a translator's outputs against the targets of paired test data: a CSV
+    row per pair, and the mean, median and worst five."""
+    from rich.table import Table
+
+    from translate.evaluate import METRICS, evaluate
+    from translate.infer import RunProgress
+
+    progress = RunProgress(err, quiet=quiet, verb="evaluating")
+    try:
+        s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
+                     progress=progress)
+    except TranslateError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+    table = Table("metric", "mean", "median", title=f"{len(s.rows)} {s.split} pairs of {data}")
+    for k in METRICS:
+        table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")
+    out.print(table)
+    out.print("worst five by PSNR: " + ", ".join(f"{f} ({m['psnr']:.2f} dB)" for f, m in s.worst()),
+              highlight=False, soft_wrap=True)
+    err.print(f"wrote {s.csv}" + (f"; {len(s.failed)} pair(s) failed" if s.failed else ""), highlight=False)
+    raise typer.Exit(s.exit_code)
+
+
+@app.command("export")
+def export_cmd(
+    weights: Weights,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (.onnx or .pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
+    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+) -> None:
+    """Export a translator or a zoo generator to ONNX or TorchScript, then check the file: its
+    output on a real input must match PyTorch's (ONNX: with onnxruntime, when installed)."""
+    from translate.export import describe, export
+
+    try:
+        s = export(weights, output, fmt.lower(), direction)
+    except TranslateError as e:
+        fail(str(e))
+    err.print(describe(s), highlight=False, soft_wrap=True)
+
+
 @app.command("zoo")
 def zoo_cmd() -> None:
     """Every model: parameters, resolution, and the commands that apply to it; then every network."""

@@ -105,6 +105,8 @@ class TrainConfig:
     keep_last: int = at_least(3, 0)  # numbered checkpoints kept, newest first (0: keep all)
     deterministic: bool = False  # CUDA: deterministic algorithms, no cuDNN autotuning (bit-exact resume, slower)
     n_samples: int = at_least(4, 1)  # images in each sample grid
+    eval_every: int = at_least(0, 0)  # epochs between evaluations on the val/ (or test/) pairs; 0: off
+    eval_metric: str = choice("psnr", "psnr", "ssim", "l1")  # which one picks best.safetensors
 
 
 @dataclass

@@ -232,10 +232,24 @@ class Trainer:
         self.stopped: int | None = None  # the signal all ranks agreed to stop on (see _should_stop)
         self.resumed_from: dict[str, Any] = {}
         self._saved_step = -1
+        self.eval_split = self._eval_split(cls) if t.eval_every else ""
+        self.best: float | None = None  # the best evaluation so far (train.eval_metric)
         if resume:
             self._load(load_state(self.paths.state))
 
     # --- set-up --------------------------------------------------------------------------------
+    def _eval_split(self, cls: type) -> str:
+        """The split train.eval_every evaluates on: val/, else test/ (aligned or A/ + B/)."""
+        if cls.data_kind != "paired":
+            raise TranslateError(f"train.eval_every evaluates paired translation; {self.recipe.method} trains on "
+                                 f"{cls.data_kind} data (set train.eval_every=0)")
+        root = Path(self.recipe.data.path)
+        for split in ("val", "test"):
+            if (root / split).is_dir() or (root / "A" / split).is_dir():
+                return split
+        raise TranslateError(f"train.eval_every needs held-out pairs beside the training ones: {root}/val/ or "
+                             f"{root}/test/ (or A/val + B/val); none found")
+
     def _startable(self, recipe: Recipe, resume: bool) -> Recipe:
         """On resume, composed halves start from the run's own weights instead of their init files
         (the saved state then sets every value): a moved or deleted init file stops nothing."""
@@ -292,6 +306,7 @@ class Trainer:
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
             "rng": _rng_state(self.device), "extra": m.extra_state(), "skipped": self.skipped,
+            "best_eval": self.best if self.best is not None else float("nan"),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -305,6 +320,8 @@ class Trainer:
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         m.load_extra_state(state.get("extra", {}))
+        best = state.get("best_eval", float("nan"))
+        self.best = None if best != best else best  # NaN: no evaluation yet
         # The lr schedules were saved for the old number of processes; rescale them to this one's.
         _scale_lr(m.optimizers, self.lr_factor / state.get("lr_factor", 1.0), self.schedulers.values())
         self.step, self.epoch = state["step"], state["epoch"]
@@ -328,23 +345,51 @@ class Trainer:
                 if line.strip() and json.loads(line).get("step", 0) <= self.step]
         self.paths.log.write_text("".join(f"{line}\n" for line in keep))
 
-    def save(self, numbered: bool = False) -> None:
-        """Write weights (for inference) and state (for resume); rank 0 only."""
+    def save(self, numbered: bool = False, evaluate: bool = False) -> None:
+        """Write weights (for inference) and state (for resume); rank 0 only. ``evaluate``: score the
+        new weights on the held-out pairs first, and keep them as best.safetensors if they are."""
         self._read_finite()
         self._saved_step = self.step
         if not self.dist.is_main:
             return
         m = self.method
         arch = {n: m.arch(n) for n in m.nets}
-        save_state(self.paths.state, self._state())
         exported = m.export()
         meta = {"step": str(self.step), "epoch": str(self.epoch), "method": self.recipe.method,
                 "info": json.dumps(m.info)}
         save_weights(self.paths.weights, exported, arch, self.recipe.to_json(), meta)
+        if evaluate:
+            self._evaluate()
+        save_state(self.paths.state, self._state())
         if numbered:
             save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
                          self.recipe.to_json(), meta)
             self._prune_numbered()
+
+    def _evaluate(self) -> None:
+        """PSNR/SSIM/L1 of the just-written weights on the held-out pairs (translate/evaluate.py): a CSV
+        in eval/, a line in the log, and best.safetensors when ``train.eval_metric`` improves."""
+        import shutil
+
+        from translate.checkpoints import atomic_path
+        from translate.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
+
+        t = self.recipe.train
+        result = evaluate(self.paths.weights, self.recipe.data.path, self.paths.root / "eval" /
+                          f"epoch_{self.epoch:03d}.csv", split=self.eval_split, device=str(self.device))
+        means = {k: result.mean(k) for k in METRICS}
+        value = means[t.eval_metric]
+        better = self.best is None or (value > self.best if HIGHER_IS_BETTER[t.eval_metric] else value < self.best)
+        if better:
+            self.best = value
+            with atomic_path(self.paths.root / "best.safetensors") as tmp:
+                shutil.copyfile(self.paths.weights, tmp)
+        with open(self.paths.log, "a") as f:
+            f.write(json.dumps({"step": self.step, "epoch": self.epoch, "split": self.eval_split,
+                                **{f"eval_{k}": round(v, 5) for k, v in means.items()}}) + "\n")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+        self.console.print(f"epoch {self.epoch}: {self.eval_split} {shown}"
+                           + (" (best so far: best.safetensors)" if better else ""), highlight=False)
 
     def _prune_numbered(self) -> None:
         """Keep the newest ``train.keep_last`` numbered copies: each is a full set of weights (218 MB
@@ -475,8 +520,9 @@ class Trainer:
                 s.step()
         self.epoch += 1
         self.samples_in_epoch = 0
-        every = self.recipe.train.save_every
-        self.save(numbered=bool(every) and self.epoch % every == 0)
+        t = self.recipe.train
+        self.save(numbered=bool(t.save_every) and self.epoch % t.save_every == 0,
+                  evaluate=bool(t.eval_every) and self.epoch % t.eval_every == 0)
 
     def _stacked(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """All losses in one float tensor on one device (a method may compute some on another,

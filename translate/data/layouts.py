@@ -238,8 +238,10 @@ def _need(files: list[Path], where: Path, what: str) -> list[Path]:
     return files
 
 
-def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
-    """Open ``cfg.path`` for a method that wants ``kind``: paired, unpaired, images or classes."""
+def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train") -> Dataset:
+    """Open ``cfg.path`` for a method that wants ``kind``: paired, unpaired, images or classes.
+    ``split`` (paired data): which sub-folder of the layout, ``train`` or e.g. ``test`` / ``val``
+    for evaluation."""
     if not cfg.path:
         raise TranslateError("no data folder given (use --data DIR)")
     root = Path(cfg.path).expanduser()
@@ -274,15 +276,19 @@ def open_dataset(cfg: DataConfig, kind: str, seed: int = 0) -> Dataset:
                              "or A/ and B/ folders with matching names, not trainA/trainB")
     if layout == "paired_folders":
         a_dir, b_dir = root / "A", root / "B"
-        if (a_dir / "train").is_dir():
-            a_dir, b_dir = a_dir / "train", b_dir / "train"
+        if (a_dir / split).is_dir():
+            a_dir, b_dir = a_dir / split, b_dir / split
+        elif split != "train":
+            raise TranslateError(f"{root}: no A/{split}/ folder of {split} pairs")
         b_by_stem = {p.relative_to(b_dir).with_suffix(""): p for p in list_images(b_dir)}
         pairs = [(p, b_by_stem[k]) for p in list_images(a_dir)
                  if (k := p.relative_to(a_dir).with_suffix("")) in b_by_stem]
         if not pairs:
             raise TranslateError(f"{root}: no file in A/ has a partner of the same name in B/")
         return PairedFoldersDataset(pairs[:limit], cfg)
-    folder = root / "train" if (root / "train").is_dir() else root
+    if split != "train" and not (root / split).is_dir():
+        raise TranslateError(f"{root}: no {split}/ folder of {split} pairs")
+    folder = root / split if (root / split).is_dir() else root
     files = _need(list_images(folder), folder, "side-by-side A|B pairs")[:limit]
     return AlignedDataset(files, cfg)
 
