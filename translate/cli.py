@@ -401,33 +401,62 @@ def debias_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    weights: Weights,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Paired data: aligned test/ (A|B side by side) or "
-                                       "A/test + B/test.")],
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A translator's weights (paired "
+                                                 "metrics, with --data).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Paired data: aligned test/ (A|B side by "
+                                              "side) or A/test + B/test.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of metrics per pair.")] = Path("eval.csv"),
     split: Annotated[str, typer.Option(help="Which split of the data: test, val, ...")] = "test",
     direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+    images: Annotated[Path | None, typer.Option(help="A folder of generated images (FID/KID against --ref).")] = None,
+    ref: Annotated[Path | None, typer.Option(help="A folder of real images (FID/KID).")] = None,
+    inception: Annotated[Path | None, typer.Option(help="The FID Inception weights, "
+                                                   "pt_inception-2015-12-05-6726825d.pth (FID/KID).")] = None,
+    lpips: Annotated[Path | None, typer.Option(help="Paired: add LPIPS, with the torchvision AlexNet weights "
+                                               "file alexnet-owt-7be5be79.pth.")] = None,
+    kid_subsets: Annotated[int, typer.Option(help="KID: random subsets averaged.", min=1)] = 100,
+    kid_subset_size: Annotated[int, typer.Option(help="KID: images per subset (at most the folders' sizes).",
+                                                 min=2)] = 1000,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, failures and errors.")] = False,
 ) -> None:
-    """PSNR, SSIM and L1 of a translator's outputs against the targets of paired test data: a CSV
-    row per pair, and the mean, median and worst five."""
+    """How good a model is. Paired (--weights, --data): PSNR, SSIM and L1 of a translator's outputs
+    against the targets, a CSV row per pair, the mean, median and worst five. Unpaired or generative
+    (--images, --ref, --inception): FID and KID between two folders, features cached beside each."""
     from rich.table import Table
 
-    from translate.evaluate import METRICS, evaluate
+    from translate.evaluate import evaluate
     from translate.infer import RunProgress
 
+    if (images is None) != (ref is None):
+        fail("FID/KID compare two folders: give both --images and --ref")
+    if images is None and (weights is None or data is None):
+        fail("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
+    if images is not None:
+        from translate.fid import distances
+
+        try:
+            d = distances(images, ref, inception, device=device, kid_subsets=kid_subsets,
+                          kid_subset_size=kid_subset_size)
+        except TranslateError as e:
+            fail(str(e))
+        cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
+        out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})",
+                  highlight=False)
+        if cached:
+            err.print(f"features read from the cache in {', '.join(cached)}", highlight=False)
+        return
     progress = RunProgress(err, quiet=quiet, verb="evaluating")
     try:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
-                     progress=progress)
+                     progress=progress, lpips=lpips)
     except TranslateError as e:
         fail(str(e))
     finally:
         progress.stop()
     table = Table("metric", "mean", "median", title=f"{len(s.rows)} {s.split} pairs of {data}")
-    for k in METRICS:
+    for k in s.metrics:
         table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")
     out.print(table)
     out.print("worst five by PSNR: " + ", ".join(f"{f} ({m['psnr']:.2f} dB)" for f, m in s.worst()),

@@ -4,7 +4,9 @@ Each test pair is read as training reads it at test time (resized to the recipe'
 crop or flip, the recipe's channels and direction), the input is translated as `translate run`
 translates it, and the output, rounded to 8 bits as a written image is, is compared with the target
 in [0, 1]: PSNR and SSIM (torchmetrics: a Gaussian window of 11 pixels, sigma 1.5, as the SSIM
-paper) and the mean absolute error (L1).
+paper) and the mean absolute error (L1). LPIPS (Zhang et al. 2018, the AlexNet variant) when the user
+passes the AlexNet weights file (torchvision's ``alexnet-owt-7be5be79.pth``; nothing is downloaded):
+torchmetrics' LPIPS network with the linear layers it ships, that backbone loaded from the file.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from translate.errors import TranslateError
 
 METRICS = ("psnr", "ssim", "l1")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False}
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False}
+ALEXNET = "alexnet-owt-7be5be79.pth"
 
 
 @dataclass
@@ -29,6 +33,10 @@ class EvalSummary:
     split: str
     rows: list[tuple[str, dict[str, float]]]  # (file, metrics), in file order
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.rows[0][1]) if self.rows else list(METRICS)
 
     def mean(self, metric: str) -> float:
         return statistics.fmean(m[metric] for _, m in self.rows)
@@ -54,6 +62,29 @@ def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
             "l1": float((x - y).abs().mean())}
 
 
+def load_lpips(path: str | Path, device: torch.device) -> Any:
+    """LPIPS with its AlexNet backbone from the torchvision weights file at ``path``."""
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    path = Path(path)
+    if not path.is_file():
+        raise TranslateError(f"--lpips file not found: {path} (the torchvision AlexNet weights, {ALEXNET})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    except Exception:
+        features = {}
+    if not features:
+        raise TranslateError(f"--lpips {path} does not hold torchvision AlexNet weights ({ALEXNET})")
+    net = _LPIPS(pretrained=True, net="alex", pnet_rand=True)  # the linear layers torchmetrics ships
+    mapped = {f"{name}.{key}": features[key] for name, part in net.net.named_children()
+              for child, _ in part.named_children() for key in (f"{child}.weight", f"{child}.bias") if key in features}
+    missing, _ = net.net.load_state_dict(mapped, strict=False)
+    if missing:
+        raise TranslateError(f"--lpips {path}: {len(missing)} AlexNet tensors missing ({ALEXNET} is expected)")
+    return net.to(device).eval()
+
+
 def test_config(wf: Any, data: Path, direction: str) -> Any:
     """The data section evaluation reads with: the weights' recipe at test time (crop_size, no
     augmentation); ``direction`` BtoA (CycleGAN's other generator) swaps the pairs."""
@@ -72,7 +103,7 @@ def test_config(wf: Any, data: Path, direction: str) -> Any:
 
 def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, split: str = "test",
              direction: str = "AtoB", device: str = "auto", precision: str = "auto", progress: Any = None,
-             translator: Any = None) -> EvalSummary:
+             translator: Any = None, lpips: str | Path | None = None) -> EvalSummary:
     """Metrics of every pair in ``data``'s ``split`` (aligned ``test/`` or ``A/test`` + ``B/test``), one CSV row
     per pair. ``translator``: an already prepared (Translator, multiple), e.g. the net being trained."""
     from translate.analyze import write_csv
@@ -91,6 +122,7 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     else:
         tr, m = translator
     dataset = open_dataset(test_config(wf, data, direction), "paired", split=split)
+    lpips_net = load_lpips(lpips, tr.device) if lpips else None
     if progress is not None:
         progress.start(total=len(dataset), done=0)
     rows, failed = [], []
@@ -108,10 +140,17 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
         y = to_u8(tr(pad_to(x, padded((h, w), m)))[..., :h, :w])[0].cpu()
         y = y[:1] if b.shape[0] == 1 else y
         name = str(Path(item["path"]).relative_to(data)) if Path(item["path"]).is_relative_to(data) else item["path"]
-        rows.append((name, pair_metrics(y, b)))
+        metrics = pair_metrics(y, b)
+        if lpips_net is not None:
+            pair = [(t.expand(3, -1, -1) if t.shape[0] == 1 else t).float().div(127.5).sub(1)[None].to(tr.device)
+                    for t in (y, b)]
+            with torch.no_grad():
+                metrics["lpips"] = float(lpips_net(*pair).mean())
+        rows.append((name, metrics))
         if progress is not None:
             progress.advance()
     if not rows:
         raise TranslateError(f"no readable pairs in {data} ({split})")
-    path = write_csv(out_csv, ["file", *METRICS], [[f, *(f"{m[k]:.5f}" for k in METRICS)] for f, m in rows])
+    names = [*METRICS, *(["lpips"] if lpips_net is not None else [])]
+    path = write_csv(out_csv, ["file", *names], [[f, *(f"{m[k]:.5f}" for k in names)] for f, m in rows])
     return EvalSummary(path, split, rows, failed)
