@@ -1,4 +1,5 @@
-"""Training speed: seconds per iteration and images/s for CycleGAN and pix2pix at 256x256, batch 1.
+"""Training speed: seconds per iteration, images/s and peak GPU memory for CycleGAN, CUT and pix2pix at
+256x256, batch 1.
 
     .venv/bin/python bench/train_speed.py [--steps N] [--warmup W] [--device auto|cpu|cuda]
                                           [--data-root ../shared/data] [--channels-last]
@@ -40,8 +41,8 @@ from translate import devices  # noqa: E402
 from translate.recipes import load_recipe  # noqa: E402
 from translate.train import Trainer  # noqa: E402
 
-DATASETS = {"cyclegan": "horse2zebra", "pix2pix": "people2outline"}
-GENERATORS = {"cyclegan": "resnet_9blocks", "pix2pix": "unet_256"}
+DATASETS = {"cyclegan": "horse2zebra", "cut": "horse2zebra", "pix2pix": "people2outline"}
+GENERATORS = {"cyclegan": "resnet_9blocks", "cut": "resnet_9blocks", "pix2pix": "unet_256"}
 
 # From the project's issue: the reference implementation's own per-iteration timer (t_comp), fp32,
 # same settings (256x256 crops of 286 loads, batch 1), in s/it.
@@ -102,6 +103,7 @@ class Row:
     kept: int  # timed steps kept
     tried: int  # timed steps run
     other: float | None  # cores other processes kept busy during the kept steps (mean), None if unknown
+    peak: int | None = None  # bytes of GPU memory the timed steps held at most (CUDA only)
 
 
 def step_other_load(trainer: Trainer, batch: dict[str, torch.Tensor]) -> tuple[float, float | None]:
@@ -145,6 +147,8 @@ def bench_one(method: str, precision: str, data_root: Path, device: str, steps: 
                 trainer.epoch += 1
         for batch in batches[:warmup]:
             trainer.method.train_step(batch)
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
         timed = batches[warmup:]
         runs: list[tuple[float, float | None]] = []
         retry = trainer.device.type == "cpu"
@@ -156,11 +160,12 @@ def bench_one(method: str, precision: str, data_root: Path, device: str, steps: 
             runs.append(step_other_load(trainer, timed[i % steps]))
             if sum(quiet(o) for _, o in runs) >= steps:
                 break
+        peak = torch.cuda.max_memory_allocated(trainer.device) if trainer.device.type == "cuda" else None
     clean = [(t, o) for t, o in runs if quiet(o)]
     kept = clean or runs  # nothing clean: report all, flagged by kept == 0
     loads = [o for _, o in kept if o is not None]
     return Row(statistics.median(t for t, _ in kept), recipe.train.batch_size, len(clean), len(runs),
-               sum(loads) / len(loads) if loads else None)
+               sum(loads) / len(loads) if loads else None, peak)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
           "only train_step is timed (data loading and augmentation excluded)")
     print()
     print(f"{'method':<10} {'generator':<16} {'precision':<14} {'s/it':>8} {'images/s':>9} {'kept':>6} "
-          f"{'other load':>11}")
+          f"{'other load':>11} {'peak GPU':>9}")
 
     results: dict[tuple[str, str], float] = {}
     contended = False
@@ -212,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             results[method, precision] = r.seconds
             contended |= r.kept < args.steps
             load = f"{r.other:.2f} cores" if r.other is not None else "n/a"
-            print(f"{row} {r.seconds:>8.3f} {r.batch / r.seconds:>9.2f} {f'{r.kept}/{r.tried}':>6} {load:>11}",
-                  flush=True)
+            peak = f"{r.peak / 2**30:.2f} GiB" if r.peak is not None else "n/a"
+            print(f"{row} {r.seconds:>8.3f} {r.batch / r.seconds:>9.2f} {f'{r.kept}/{r.tried}':>6} {load:>11} "
+                  f"{peak:>9}", flush=True)
     print(f"kept: timed steps kept / run; on the CPU a step is redone (up to {RETRIES}x --steps in all) when "
           f"other processes kept more than {OTHER_MAX} cores busy during it")
     print("other load: mean cores used by other processes (and hypervisor steal) during the kept steps")
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (it is {family.title()})" if family else ""))
     else:
         for method in args.methods:
-            if (method, "fp32") in results:
+            if (method, "fp32") in results and method in ref:
                 ours = results[method, "fp32"]
                 print(f"same CPU family ({family.title()}), fp32 {method}: ours {ours:.3f} s/it vs reference "
                       f"{ref[method]:.2f} s/it -> {ref[method] / ours:.2f}x the reference's speed")

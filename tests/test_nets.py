@@ -36,7 +36,7 @@ def test_every_family_is_registered_with_its_facts() -> None:
             assert info.options is not None and bool(info.gives) == (info.role == "encoder"), name
             assert any(name in (f"{e}_encoder", f"{d}_decoder") for e, d in NETS.pairs()), f"{name} fits no partner"
         else:
-            assert NETS.partners(name, "discriminator") or info.role in ("discriminator", "autoencoder"), name
+            assert NETS.partners(name, "discriminator") or info.role in ("discriminator", "autoencoder", "head"), name
 
 
 @pytest.mark.parametrize("name", TRANSLATORS)

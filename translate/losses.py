@@ -85,3 +85,14 @@ class ImagePool:
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.images = [t.to(device) for t in state["images"]]
         self.gen.set_state(state["gen"])
+
+
+def patch_nce(q: Tensor, k: Tensor, t: float = 0.07) -> Tensor:
+    """PatchNCE (Park et al. 2020): ``q`` and ``k`` are (N, P, D) unit vectors of the same P positions in
+    an output and its input. Each query's positive is its own key; the other P - 1 keys of the same image
+    are its negatives. Cross-entropy of picking the positive, temperature ``t``, mean over queries.
+    (The CUT code scores the positive once more, masked with -10 / t among the negatives: a difference
+    of e^-142.) Random unit vectors give about log P."""
+    logits = torch.bmm(q.float(), k.float().transpose(1, 2)) / t  # (N, P, P): row i, column i is the positive
+    target = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten())

@@ -71,6 +71,7 @@ ROLES = {
     "autoencoder": "image -> latent -> image",
     "encoder": "image -> code, the first half of a composed translator",
     "decoder": "code -> image, the second half of a composed translator",
+    "head": "features -> embeddings, a method's helper (CUT's projection heads)",
 }
 
 CODES = {

@@ -101,8 +101,19 @@ class ResnetGenerator(nn.Module):
         layers = [*_down(in_ch, ngf, norm), *_blocks(ngf, norm, dropout, n_blocks), *_up(out_ch, ngf, norm)]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, layers: list[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The translation; with ``layers``, instead the outputs of those layers of ``model`` (CUT's
+        PatchNCE features, as the CUT code numbers them), the rest of the network not run."""
+        if layers is None:
+            return self.model(x)
+        wanted, feats = set(layers), {}
+        for i, layer in enumerate(self.model):
+            if i > max(layers):
+                break
+            x = layer(x)
+            if i in wanted:
+                feats[i] = x
+        return [feats[i] for i in layers]
 
 
 class ResnetEncoder(nn.Module):

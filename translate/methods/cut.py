@@ -1,0 +1,130 @@
+"""CUT and FastCUT, "Contrastive Learning for Unpaired Image-to-Image Translation" (Park, Efros, Zhang,
+Zhu 2020): one generator, one discriminator, no cycle.
+
+The output must look like domain B to D (LSGAN), and each patch of the output must correspond to the
+patch of the input at the same place more than to any other patch of that input: PatchNCE. The
+generator's own encoder embeds both; features of several of its layers (``model.nce_layers``, as the
+CUT code numbers the ResNet generator's layers) are sampled at ``model.num_patches`` positions,
+projected by a two-layer MLP per layer and compared with a temperature ``loss.nce_t``.
+
+CUT adds the same loss on B images through the generator (``loss.nce_idt``, an identity term) with
+``lambda_nce`` 1; FastCUT drops it for ``lambda_nce`` 10 and flip-equivariance: half of the steps
+flip the input, and the output's features are flipped back before they are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from translate.errors import TranslateError
+from translate.losses import GAN_MODES, GANLoss, patch_nce
+from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
+from translate.recipes import at_least, choice
+from translate.registry import METHODS
+
+
+@dataclass
+class CUTModel(TranslatorModel):
+    nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])
+    num_patches: int = at_least(256, 1)
+    netF_nc: int = at_least(256, 1)  # width of the projection heads
+
+
+@dataclass
+class CUTLoss:
+    gan_mode: str = choice("lsgan", *GAN_MODES)
+    lambda_gan: float = at_least(1.0, 0.0)
+    lambda_nce: float = at_least(1.0, 0.0)
+    nce_idt: bool = True  # PatchNCE on B -> G(B) too (CUT); false for FastCUT
+    nce_t: float = at_least(0.07, 1e-6)
+    flip_equivariance: bool = False  # FastCUT
+
+
+@METHODS.register("cut")
+class CUT(Method):
+    """Unpaired translation A -> B with PatchNCE. Exports ``G``."""
+
+    ModelConfig = CUTModel
+    LossConfig = CUTLoss
+    data_kind = "unpaired"
+    export_names = ("G",)
+
+    def __init__(self, recipe, device, precision, info=None) -> None:
+        super().__init__(recipe, device, precision, info)
+        m = recipe.model
+        if m.encoder or m.decoder or not m.generator.startswith("resnet"):
+            raise TranslateError("cut takes its PatchNCE features from a ResNet generator's layers: use "
+                                 "model.generator=resnet_9blocks or resnet_6blocks")
+        G = self.build_generator("G", m.input_nc, m.output_nc)
+        depth = len(G.model)
+        if not m.nce_layers or not all(0 <= i < depth for i in m.nce_layers):
+            raise TranslateError(f"model.nce_layers {m.nce_layers}: layers of {m.generator} are 0 to {depth - 1}")
+        with torch.no_grad():
+            feats = G(torch.zeros(1, m.input_nc, 64, 64, device=device), layers=m.nce_layers)
+        self.build("F", "patch_mlp", channels=[f.shape[1] for f in feats], nc=m.netF_nc)
+        self.build("D", m.discriminator, in_ch=m.output_nc, ndf=m.ndf, n_layers=m.n_layers_D, norm=m.norm)
+        n = self.nets
+        self.optimizers = {"G": self.adam(n["G"]), "F": self.adam(n["F"]), "D": self.adam(n["D"])}
+        self.gan = GANLoss(recipe.loss.gan_mode)
+
+    def nce(self, src: Tensor, tgt: Tensor, flipped: bool) -> Tensor:
+        """PatchNCE between ``src`` and its translation ``tgt``, averaged over the layers."""
+        m, G, F_ = self.recipe.model, self.nets["G"], self.nets["F"]
+        feat_q = G(tgt, layers=m.nce_layers)
+        if flipped:  # FastCUT: the output's features back in the input's orientation
+            feat_q = [f.flip(3) for f in feat_q]
+        feat_k = G(src, layers=m.nce_layers)
+        k, ids = F_(feat_k, m.num_patches)
+        q, _ = F_(feat_q, m.num_patches, ids)
+        return torch.stack([patch_nce(qi, ki, self.recipe.loss.nce_t) for qi, ki in zip(q, k, strict=True)]).mean()
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        G, D = self.nets["G"], self.nets["D"]
+        loss = self.recipe.loss
+        real_a, real_b = batch["A"], batch["B"]
+        flipped = loss.flip_equivariance and bool(torch.rand(()) < 0.5)
+        if flipped:
+            real_a, real_b = real_a.flip(3), real_b.flip(3)
+        n = real_a.shape[0]
+        with self.amp.autocast():  # one pass for both, as the CUT code
+            fakes = G(torch.cat([real_a, real_b]) if loss.nce_idt else real_a)
+        fake_b, idt_b = fakes[:n], (fakes[n:] if loss.nce_idt else None)
+
+        set_requires_grad([D], True)
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            d_fake = self.gan(D(fake_b.detach()), False)
+            d_real = self.gan(D(real_b), True)
+        self.amp.backward((d_fake + d_real) * 0.5)
+        self.amp.step(self.optimizers["D"])
+
+        set_requires_grad([D], False)
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.optimizers["F"].zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            g_gan = self.gan(D(fake_b), True, for_discriminator=False) * loss.lambda_gan
+            nce = self.nce(real_a, fake_b, flipped)
+            nce_y = self.nce(real_b, idt_b, flipped) if loss.nce_idt else None
+        nce_both = (nce + nce_y) * 0.5 if nce_y is not None else nce
+        self.amp.backward(g_gan + nce_both * loss.lambda_nce)
+        self.hold_frozen()
+        self.amp.step(self.optimizers["G"])
+        self.amp.step(self.optimizers["F"])
+        self.amp.update()
+        out = {"G_GAN": g_gan.detach(), "NCE": nce.detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach()}
+        if nce_y is not None:
+            out["NCE_Y"] = nce_y.detach()
+        return out
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rows of A | G(A) | B | G(B)."""
+        G = self.net("G")
+        G.eval()
+        with self.amp.autocast():
+            fake, idt = G(batch["A"]).float(), G(batch["B"]).float()
+        G.train()
+        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"]), as_rgb(idt)], -1)

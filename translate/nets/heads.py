@@ -1,0 +1,41 @@
+"""Projection heads: CUT's per-layer two-layer MLPs that embed sampled patch features for PatchNCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from translate.registry import NETS
+
+
+class PatchSampleMLP(nn.Module):
+    """For each feature map: the features at ``patch_ids`` (or at ``num_patches`` random positions, drawn
+    from torch's global generator), through Linear-ReLU-Linear to ``nc`` values, L2-normalised.
+
+    Sized by the channels of the layers it serves (known when it is built, so it is in the state from
+    the first step: checkpoints and resume are exact, where the CUT code creates its heads lazily)."""
+
+    def __init__(self, channels: list[int], nc: int = 256) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(c, nc), nn.ReLU(), nn.Linear(nc, nc)) for c in channels)
+
+    def forward(self, feats: list[Tensor], num_patches: int, patch_ids: list[Tensor] | None = None
+                ) -> tuple[list[Tensor], list[Tensor]]:
+        """(per layer (N, P, nc) embeddings, the positions used); P = min(num_patches, H * W)."""
+        out, ids = [], []
+        for k, (feat, mlp) in enumerate(zip(feats, self.mlps, strict=True)):
+            flat = feat.flatten(2).transpose(1, 2)  # (N, H*W, C)
+            if patch_ids is None:
+                idx = torch.randperm(flat.shape[1], device=flat.device)[: min(num_patches, flat.shape[1])]
+            else:
+                idx = patch_ids[k]
+            out.append(F.normalize(mlp(flat[:, idx]), dim=-1))
+            ids.append(idx)
+        return out, ids
+
+
+@NETS.register("patch_mlp", role="head", family="image")
+def patch_mlp(channels: list[int], nc: int = 256) -> nn.Module:
+    """CUT's projection heads: a two-layer MLP per feature layer, on sampled patches, L2-normalised."""
+    return PatchSampleMLP(channels, nc)
