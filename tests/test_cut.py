@@ -76,3 +76,27 @@ def test_fastcut_trains_with_two_processes(h2z4, tmp_path):
     assert res.returncode == 0 and "done: step 2" in res.stderr, res.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert "NCE_Y" not in log[-1] and math.isfinite(log[-1]["NCE"])
+
+
+def test_import_takes_cut_generators_of_the_reference_layout(tmp_path):
+    """The CUT code saves its generator's state dict with the reference's keys (trained with
+    --no_antialias --no_antialias_up): it imports with the same outputs; its anti-aliased default is a
+    one-line error."""
+    from typer.testing import CliRunner
+
+    from translate.cli import app
+    from translate.nets import init_weights
+    from translate.registry import create_net
+
+    torch.manual_seed(0)
+    net = init_weights(create_net("resnet_9blocks", ngf=8)).eval()
+    torch.save(net.state_dict(), tmp_path / "latest_net_G.pth")
+    runner = CliRunner()
+    res = runner.invoke(app, ["import", str(tmp_path / "latest_net_G.pth"), "-o", str(tmp_path / "g.safetensors")])
+    assert res.exit_code == 0, res.output
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(read_weights(tmp_path / "g.safetensors").build("G")(x), net(x), rtol=0, atol=1e-6)
+    torch.save({**net.state_dict(), "model.7.filt": torch.ones(128, 1, 3, 3)}, tmp_path / "aa.pth")
+    res = runner.invoke(app, ["import", str(tmp_path / "aa.pth"), "-o", str(tmp_path / "aa.safetensors")])
+    assert res.exit_code == 1 and "anti-aliased" in res.output and "--no_antialias" in res.output

@@ -180,6 +180,10 @@ def import_reference(
     """
     name = os.fspath(path)
     sd = load_reference_state_dict(name)
+    if any(k.endswith(".filt") for k in sd):
+        raise TranslateError(f"{name}: a generator with anti-aliased down/upsampling (its blur 'filt' buffers: the "
+                             "CUT code's default); the reference's layout imports, e.g. CUT trained with "
+                             "--no_antialias --no_antialias_up")
     spec = detect_arch(sd, arch=arch, norm=norm)
     net: nn.Module = create_net(spec["net"], **spec["kwargs"])
     mapped = _map_keys(sd, net)
