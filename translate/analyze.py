@@ -33,6 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
 from translate.errors import TranslateError
 from translate.images import list_images, read_rgb, resize_u8
+from translate.methods.ae import recon_error
+from translate.methods.vae import kl_per_image
 
 EXIT_PARTIAL = 3
 
@@ -41,11 +43,10 @@ EXIT_PARTIAL = 3
 
 def model_input(path: Path, channels: int, resolution: int) -> Tensor:
     """A file as a (channels, resolution, resolution) uint8 model input."""
+    from translate.data.layouts import _gray
+
     img = read_rgb(path)
-    if channels == 1:
-        r, g, b = img.float().unbind(0)
-        img = (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8)[None]  # as training's grayscale
-    return resize_u8(img, (resolution, resolution))
+    return resize_u8(_gray(img) if channels == 1 else img, (resolution, resolution))
 
 
 class _Read(Dataset):
@@ -137,37 +138,26 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Pat
 
 # --- the math ---------------------------------------------------------------------------------------
 
-def per_image_error(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
-    """(N,) reconstruction error summed over pixels (as methods.ae.recon_loss, per image)."""
-    diff = x_hat.float() - x.float()
-    return (diff.square() if kind == "l2" else diff.abs()).flatten(1).sum(1)
-
-
-def per_image_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    mu, logvar = mu.float(), logvar.float()
-    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)
-
-
 @torch.no_grad()
 def scores(net: nn.Module, x: Tensor, kind: str, samples: int, generator: torch.Generator) -> dict[str, Tensor]:
     """Per image: ``score`` (estimated -log p(x), or the AE's error), ``recon`` and ``kl``."""
     if not hasattr(net, "encode_dist"):
-        recon = per_image_error(net.decode(net.encode(x)), x, kind)
+        recon = recon_error(net.decode(net.encode(x)), x, kind)
         return {"score": recon, "recon": recon, "kl": torch.zeros_like(recon)}
     mu, logvar = (t.float() for t in net.encode_dist(x))
     dtype = x.dtype  # the net's (bf16 where native); the sums stay in fp32
-    recon = per_image_error(net.decode(mu.to(dtype)), x, kind)
+    recon = recon_error(net.decode(mu.to(dtype)), x, kind)
     std = torch.exp(0.5 * logvar)
     log_w = []
     for _ in range(samples):
         eps = torch.randn(mu.shape, generator=generator).to(mu.device)
         z = mu + std * eps
-        log_px = -per_image_error(net.decode(z.to(dtype)), x, kind)
+        log_px = -recon_error(net.decode(z.to(dtype)), x, kind)
         log_pz = -0.5 * z.square().sum(1)
         log_qz = -0.5 * (eps.square() + logvar).sum(1)  # the 2 pi constants cancel with log p(z)'s
         log_w.append(log_px + log_pz - log_qz)
     nll = -(torch.logsumexp(torch.stack(log_w), 0) - math.log(samples))
-    return {"score": nll, "recon": recon, "kl": per_image_kl(mu, logvar)}
+    return {"score": nll, "recon": recon, "kl": kl_per_image(mu, logvar)}
 
 
 def rank_metrics(scores_: list[float], labels: list[int]) -> tuple[float, float]:
@@ -205,6 +195,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
     those above the ``quantile`` of the scores (0.99 when neither is given)."""
     from translate.devices import DTYPES, pick_device, resolve_precision
+    from translate.infer import to_u8
 
     if top is not None and quantile is not None:
         raise TranslateError("give --top or --quantile, not both")
@@ -254,7 +245,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
             code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
             recon = net.decode(code).float()
         captions = [f"{rel[i]}  {found[i]['score']:.1f}" for i in worst]
-        summary.sheet = contact_sheet(sheet, images, to_u8(recon), captions)
+        summary.sheet = contact_sheet(sheet, images, to_u8(recon).cpu(), captions)
     if truth is not None:
         known = [i for i in order if str(rel[i]) in truth]
         summary.unlabelled = len(order) - len(known)
@@ -286,10 +277,6 @@ def _labels(path: str | Path, reading: Reading) -> dict[str, int]:
                     else name
             out[str(name)] = int(value in ("1", "true"))
     return out
-
-
-def to_u8(x: Tensor) -> Tensor:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 def contact_sheet(path: str | Path, left: Tensor, right: Tensor | None, captions: list[str], cols: int = 4,

@@ -30,15 +30,20 @@ class AELoss:
     recon: str = choice("l2", *RECON_KINDS)
 
 
-def recon_loss(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
-    """Per-image reconstruction error on [-1, 1] images, summed over pixels, mean over the batch.
+def recon_error(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
+    """(N,) reconstruction error of [-1, 1] images, summed over pixels.
 
     ``l2``: squared error, the Gaussian negative log-likelihood with variance 1/2 (constant dropped);
     ``l1``: absolute error, the Laplace negative log-likelihood with scale 1 (constant dropped).
     """
     diff = x_hat.float() - x.float()
     err = diff.square() if kind == "l2" else diff.abs()
-    return err.flatten(1).sum(1).mean()
+    return err.flatten(1).sum(1)
+
+
+def recon_loss(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
+    """:func:`recon_error`, mean over the batch."""
+    return recon_error(x_hat, x, kind).mean()
 
 
 def check_power_of_two(size: int, method: str) -> None:

@@ -27,6 +27,7 @@ from translate.debias import resampling
 from translate.errors import TranslateError
 from translate.methods.ae import check_power_of_two
 from translate.methods.base import Method, as_rgb
+from translate.methods.vae import kl_per_image
 from translate.recipes import at_least
 from translate.registry import METHODS
 
@@ -89,7 +90,7 @@ class DBVAE(Method):
             x_hat, mu, logvar, logit = self.nets["AE"](x, sample=True)
         bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
         recon = (x_hat.float() - x.float()).abs().flatten(1).mean(1)
-        kl = (0.5 * (mu.float().square() + logvar.float().exp() - 1.0 - logvar.float())).sum(1)
+        kl = kl_per_image(mu, logvar)
         vae = recon + self.recipe.loss.kl_weight * kl
         loss = (bce + y * vae).mean()
         self.amp.backward(loss)

@@ -43,10 +43,15 @@ class VAELoss:
                               "set one of them to 0")
 
 
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over z, mean over the batch."""
+def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
+    """(N,) KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over z."""
     mu, logvar = mu.float(), logvar.float()
-    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1).mean()
+    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)
+
+
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """:func:`kl_per_image`, mean over the batch."""
+    return kl_per_image(mu, logvar).mean()
 
 
 @METHODS.register("vae")
