@@ -26,12 +26,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def exit_code(signum: int) -> int:
-    """The shell's convention for a process ended by a signal: 128 + its number."""
-    return 128 + int(signum)
 
 
 def under_launcher() -> bool:

@@ -49,23 +49,21 @@ from translate.devices import (
     pick_device,
     resolve_precision,
 )
-from translate.errors import TranslateError
+from translate.errors import Interrupted, TranslateError
 from translate.images import save_png_atomic
 from translate.methods import get_method
 from translate.recipes import Recipe, load_recipe
-from translate.signals import StopSignals, blocked, exit_code, ignore_in_worker
+from translate.signals import StopSignals, blocked, ignore_in_worker
 
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
 NUMBERED = re.compile(r"epoch_(\d{3,})\.safetensors")  # the numbered copies train.keep_last prunes
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """Raised after a signal, once the current step is done and a checkpoint is saved."""
 
     def __init__(self, signum: int, run_dir: Path) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved, resume with "
-                         f"`translate train --resume {run_dir}`")
-        self.exit_code = exit_code(signum)
+        super().__init__(signum, f"saved, resume with `translate train --resume {run_dir}`")
 
 
 def lr_factor(rule: str, world_size: int) -> float:
