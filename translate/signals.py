@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
