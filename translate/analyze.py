@@ -31,13 +31,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
-from translate.errors import TranslateError
+from translate.errors import EXIT_PARTIAL, TranslateError
 from translate.images import list_images, read_rgb, resize_u8
 from translate.methods.ae import recon_error
 from translate.methods.vae import kl_per_image
-
-EXIT_PARTIAL = 3
-
 
 # --- reading folders -------------------------------------------------------------------------------
 

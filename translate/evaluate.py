@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.errors import TranslateError
+from translate.errors import EXIT_PARTIAL, TranslateError
 
 METRICS = ("psnr", "ssim", "l1")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False}
@@ -49,7 +49,7 @@ class EvalSummary:
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.failed else 0
+        return EXIT_PARTIAL if self.failed else 0
 
 
 def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:

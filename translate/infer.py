@@ -41,35 +41,12 @@ from translate.devices import (
     pick_device,
     resolve_precision,
 )
-from translate.errors import TranslateError
+from translate.errors import EXIT_PARTIAL, TranslateError, exit_code
 from translate.images import FORMATS, IMAGE_EXTENSIONS, decode, encode_atomic, is_image_file, probe_size, resize_u8
-from translate.signals import StopSignals, blocked, exit_code, ignore_in_worker
+from translate.options import RunOptions
+from translate.signals import StopSignals, blocked, ignore_in_worker
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
-EXIT_PARTIAL = 3  # some files failed; the rest were translated
-
-
-@dataclass
-class RunOptions:
-    """Everything `translate run` can be told (defaults are the CLI's)."""
-
-    weights: Path | None = None
-    direction: str = "AtoB"
-    size: int | None = None  # resize so the shorter side is this many pixels
-    max_pixels: int = 2048 * 2048  # larger images are translated in tiles
-    tile: int = 1024
-    overlap: int = 128
-    batch_size: int | None = None  # None: 16 on CUDA, 1 on the CPU (larger batches only thrash its caches)
-    precision: str = "auto"
-    compile: bool = False
-    format: str = "keep"  # keep | png | jpg | webp
-    quality: int = 95
-    skip_existing: bool = True
-    keep_alpha: bool = True
-    workers: int | None = None
-    device: str = "auto"
-    samples: int = 1  # translations per input, from as many latents (models with one: BicycleGAN)
-    seed: int | None = None  # of the latents; None: z = 0 (the prior's mean) for one sample, seed 0 for more
 
 
 @dataclass

@@ -99,3 +99,8 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
 
     net.apply(init_module)
     return net
+
+
+def power_of_two(n: int, minimum: int = 1) -> bool:
+    """True if ``n`` is a power of two no smaller than ``minimum`` (resolutions halved down to 4x4)."""
+    return n >= minimum and n & (n - 1) == 0
