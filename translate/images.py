@@ -34,6 +34,21 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
+def to_signed(x: Tensor) -> Tensor:
+    """uint8 pixels [0, 255] -> float [-1, 1], the range every network here works in."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_u8(x: Tensor) -> Tensor:
+    """float [-1, 1] -> uint8 pixels, rounded (values outside are clipped)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """float [-1, 1] -> [0, 1], as image grids are saved."""
+    return (x.float() + 1.0) / 2.0
+
+
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 

@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from translate.checkpoints import load_state, save_state, save_weights
 from translate.data import Augment, collate, open_dataset
-from translate.data.augment import to_unit
 from translate.devices import (
     Dist,
     Precision,
@@ -50,7 +49,7 @@ from translate.devices import (
     resolve_precision,
 )
 from translate.errors import Interrupted, TranslateError
-from translate.images import save_png_atomic
+from translate.images import save_png_atomic, to_unit
 from translate.methods import get_method
 from translate.recipes import Recipe, load_recipe
 from translate.signals import StopSignals, blocked, ignore_in_worker

@@ -11,17 +11,8 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor
 
+from translate.images import to_signed
 from translate.recipes import DataConfig
-
-
-def to_signed(x: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [-1, 1], the range every network here works in."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1] for saving."""
-    return (x.float() + 1.0) / 2.0
 
 
 class Augment:
