@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
     save_weights(path, nets, {"G_A": spec, "G_B": spec})
     return path
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests of many tiny nets: on a busy 2-core machine OpenMP's waiting made
+    test_nets.py's weights-file round trips take 40 s with 2 threads, 3 s with 1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -92,3 +105,25 @@ def tiny(recipe: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     from translate.recipes import load_recipe
 
     return applicable(load_recipe(recipe).method, [*TINY, *TINY_BY_RECIPE.get(recipe, []), *extra])
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain(text: str) -> str:
+    """CLI output without colour codes."""
+    return ANSI.sub("", text)
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """A CliRunner result that failed with exit 1 and one ``error:`` line (no traceback) holding ``needles``."""
+    text = plain(result.output)
+    assert result.exit_code == 1, text
+    assert "Traceback" not in text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error:"), text
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

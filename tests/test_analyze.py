@@ -19,7 +19,7 @@ from translate.cli import app
 from translate.debias import resampling
 from translate.recipes import load_recipe
 from translate.registry import create_net
-from translate.train import Trainer, resume
+from translate.train import Trainer
 
 runner = CliRunner()
 QUIET = ["data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.save_every=0", "train.device=cpu"]
@@ -198,18 +198,6 @@ def test_dbvae_draws_the_rare_kind_more_and_classifies_it_no_worse(faces, tmp_pa
     res = runner.invoke(app, ["classify", str(faces / "train"), "-w", str(runs["debiased"]), "-o",
                               str(tmp_path / "all.csv")])
     assert res.exit_code == 0 and "face: accuracy" in res.output and "nonface: accuracy" in res.output
-
-
-def test_dbvae_resume_equals_an_uninterrupted_run(faces, tmp_path):
-    """The epoch's sampling weights are part of the state: stopping mid-epoch and resuming draws the
-    same images as going on."""
-    over = [f"data.path={faces / 'train'}", *DBVAE, "train.epochs=2"]
-    Trainer(load_recipe("dbvae", [*over, "train.max_steps=8"]), tmp_path / "whole", quiet=True).fit()
-    Trainer(load_recipe("dbvae", [*over, "train.max_steps=6"]), tmp_path / "split", quiet=True).fit()
-    resume(tmp_path / "split", ["train.max_steps=8"], quiet=True)
-    a = read_weights(tmp_path / "whole" / "latest.safetensors").tensors["AE"]
-    b = read_weights(tmp_path / "split" / "latest.safetensors").tensors["AE"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_classify_and_debias_need_dbvae_weights(digit_vae, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, plain
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,15 +22,10 @@ N_SAMPLES = 2
 TINY = ["data.load_size=72", f"data.crop_size={CROP}", "data.num_workers=0", "model.generator=resnet_6blocks",
         "model.ngf=8", "model.ndf=8", "train.batch_size=2", "train.log_every=1", "train.sample_every=0",
         f"train.n_samples={N_SAMPLES}", "train.device=cpu"]
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def sets(overrides: list[str]) -> list[str]:
     return [x for o in overrides for x in ("--set", o)]
-
-
-def plain(text: str) -> str:
-    return ANSI.sub("", text)
 
 
 def invoke(*args: str):
@@ -38,19 +34,6 @@ def invoke(*args: str):
 
 def read_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def assert_one_line_error(result, *needles: str) -> str:
-    text = plain(result.output)
-    assert result.exit_code == 1, text
-    assert "Traceback" not in text
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert lines[0].startswith("error:"), text
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def test_recipes_lists_one_line_each():

@@ -1,9 +1,10 @@
 """Contracts every recipe keeps, whatever its method: a few training steps under bf16 autocast (and
-fp32) give finite losses, a sample grid and a weights file that rebuilds.
+fp32) give finite losses, a sample grid and a weights file that rebuilds; a run stopped and resumed
+equals one that never stopped; a misspelt key or a crop size the nets cannot take is one line.
 
 Parametrised over ``list_recipes()``, so a new recipe is covered without an edit here. Sizes come from
-conftest's ``tiny``; the few steps must reach each method's special phases: those overrides are in
-``SPECIAL``, with the check that they were reached.
+conftest's ``tiny``; the few steps must reach each method's special phases (and the resumed run must
+start inside them): those overrides are in ``SPECIAL``, with the check that they were reached.
 
 The runs are on the CPU, with CUDA's autocast policy (``cuda_autocast_policy``). CPU autocast alone
 does not take CUDA's dtype paths: both run convolutions and linear layers in bf16, but only CUDA's
@@ -15,9 +16,11 @@ step 600 of a GPU run), and bf16 with bf16 under CPU autocast, which passed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +28,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import copy_first, shared, tiny
+from conftest import assert_one_line_error, copy_first, plain, shared, tiny
 from torch.utils._pytree import tree_flatten, tree_map
+from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights
+from translate.checkpoints import load_state, read_weights
+from translate.cli import app
+from translate.errors import TranslateError
 from translate.methods import get_method
 from translate.recipes import list_recipes, load_recipe
-from translate.train import Trainer
+from translate.train import Trainer, resume
 
 STEPS = 3
 
@@ -46,16 +52,18 @@ class Special:
 
 
 SPECIAL = {
-    # 4x4 for 1 step, then 8x8 fades in over 2: steps 0-2 are (4, 1), (8, 0), (8, 0.5).
-    "pggan": Special(["model.start_resolution=4", "model.stable_steps=1", "model.fade_steps=2"],
+    # 4x4 for 1 step, then 8x8 fades in over 3: steps 0-3 are (4, 1), (8, 0), (8, 1/3), (8, 2/3), so a
+    # run resumed after step 3 (RESUME_AT) goes on mid fade-in.
+    "pggan": Special(["model.start_resolution=4", "model.stable_steps=1", "model.fade_steps=3"],
                      lambda log: any(0 < r["alpha"] < 1 for r in log) and len({r["resolution"] for r in log}) > 1),
-    # lazy R1 and path length on steps 0 and 2; every batch style-mixed
+    # lazy R1 and path length on steps 0 and 2 (and 4, the resumed run's second); every batch style-mixed
     "stylegan2": Special(["loss.r1_interval=2", "loss.pl_interval=2", "loss.mixing_prob=1.0"],
                          lambda log: sum("R1" in r for r in log) == 2 and sum("PL" in r for r in log) == 2),
-    "vae": Special(["loss.kl_warmup_steps=2"], lambda log: any(0 < r["kl_weight"] < 1 for r in log)),
+    # the KL weight rises over 4 steps: a resumed run needs the step counter back
+    "vae": Special(["loss.kl_warmup_steps=4"], lambda log: any(0 < r["kl_weight"] < 1 for r in log)),
     # a decoder trained with the encoder (frozen, it would need a StyleGAN2 weights file)
     "psp": Special(["model.freeze_decoder=false"]),
-    "beta-vae": Special(["loss.capacity_max=5", "loss.capacity_steps=2"],
+    "beta-vae": Special(["loss.capacity_max=5", "loss.capacity_steps=4"],
                         lambda log: any(r["capacity"] > 0 for r in log)),
 }
 
@@ -244,3 +252,82 @@ def test_recipe_trains_samples_and_exports(name, precision, data_root, tmp_path)
         rebuilt = weights.build(net_name).state_dict()
         for key, value in net.state_dict().items():
             assert rebuilt[key].dtype == value.dtype and torch.equal(rebuilt[key], value.cpu()), (net_name, key)
+
+
+# 4 images at batch 2 are 2 steps an epoch: the split run stops mid-epoch (after step 3) and the resumed
+# one crosses into the next epoch and the linear lr decay (epochs 1-2 of 3), with a numbered checkpoint
+# each epoch and worker processes for the data (their random streams are part of the state); where
+# there is an image pool, it fills and swaps. Keys a method does not have are left out (``tiny``).
+RESUME = ["train.epochs=1", "train.epochs_decay=2", "train.save_every=1", "train.deterministic=true",
+          "data.num_workers=1", "loss.pool_size=3"]
+RESUME_AT, RESUME_STEPS = 3, 5
+
+
+@pytest.mark.parametrize("name", list_recipes(aliases=False))
+def test_resume_equals_an_uninterrupted_run(name, data_root, tmp_path):
+    """Every method resumes exactly: its losses and every net of its state (discriminators, projection
+    heads, EMA copies) equal to the bit, and the weights file too."""
+    special = SPECIAL.get(name, Special([]))
+    data = data_root(get_method(load_recipe(name).method).data_kind)
+    common = [*tiny(name, [*RESUME, *special.overrides]), f"data.path={data}"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    Trainer(load_recipe(name, [*common, f"train.max_steps={RESUME_STEPS}"]), full, quiet=True).fit()
+    Trainer(load_recipe(name, [*common, f"train.max_steps={RESUME_AT}"]), split, quiet=True).fit()
+    resume(split, [f"train.max_steps={RESUME_STEPS}"], quiet=True)
+
+    a, b = read_log(full), read_log(split)
+    assert [r["step"] for r in b] == list(range(1, RESUME_STEPS + 1))
+    for ra, rb in zip(a, b, strict=True):
+        ra.pop("images_per_s"), rb.pop("images_per_s")
+        assert ra == rb
+    na, nb = (load_state(run / "latest.state.pt")["nets"] for run in (full, split))
+    assert sorted(na) == sorted(nb)
+    for net in na:
+        assert all(torch.equal(v, nb[net][k]) for k, v in na[net].items()), net
+    wa, wb = (read_weights(run / "latest.safetensors").tensors for run in (full, split))
+    assert sorted(wa) == sorted(wb)
+    for net in wa:
+        assert all(torch.equal(v, wb[net][k]) for k, v in wa[net].items()), net
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_a_misspelt_key_is_one_line_naming_the_right_one(name, tmp_path):
+    """`translate train --set <section>.<key with a letter left off>=1`, for each section the method
+    declares (model, loss and its own): exit 1, one line, the key it meant."""
+    cls = get_method(load_recipe(name).method)
+    sections = {"model": cls.ModelConfig, "loss": cls.LossConfig, **getattr(cls, "Sections", {})}
+    for section, config in sections.items():
+        keys = [f.name for f in dataclasses.fields(config)]
+        if not keys:
+            continue
+        key = max(keys, key=len)
+        typo = key[:-1]
+        assert typo not in keys
+        res = CliRunner().invoke(app, ["train", "--recipe", name, "--data", str(tmp_path), "--out",
+                                       str(tmp_path / "run"), "--set", f"{section}.{typo}=1"])
+        line = assert_one_line_error(res, f"unknown key {section}.{typo} (did you mean '{key}'?)")
+        assert plain(res.stderr).strip() == line and not res.stdout  # on stderr
+    assert not (tmp_path / "run").exists()
+
+
+BAD_CROP = re.compile(
+    r"data\.crop_size (?P<size>\d+) "
+    r"(must be a power of two >= \d+ for (?P<method>\S+) \(e\.g\. \d+( or \d+)?\)"
+    r"|does not suit model\.\S+ \S+( \+ model\.decoder \S+)?: it (needs a multiple of \d+ \(or pick another generator\)"
+    r"|works at (?P<fixed>\d+)x(?P=fixed) only \(set data\.crop_size=(?P=fixed)\)))")
+
+
+@pytest.mark.parametrize("name", list_recipes(aliases=False))
+def test_a_crop_size_the_nets_cannot_take_is_one_line(name, data_root, tmp_path):
+    """30 (no power of two, and a multiple of no net's size multiple) and 2 (below every net's smallest):
+    one line naming data.crop_size and what the method needs, before any net is built."""
+    method = load_recipe(name).method
+    data = data_root(get_method(method).data_kind)
+    for size in (30, 2):
+        over = [*tiny(name, SPECIAL.get(name, Special([])).overrides), f"data.path={data}",
+                f"data.load_size={size}", f"data.crop_size={size}"]
+        with pytest.raises(TranslateError) as e:
+            Trainer(load_recipe(name, over), tmp_path / "run", quiet=True)
+        m = BAD_CROP.fullmatch(str(e.value))
+        assert m and int(m["size"]) == size and m["method"] in (None, method), str(e.value)
+    assert not (tmp_path / "run").exists()

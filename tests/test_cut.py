@@ -16,7 +16,7 @@ from translate.devices import Precision
 from translate.losses import patch_nce
 from translate.methods import get_method
 from translate.recipes import load_recipe
-from translate.train import Trainer, resume
+from translate.train import Trainer
 
 CPU = torch.device("cpu")
 SMALL = ["data.load_size=64", "data.crop_size=64", "model.ngf=8", "model.ndf=8", "model.num_patches=64",
@@ -51,19 +51,14 @@ def test_identity_has_lower_nce_than_a_random_mapping(h2z4):
     assert same < random_ and random_ > 0.5 * math.log(64)
 
 
-def test_nce_falls_and_resume_equals_an_uninterrupted_run(h2z4, tmp_path):
+def test_nce_falls_and_the_weights_file_rebuilds_g(h2z4, tmp_path):
+    """(Exact resume, projection heads included: test_contracts.py.)"""
     over = [f"data.path={h2z4}", *SMALL, "data.load_size=32", "data.crop_size=32", "train.epochs=100"]
     Trainer(load_recipe("cut", [*over, "train.max_steps=16"]), tmp_path / "whole", quiet=True).fit()
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     first, last = sum(r["NCE"] for r in log[:4]) / 4, sum(r["NCE"] for r in log[-4:]) / 4
     assert last < first, (first, last)
     assert "NCE_Y" in log[0]  # CUT's identity term
-    Trainer(load_recipe("cut", [*over, "train.max_steps=14"]), tmp_path / "split", quiet=True).fit()
-    resume(tmp_path / "split", ["train.max_steps=16"], quiet=True)
-    a = torch.load(tmp_path / "whole" / "latest.state.pt", weights_only=True)["nets"]
-    b = torch.load(tmp_path / "split" / "latest.state.pt", weights_only=True)["nets"]
-    for net in ("G", "F", "D"):  # the projection heads are part of the state
-        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
     G = read_weights(tmp_path / "whole" / "latest.safetensors").build("G")  # the weights file alone
     assert G(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 

@@ -15,7 +15,8 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from translate.cli import app
-from translate.infer import DEFAULT_WEIGHTS, RunOptions, plan, run
+from translate.infer import RunOptions, plan, run
+from translate.translator import DEFAULT_WEIGHTS
 
 runner = CliRunner()
 

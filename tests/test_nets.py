@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
+from translate.backbones import compose
+from translate.checkpoints import read_weights, save_weights
 from translate.errors import TranslateError
 from translate.nets import init_weights, norm_layer
 from translate.nets.layers import uses_bias
@@ -39,6 +44,101 @@ def test_every_family_is_registered_with_its_facts() -> None:
             assert NETS.partners(name, "discriminator") or info.role in ("discriminator", "autoencoder", "head"), name
 
 
+# Small sizes for any registered net: a builder's keyword is set when it has one of these names (a new
+# net with the usual names is small with no edit here); a builder's required keyword needs a value.
+SMALL = {"ngf": 4, "ndf": 4, "nf": 4, "nc": 8, "z_dim": 8, "w_dim": 8, "mapping_layers": 1, "fmap_base": 32,
+         "fmap_max": 8, "channel_base": 64, "channel_max": 8, "resolution": 16, "num_ws": 4}
+REQUIRED = {"channels": [4, 8]}  # a head's: the channels of the feature maps it embeds
+HALF_SIZE = 32  # composed translators and their halves: an image side every pair takes
+
+
+def small_kwargs(name: str) -> dict:
+    kwargs = {}
+    for p in inspect.signature(NETS.get(name)).parameters.values():
+        if p.default is inspect.Parameter.empty:
+            kwargs[p.name] = REQUIRED[p.name]
+        elif p.name in SMALL:
+            kwargs[p.name] = SMALL[p.name]
+    return kwargs
+
+
+def composition(encoder: str, decoder: str) -> dict:
+    """The composed translator's spec for an (encoder, decoder) pair, as a recipe would make it."""
+    model = SimpleNamespace(encoder=encoder, decoder=decoder, ngf=4, norm="instance", dropout=False, z_dim=8,
+                            freeze_encoder=False, freeze_decoder=False, init_encoder="", init_decoder="")
+    return compose(model, 3, 3, HALF_SIZE).spec
+
+
+def net_cases() -> list:
+    """Every registered net once; a composed one (it is built of parts) once per pair that fits; an
+    encoder or decoder as its first pair has it."""
+    cases = []
+    for name in NETS.names():
+        info = NETS.info(name)
+        if info.parts:
+            cases += [pytest.param(name, pair, id=f"{name}-{pair[0]}+{pair[1]}") for pair in NETS.pairs()]
+        elif info.role in ("encoder", "decoder"):
+            short, side = name.removesuffix(f"_{info.role}"), ("encoder", "decoder").index(info.role)
+            cases.append(pytest.param(name, next(p for p in NETS.pairs() if p[side] == short), id=name))
+        else:
+            cases.append(pytest.param(name, None, id=name))
+    return cases
+
+
+def spec_and_input(name: str, pair: tuple[str, str] | None) -> tuple[dict, tuple]:
+    """The net's spec and an input for it, from its registry facts: an image of the size it needs, a
+    z for a generator, an encoder's code for a decoder, feature maps for a head."""
+    g = torch.Generator().manual_seed(1)
+    info = NETS.info(name)
+    if pair is not None:
+        whole = composition(*pair)
+        spec = whole if info.parts else whole["kwargs"][info.role]
+        assert spec["net"] == name
+        image = torch.rand(2, 3, HALF_SIZE, HALF_SIZE, generator=g) * 2 - 1
+        if info.role == "decoder":
+            encoder = whole["kwargs"]["encoder"]
+            with torch.no_grad():
+                return spec, (create_net(encoder["net"], **encoder["kwargs"]).eval()(image),)
+        return spec, (image,)
+    kwargs = small_kwargs(name)
+    spec = {"net": name, "kwargs": kwargs}
+    if info.role == "generator":
+        return spec, (torch.randn(2, kwargs["z_dim"], generator=g),)
+    if info.role == "head":
+        return spec, ([torch.randn(2, c, 4, 4, generator=g) for c in kwargs["channels"]], 8)
+    multiple, fixed = NETS.input_size(spec)
+    side = fixed or kwargs.get("resolution") or math.lcm(multiple, 32)
+    channels = kwargs.get("in_ch", kwargs.get("channels", 3))
+    return spec, (torch.rand(2, channels, side, side, generator=g) * 2 - 1,)
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize(("name", "pair"), net_cases())
+def test_every_net_rebuilds_from_its_weights_file(name, pair, tmp_path) -> None:
+    """save_weights, then read_weights and build from the file alone: the same tensors (parameters
+    and buffers, moved off their initial values) and the same output, bit for bit."""
+    spec, args = spec_and_input(name, pair)
+    torch.manual_seed(0)
+    net = create_net(spec["net"], **spec["kwargs"]).eval()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.rand(t.shape, generator=torch.Generator().manual_seed(t.numel())).mul_(0.1))
+    path = save_weights(tmp_path / "w.safetensors", {"N": net}, {"N": spec})
+    rebuilt = read_weights(path).build("N")
+    assert not rebuilt.training
+    before, after = net.state_dict(), rebuilt.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items()), name
+    outputs = []
+    for module in (net, rebuilt):
+        torch.manual_seed(0)  # random noise or patch positions: the same draws for both
+        with torch.no_grad():
+            outputs.append(tree_flatten(module(*args))[0])
+    assert len(outputs[0]) == len(outputs[1]) and outputs[0]
+    assert all(torch.equal(a, b) for a, b in zip(*outputs, strict=True)), name
+
+
 @pytest.mark.parametrize("name", TRANSLATORS)
 def test_translators_keep_any_size_that_is_a_multiple_of_their_registered_one(name: str) -> None:
     """The registry's size multiple is what inference pads to: it must hold for every translator."""
@@ -55,8 +155,8 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from translate.cli import app
-    from translate.infer import size_multiple
     from translate.recipes import RecipeError, load_recipe
+    from translate.translator import size_multiple
 
     monkeypatch.setattr(NETS, "_items", dict(NETS._items))  # the registration ends with the test
     monkeypatch.setattr(NETS, "_info", dict(NETS._info))
@@ -85,16 +185,8 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path) -> None:
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize(
-    ("name", "size"),
-    [
-        ("resnet_6blocks", 128),
-        ("resnet_6blocks", 256),
-        ("resnet_9blocks", 128),
-        ("resnet_9blocks", 256),
-        ("unet_128", 128),
-        ("unet_128", 256),
-        ("unet_256", 256),  # 8 halvings: 128 would shrink below 1x1
-    ],
+    ("name", "size"),  # 128 and 256 where the registered multiple allows (unet_256: 256 only)
+    [(name, size) for name in TRANSLATORS for size in sorted({max(NETS.info(name).size_multiple, 128), 256})],
 )
 def test_generator_output_shape(name: str, size: int, norm: str) -> None:
     net = create_net(name, in_ch=1, out_ch=3, ngf=8, norm=norm)

@@ -20,11 +20,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 import translate.infer as infer
+import translate.tiling as tiling
 from translate.checkpoints import save_weights
 from translate.cli import app
-from translate.infer import DEFAULT_WEIGHTS, RunOptions, run
+from translate.infer import RunOptions, run
 from translate.nets import init_weights
 from translate.registry import create_net
+from translate.translator import DEFAULT_WEIGHTS, Translator
 
 NGF = 8
 MULTIPLE = {"resnet_6blocks": 4, "unet_128": 128, "unet_256": 256}  # two stride-2 levels; 7 or 8 of them
@@ -134,7 +136,7 @@ def calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
     (translate_batch), ``stats`` (the InstanceNorm statistics pass of tiling) or ``tile``."""
     seen: list[tuple[str, torch.Tensor]] = []
     where: list[str] = []
-    call, stats, tiled = infer.Translator.__call__, infer.instance_norm_stats, infer.translate_tiled
+    call, stats, tiled = Translator.__call__, tiling.instance_norm_stats, infer.translate_tiled
 
     def spy_call(self, x, z=None):
         seen.append((where[-1] if where else "batch", x.detach().clone()))
@@ -149,8 +151,8 @@ def calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
                 where.pop()
         return wrapper
 
-    monkeypatch.setattr(infer.Translator, "__call__", spy_call)
-    monkeypatch.setattr(infer, "instance_norm_stats", within("stats", stats))
+    monkeypatch.setattr(Translator, "__call__", spy_call)
+    monkeypatch.setattr(tiling, "instance_norm_stats", within("stats", stats))
     monkeypatch.setattr(infer, "translate_tiled", within("tile", tiled))
     return seen
 

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from translate.checkpoints import read_weights
+from translate.data.sampler import ResumableSampler
 from translate.errors import TranslateError
 from translate.recipes import load_recipe
 from translate.registry import create_net
-from translate.train import ResumableSampler, Trainer, resume
+from translate.train import Trainer
 
 TINY_PIX2PIX = ["data.load_size=128", "data.crop_size=128", "data.flip=false", "data.num_workers=0",
                 "model.generator=unet_128", "model.ngf=16", "model.ndf=16", "model.norm=instance",
@@ -67,25 +68,6 @@ def test_cyclegan_cycle_loss_falls(h2z4, tmp_path):
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in log)
 
 
-def test_resume_equals_uninterrupted_run(h2z4, tmp_path):
-    # 4 images, global batch 2: 2 steps an epoch, so the split run crosses epochs, the linear
-    # schedule's decay, and the image pool (size 3, so it fills and starts swapping).
-    common = [f"data.path={h2z4}", *TINY_CYCLEGAN, "data.num_workers=1", "train.epochs=2",
-              "train.epochs_decay=2", "loss.pool_size=3", "train.save_every=1", "train.deterministic=true"]
-    Trainer(load_recipe("cyclegan", [*common, "train.max_steps=7"]), tmp_path / "full", quiet=True).fit()
-    Trainer(load_recipe("cyclegan", [*common, "train.max_steps=3"]), tmp_path / "split", quiet=True).fit()
-    resume(tmp_path / "split", ["train.max_steps=7"], quiet=True)
-    full, split = read_log(tmp_path / "full"), read_log(tmp_path / "split")
-    assert [r["step"] for r in split] == list(range(1, 8))
-    for a, b in zip(full, split, strict=True):
-        a.pop("images_per_s"), b.pop("images_per_s")
-        assert a == b
-    wa, wb = (read_weights(tmp_path / run / "latest.safetensors") for run in ("full", "split"))
-    for net in ("G_A", "G_B"):
-        for k, v in wa.tensors[net].items():
-            assert torch.equal(v, wb.tensors[net][k]), (net, k)
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(h2z4, tmp_path, monkeypatch):
     recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "train.max_steps=6"])
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
@@ -112,12 +94,12 @@ def test_nan_guard_read_later_names_the_steps_and_saves_nothing_bad(h2z4, tmp_pa
     good, bad = torch.tensor([1.0, 2.0]), torch.tensor([1.0, float("inf")])
     for step, values in zip((1, 2, 3), (good, bad, good), strict=True):
         trainer.step = step
-        trainer._check_finite({"G_A": values[0], "D_A": values[1]}, values, read=False)
+        trainer.guard.add(["G_A", "D_A"], values, step, read=False)
     with pytest.raises(TranslateError, match=r"loss .* between steps 1 and 3: training diverged"):
         trainer.save()  # a save reads the flags first and writes nothing
     assert not (tmp_path / "run" / "latest.safetensors").exists()
     trainer.step = 4
-    trainer._check_finite({"G_A": good[0], "D_A": good[1]}, good, read=True)  # a new window, all finite
+    trainer.guard.add(["G_A", "D_A"], good, 4, read=True)  # a new window, all finite
 
 
 def test_cpu_fp32_training_uses_winograd_with_the_same_weight_names(h2z4):

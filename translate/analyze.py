@@ -31,19 +31,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
-from translate.errors import EXIT_PARTIAL, TranslateError
-from translate.images import list_images, read_rgb, resize_u8
+from translate.errors import PartialFailures, TranslateError
+from translate.images import image_files, read_rgb, resize_u8, to_gray, to_signed
 from translate.methods.ae import recon_error
 from translate.methods.vae import kl_per_image
+from translate.progress import Progress
 
 # --- reading folders -------------------------------------------------------------------------------
 
 def model_input(path: Path, channels: int, resolution: int) -> Tensor:
     """A file as a (channels, resolution, resolution) uint8 model input."""
-    from translate.data.layouts import _gray
-
     img = read_rgb(path)
-    return resize_u8(_gray(img) if channels == 1 else img, (resolution, resolution))
+    return resize_u8(to_gray(img) if channels == 1 else img, (resolution, resolution))
 
 
 class _Read(Dataset):
@@ -70,18 +69,13 @@ class Reading:
 
 
 def folder(in_dir: str | Path) -> Reading:
-    root = Path(in_dir)
-    if not root.is_dir():
-        raise TranslateError(f"input folder not found: {root}" if not root.exists() else f"not a folder: {root}")
-    files = list_images(root)
-    if not files:
-        raise TranslateError(f"no images found in {root} (hidden files and folders are skipped)")
-    return Reading(root, files)
+    return Reading(Path(in_dir), image_files(in_dir))
 
 
 def batches(reading: Reading, channels: int, resolution: int, batch_size: int, device: torch.device,
-            progress: Any = None) -> Iterator[tuple[list[int], Tensor]]:
+            progress: Progress | None = None) -> Iterator[tuple[list[int], Tensor]]:
     """(file indices, float [-1, 1] batch on ``device``) over the readable files; failures recorded."""
+    progress = progress or Progress.silent()
     cuda = device.type == "cuda"
     loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
                         num_workers=4 if cuda else 0, pin_memory=cuda)
@@ -90,16 +84,14 @@ def batches(reading: Reading, channels: int, resolution: int, batch_size: int, d
         for it in items:
             if "error" in it:
                 reading.failed.append((str(reading.files[it["i"]]), it["error"]))
-                if progress is not None:
-                    progress.fail(str(reading.files[it["i"]]), it["error"])
+                progress.fail(str(reading.files[it["i"]]), it["error"])
             else:
                 good.append(it)
         if good:
-            x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda).float().div_(127.5).sub_(1)
-            yield [it["i"] for it in good], x
-            if progress is not None:
-                for _ in good:
-                    progress.advance()
+            x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda)
+            yield [it["i"] for it in good], to_signed(x)
+            for _ in good:
+                progress.advance()
 
 
 def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bool], what: str,
@@ -171,7 +163,7 @@ def rank_metrics(scores_: list[float], labels: list[int]) -> tuple[float, float]
 # --- translate score --------------------------------------------------------------------------------
 
 @dataclass
-class ScoreSummary:
+class ScoreSummary(PartialFailures):
     csv: Path
     scored: int
     outliers: list[Path]
@@ -180,19 +172,15 @@ class ScoreSummary:
     auc: tuple[float, float, int] | None = None  # ROC-AUC, average precision, labelled images
     unlabelled: int = 0
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else 0
-
 
 def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, samples: int = 16, top: int | None = None,
           quantile: float | None = None, copy_to: str | Path | None = None, sheet: str | Path | None = None,
           labels: str | Path | None = None, batch_size: int = 64, device: str = "auto", precision: str = "auto",
-          seed: int = 0, progress: Any = None) -> ScoreSummary:
+          seed: int = 0, progress: Progress | None = None) -> ScoreSummary:
     """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
     those above the ``quantile`` of the scores (0.99 when neither is given)."""
     from translate.devices import DTYPES, pick_device, resolve_precision
-    from translate.infer import to_u8
+    from translate.images import to_u8
 
     if top is not None and quantile is not None:
         raise TranslateError("give --top or --quantile, not both")
@@ -206,8 +194,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     prec = resolve_precision(precision, dev)
     net = net.to(DTYPES[prec])
     gen = torch.Generator().manual_seed(seed)
-    if progress is not None:
-        progress.start(total=len(reading.files), done=0)
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
     found: dict[int, dict[str, float]] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         s = scores(net, x.to(DTYPES[prec]), kind, samples, gen)
@@ -237,7 +224,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     if worst:
         sheet = Path(sheet) if sheet else Path(out_csv).with_suffix(".png")
         images = torch.stack([model_input(reading.files[i], net.channels, net.resolution) for i in worst])
-        x = images.to(dev).float().div(127.5).sub(1).to(DTYPES[prec])
+        x = to_signed(images.to(dev)).to(DTYPES[prec])
         with torch.no_grad():
             code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
             recon = net.decode(code).float()
@@ -324,20 +311,16 @@ def _classifier(weights: str | Path, command: str, device: torch.device) -> tupl
 
 
 @dataclass
-class ClassifySummary:
+class ClassifySummary(PartialFailures):
     csv: Path
     classified: int
     positive: str
     failed: list[tuple[str, str]]
     by_folder: dict[str, tuple[int, int]] = field(default_factory=dict)  # class folder -> (right, images)
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else 0
-
 
 def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, batch_size: int = 64,
-             device: str = "auto", progress: Any = None) -> ClassifySummary:
+             device: str = "auto", progress: Progress | None = None) -> ClassifySummary:
     """The positive class's probability for every image under ``in_dir``. Where the first folder of a
     path names one of the model's classes, that is its truth, and accuracy is counted per folder."""
     from translate.devices import pick_device
@@ -349,8 +332,7 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     except json.JSONDecodeError:
         classes = []
     reading = folder(in_dir)
-    if progress is not None:
-        progress.start(total=len(reading.files), done=0)
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
     probs: dict[int, float] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():
@@ -369,7 +351,7 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
 
 
 @dataclass
-class DebiasSummary:
+class DebiasSummary(PartialFailures):
     csv: Path
     sheet: Path
     images: int
@@ -377,14 +359,10 @@ class DebiasSummary:
     entropy: float
     failed: list[tuple[str, str]]
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else 0
-
 
 def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins: int | None = None,
            alpha: float | None = None, sheet: str | Path | None = None, batch_size: int = 64,
-           device: str = "auto", progress: Any = None) -> DebiasSummary:
+           device: str = "auto", progress: Progress | None = None) -> DebiasSummary:
     """The DB-VAE's sampling probability and latent density of every image under ``in_dir`` (as
     training computes them for its positives; ``bins``/``alpha`` default to the model's recipe), and
     a PNG of the most (top row) and least often drawn images."""
@@ -402,8 +380,7 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     if bins < 2 or alpha < 0:
         raise TranslateError(f"--bins must be >= 2 and --alpha >= 0 (got {bins}, {alpha})")
     reading = folder(in_dir)
-    if progress is not None:
-        progress.start(total=len(reading.files), done=0)
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
     idx_all, mus = [], []
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():

@@ -12,14 +12,18 @@ for the whole run (``model.freeze_*``) or for its first steps (``model.freeze_*_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from translate.errors import TranslateError
 from translate.registry import NETS
+
+if TYPE_CHECKING:
+    from translate.methods.base import TranslatorModel
 
 PARTS = ("encoder", "decoder")
 DATA_KEYS = {"channels": "image channels", "in_ch": "input channels", "out_ch": "output channels",
@@ -42,13 +46,12 @@ def pairs_text() -> str:
     return ", ".join(f"{e}+{d}" for e, d in NETS.pairs())
 
 
-def compose(model: Any, in_ch: int, out_ch: int, size: int, nz: int = 0) -> Composition:
-    """What to build for a recipe's ``model`` section (a :class:`~translate.methods.base.TranslatorModel`)."""
-    encoder, decoder = getattr(model, "encoder", ""), getattr(model, "decoder", "")
+def compose(cfg: TranslatorModel, in_ch: int, out_ch: int, size: int, nz: int = 0) -> Composition:
+    """What to build for a recipe's ``model`` section."""
+    encoder, decoder = cfg.encoder, cfg.decoder
     if not encoder and not decoder:
-        kwargs = {"in_ch": in_ch + nz, "out_ch": out_ch, "ngf": model.ngf, "norm": model.norm,
-                  "dropout": model.dropout}
-        return Composition({"net": model.generator, "kwargs": kwargs})
+        kwargs = {"in_ch": in_ch + nz, "out_ch": out_ch, "ngf": cfg.ngf, "norm": cfg.norm, "dropout": cfg.dropout}
+        return Composition({"net": cfg.generator, "kwargs": kwargs})
     if not encoder or not decoder:
         raise TranslateError(f"model.encoder and model.decoder go together (set both, or neither to use "
                              f"model.generator); pairs that fit: {pairs_text()}")
@@ -57,18 +60,18 @@ def compose(model: Any, in_ch: int, out_ch: int, size: int, nz: int = 0) -> Comp
         takes = NETS.info(f"{decoder}_decoder").takes
         raise TranslateError(f"model.encoder {encoder} gives a {gives} code, which model.decoder {decoder} does not "
                              f"take ({', '.join(takes)}); pairs that fit: {pairs_text()}")
-    ctx = {"in_ch": in_ch + nz, "out_ch": out_ch, "size": size, "ngf": model.ngf, "norm": model.norm,
-           "dropout": model.dropout, "z_dim": model.z_dim}
+    ctx = {"in_ch": in_ch + nz, "out_ch": out_ch, "size": size, "ngf": cfg.ngf, "norm": cfg.norm,
+           "dropout": cfg.dropout, "z_dim": cfg.z_dim}
     for role in PARTS:
-        if getattr(model, f"freeze_{role}") and not getattr(model, f"init_{role}"):
+        if getattr(cfg, f"freeze_{role}") and not getattr(cfg, f"init_{role}"):
             raise TranslateError(f"model.freeze_{role} keeps the {role} as it starts: give it model.init_{role}=FILE "
                                  f"(trained weights), or set model.freeze_{role}=false to train it")
     states: dict[str, dict[str, Tensor]] = {}
     specs: dict[str, dict[str, Any]] = {}
     for role in ("decoder", "encoder"):  # the decoder first: an encoder may have to fit its code (pSp's W+)
-        name = f"{getattr(model, role)}_{role}"
+        name = f"{getattr(cfg, role)}_{role}"
         kwargs = NETS.info(name).options(ctx)
-        init = getattr(model, f"init_{role}")
+        init = getattr(cfg, f"init_{role}")
         if init:
             kwargs, states[role] = _from_file(Path(init), role, name, kwargs)
         specs[role] = {"net": name, "kwargs": kwargs}
@@ -113,7 +116,8 @@ def _from_file(path: Path, role: str, name: str, needed: dict[str, Any]) -> tupl
     return dict(kwargs), state
 
 
-def prepare(module: nn.Module, c: Composition, model: Any, init: Any) -> list[tuple[list[nn.Parameter], int]]:
+def prepare(module: nn.Module, c: Composition, cfg: TranslatorModel, init: Callable[[nn.Module], None]
+            ) -> list[tuple[list[nn.Parameter], int]]:
     """Initialise a newly built generator: the recipe's init where a half wants it and has no file,
     the files' weights, the frozen halves. Returns (parameters, steps) held for their first steps."""
     if not c.composed:
@@ -125,13 +129,13 @@ def prepare(module: nn.Module, c: Composition, model: Any, init: Any) -> list[tu
         if role in c.states:
             missing, unexpected = part.load_state_dict(c.states[role], strict=False)
             if missing or unexpected:
-                raise TranslateError(f"model.init_{role} {getattr(model, f'init_{role}')}: its weights do not fit a "
+                raise TranslateError(f"model.init_{role} {getattr(cfg, f'init_{role}')}: its weights do not fit a "
                                      f"{c.spec['kwargs'][role]['net']} (missing {len(missing)}, unexpected "
                                      f"{len(unexpected)} keys)")
         elif NETS.info(c.spec["kwargs"][role]["net"]).recipe_init:
             init(part)
-        if getattr(model, f"freeze_{role}"):
+        if getattr(cfg, f"freeze_{role}"):
             module.freeze(role)
-        elif steps := getattr(model, f"freeze_{role}_steps"):
+        elif steps := getattr(cfg, f"freeze_{role}_steps"):
             held.append((list(part.parameters()), steps))
     return held

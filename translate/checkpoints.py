@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from translate.devices import unwrap
 from translate.errors import TranslateError
 from translate.registry import create_net
 
@@ -61,7 +62,7 @@ def save_weights(path: str | Path, nets: dict[str, nn.Module], arch: dict[str, d
     """Write ``nets`` to one safetensors file with the metadata that rebuilds them."""
     tensors: dict[str, Tensor] = {}
     for name, net in nets.items():
-        net = getattr(net, "module", net)  # unwrap DDP
+        net = unwrap(net)
         for key, value in net.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
     meta = {"format": FORMAT, "arch": json.dumps({n: arch[n] for n in nets}), "recipe": recipe_json,

@@ -5,15 +5,20 @@ Each command is a short function; the work is in library modules that tests call
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from translate.errors import TranslateError
+from translate.errors import Interrupted, TranslateError, exit_code
+from translate.options import RunOptions  # torch-free: the defaults `translate run --help` shows
 
 app = typer.Typer(
     name="translate",
@@ -27,12 +32,37 @@ out = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def say(text: str) -> None:
+    """A line on stderr as written: no highlighting, no wrapping (logs are grepped)."""
+    err.print(text, highlight=False, soft_wrap=True)
 
 
-@app.command("recipes")
+def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``app.command(name)`` behind the one CLI boundary: a TranslateError ends the process with its
+    exit status and one line on stderr, no traceback."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)  # Typer reads the options from the wrapped signature
+        def boundary(*args: object, **kwargs: object) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Interrupted as e:  # not a mistake: what was kept and how to go on, said once per job
+                from translate.devices import is_main_process
+
+                if is_main_process():
+                    say(str(e))
+                raise typer.Exit(e.exit_code) from None
+            except TranslateError as e:
+                say(f"[bold red]error:[/] {escape(str(e))}")  # a message may hold [brackets]: not markup
+                raise typer.Exit(e.exit_code) from None
+
+        app.command(name)(boundary)
+        return boundary
+
+    return register
+
+
+@command("recipes")
 def recipes_cmd() -> None:
     """List the recipes, one line each."""
     from translate.recipes import alias_of, list_recipes, load_recipe
@@ -46,7 +76,7 @@ def recipes_cmd() -> None:
             out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False, soft_wrap=True)
 
 
-@app.command("train")
+@command("train")
 def train_cmd(
     recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe name (see `translate recipes`) "
                                                "or path to a TOML file.")] = None,
@@ -80,35 +110,25 @@ def train_cmd(
         from translate.launch import launch
 
         raise typer.Exit(launch(devices, ["train", *args]))
-    try:
-        if resume is not None:
-            if recipe or data:
-                fail("--resume takes the recipe and data from the run folder; use --set to change fields")
-            result = training.resume(resume, overrides, quiet=quiet)
-        else:
-            if not recipe:
-                fail("give --recipe NAME (see `translate recipes`) or --resume RUN_DIR")
-            if data is not None:
-                overrides.insert(0, f"data.path={data.expanduser().resolve()}")
-            r = load_recipe(recipe, overrides)
-            result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
-    except training.TrainingInterrupted as e:
-        from translate.devices import is_main_process
-
-        if is_main_process():
-            err.print(str(e), highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
-    except TranslateError as e:
-        fail(str(e))
+    if resume is not None:
+        if recipe or data:
+            raise TranslateError("--resume takes the recipe and data from the run folder; use --set to change fields")
+        result = training.resume(resume, overrides, quiet=quiet)
+    else:
+        if not recipe:
+            raise TranslateError("give --recipe NAME (see `translate recipes`) or --resume RUN_DIR")
+        if data is not None:
+            overrides.insert(0, f"data.path={data.expanduser().resolve()}")
+        r = load_recipe(recipe, overrides)
+        result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
     from translate.devices import is_main_process
 
     if not is_main_process():
         return
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     peak = f"; peak GPU memory {_size(result.peak_gpu_bytes)}" if result.peak_gpu_bytes else ""
-    err.print(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s{peak}; "
-              f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}",
-              highlight=False, soft_wrap=True)
+    say(f"done: step {result.step}, epoch {result.epoch}, {result.images_per_s:.2f} img/s{peak}; "
+        f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}")
 
 
 def _size(n: int) -> str:
@@ -119,7 +139,7 @@ def _size(n: int) -> str:
     return ""
 
 
-@app.command("import")
+@command("import")
 def import_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="The reference's latest_net_G*.pth state dict.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
@@ -135,46 +155,47 @@ def import_cmd(
     from translate.checkpoints import save_weights
     from translate.reference import import_reference
 
-    try:
-        net, spec = import_reference(checkpoint, arch=arch, norm=norm)
-        save_weights(output, {"G": net}, {"G": spec}, "", {"source": f"reference:{checkpoint.name}"})
-    except TranslateError as e:
-        fail(str(e))
+    net, spec = import_reference(checkpoint, arch=arch, norm=norm)
+    save_weights(output, {"G": net}, {"G": spec}, "", {"source": f"reference:{checkpoint.name}"})
     k = spec["kwargs"]
-    err.print(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}"
-              f"{' dropout' if k.get('dropout') else ''}", highlight=False, soft_wrap=True)
+    say(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}{' dropout' if k.get('dropout') else ''}")
 
 
-@app.command("run")
+@command("run")
 def run_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
     out_dir: Annotated[Path, typer.Argument(help="Where the translated tree goes (created; not inside IN).")],
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A .safetensors weights file "
-                                                 "(default: the shipped model in weights/).")] = None,
-    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+                                                 "(default: the shipped model in weights/).")] = RunOptions.weights,
+    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other "
+                                           "generator.")] = RunOptions.direction,
     size: Annotated[int | None, typer.Option(help="Resize so the shorter side is N pixels (default: keep "
-                                             "each image's size).", min=1)] = None,
+                                             "each image's size).", min=1)] = RunOptions.size,
     max_pixels: Annotated[int, typer.Option(help="Images larger than this are translated in overlapping "
-                                            "tiles, so memory stays bounded.", min=1)] = 2048 * 2048,
-    tile: Annotated[int, typer.Option(help="Tile side in pixels for large images.", min=16)] = 1024,
+                                            "tiles, so memory stays bounded.", min=1)] = RunOptions.max_pixels,
+    tile: Annotated[int, typer.Option(help="Tile side in pixels for large images.", min=16)] = RunOptions.tile,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Images of equal size per batch "
                                                    "at 256x256, scaled by image area (default: 16 on CUDA, 1 on "
-                                                   "the CPU, where larger batches are slower).", min=1)] = None,
+                                                   "the CPU, where larger batches are slower).",
+                                                   min=1)] = RunOptions.batch_size,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16. auto: bf16 where the device "
-                                           "runs it natively, else fp32.")] = "auto",
+                                           "runs it natively, else fp32.")] = RunOptions.precision,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on "
-                                           "large jobs).")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="keep | png | jpg | webp.")] = "keep",
-    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
-    skip_existing: Annotated[bool, typer.Option(help="Leave outputs that exist (resumes a killed job).")] = True,
-    keep_alpha: Annotated[bool, typer.Option(help="Re-attach the input's alpha channel to the output.")] = True,
+                                           "large jobs).")] = RunOptions.compile,
+    fmt: Annotated[str, typer.Option("--format", help="keep | png | jpg | webp.")] = RunOptions.format,
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = RunOptions.quality,
+    skip_existing: Annotated[bool, typer.Option(help="Leave outputs that exist (resumes a killed "
+                                                "job).")] = RunOptions.skip_existing,
+    keep_alpha: Annotated[bool, typer.Option(help="Re-attach the input's alpha channel to the "
+                                             "output.")] = RunOptions.keep_alpha,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 8 on CUDA; none on "
-                                                "the CPU, where decoding is 0.2% of the work).", min=0)] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+                                                "the CPU, where decoding is 0.2% of the work).",
+                                                min=0)] = RunOptions.workers,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = RunOptions.device,
     samples: Annotated[int, typer.Option(help="Translations of each image, written as name_0.ext ... "
-                                         "(models with a latent code: bicyclegan).", min=1)] = 1,
+                                         "(models with a latent code: bicyclegan).", min=1)] = RunOptions.samples,
     seed: Annotated[int | None, typer.Option(help="Seed of the latents: the same seed gives the same files "
-                                             "(default: z = 0 for one sample, seed 0 for more).")] = None,
+                                             "(default: z = 0 for one sample, seed 0 for more).")] = RunOptions.seed,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """Translate every image under IN into the same tree under OUT.
@@ -183,23 +204,19 @@ def run_cmd(
     with its reason; the rest were translated); 1 nothing could start (bad folder, weights, option).
     Under torchrun each process translates a disjoint share of the files on its own GPU.
     """
-    from translate.infer import RunOptions, RunProgress, run
+    from translate.infer import run
+    from translate.progress import Progress
 
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
                       batch_size=batch_size, precision=precision, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
                       device=device, samples=samples, seed=seed)
-    progress = RunProgress(err, quiet=quiet)
-    try:
+    with Progress(err, quiet=quiet) as progress:
         summary = run(in_dir, out_dir, opts, progress=progress)
-    except TranslateError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
     from translate.devices import is_main_process
 
     if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
-        err.print(summary.line(), highlight=False, soft_wrap=True)
+        say(summary.line())
     raise typer.Exit(summary.exit_code)
 
 
@@ -208,7 +225,7 @@ Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.
 Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
 
 
-@app.command("sample")
+@command("sample")
 def sample_cmd(
     weights: Weights,
     output: Output = Path("samples.png"),
@@ -221,18 +238,13 @@ def sample_cmd(
     device: Device = "cpu",
 ) -> None:
     """Draw images from a generative model (gan, cgan, pggan, stylegan2, vae, ae) into a grid PNG."""
-    from translate.generate import grid_side, sample, to_grid
-    from translate.images import save_png_atomic
+    from translate.generate import write_samples
 
-    try:
-        images = sample(weights, n, seed, truncation, class_name, device)
-    except TranslateError as e:
-        fail(str(e))
-    save_png_atomic(to_grid(images, grid_side(n)), output)
-    err.print(f"wrote {output}: {n} images", highlight=False, soft_wrap=True)
+    write_samples(weights, output, n, seed, truncation, class_name, device)
+    say(f"wrote {output}: {n} images")
 
 
-@app.command("interpolate")
+@command("interpolate")
 def interpolate_cmd(
     weights: Weights,
     output: Output = Path("interpolation.png"),
@@ -247,19 +259,13 @@ def interpolate_cmd(
 ) -> None:
     """Walk the latent space: spherical interpolation between Gaussian latents, or between two images;
     for a multimodal translator, the translations of one image (--input) along the paths."""
-    from translate.generate import interpolate, to_grid
-    from translate.images import save_png_atomic
+    from translate.generate import write_interpolation
 
-    try:
-        images = interpolate(weights, steps, seed, rows, between, device, image)
-    except TranslateError as e:
-        fail(str(e))
-    per_row = steps + 1 if image is not None else steps  # a translator's rows start with the input
-    save_png_atomic(to_grid(images, per_row), output)
-    err.print(f"wrote {output}: {images.shape[0] // per_row} row(s) of {per_row}", highlight=False, soft_wrap=True)
+    n_rows, per_row = write_interpolation(weights, output, steps, seed, rows, between, device, image)
+    say(f"wrote {output}: {n_rows} row(s) of {per_row}")
 
 
-@app.command("reconstruct")
+@command("reconstruct")
 def reconstruct_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images.")],
     out_dir: Annotated[Path, typer.Argument(help="Where the reconstructions go (PNG, same tree).")],
@@ -269,14 +275,11 @@ def reconstruct_cmd(
     """Encode and decode every image with an autoencoder (ae, vae, beta-vae)."""
     from translate.generate import reconstruct
 
-    try:
-        count = reconstruct(weights, in_dir, out_dir, device)
-    except TranslateError as e:
-        fail(str(e))
-    err.print(f"wrote {count} reconstruction(s) to {out_dir}", highlight=False, soft_wrap=True)
+    count = reconstruct(weights, in_dir, out_dir, device)
+    say(f"wrote {count} reconstruction(s) to {out_dir}")
 
 
-@app.command("encode")
+@command("encode")
 def encode_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images.")],
     weights: Weights,
@@ -287,14 +290,11 @@ def encode_cmd(
     """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata."""
     from translate.generate import encode
 
-    try:
-        z = encode(weights, in_dir, output, device)
-    except TranslateError as e:
-        fail(str(e))
-    err.print(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims", highlight=False, soft_wrap=True)
+    z = encode(weights, in_dir, output, device)
+    say(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims")
 
 
-@app.command("score")
+@command("score")
 def score_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
     weights: Weights,
@@ -318,20 +318,15 @@ def score_cmd(
     """Outlier scores of every image under IN with an autoencoder (ae, vae, beta-vae): how badly the
     model explains each image. Exit 3 when some files could not be read (each is named)."""
     from translate.analyze import score
-    from translate.infer import RunProgress
+    from translate.progress import Progress
 
-    progress = RunProgress(err, quiet=quiet, verb="scoring")
-    try:
+    with Progress(err, "scoring", quiet=quiet) as progress:
         s = score(weights, in_dir, output, samples=samples, top=top, quantile=quantile, copy_to=copy_to, sheet=sheet,
                   labels=labels, batch_size=batch_size, device=device, precision=precision, seed=seed,
                   progress=progress)
-    except TranslateError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
     copied = f", copied to {copy_to}" if copy_to else ""
-    err.print(f"scored {s.scored} images ({len(s.failed)} failed); {len(s.outliers)} marked as outliers{copied}; "
-              f"wrote {s.csv}" + (f" and {s.sheet}" if s.sheet else ""), highlight=False, soft_wrap=True)
+    say(f"scored {s.scored} images ({len(s.failed)} failed); {len(s.outliers)} marked as outliers{copied}; "
+        f"wrote {s.csv}" + (f" and {s.sheet}" if s.sheet else ""))
     if s.auc is not None:
         auc, ap, n = s.auc
         left = f" ({s.unlabelled} without a label left out)" if s.unlabelled else ""
@@ -339,7 +334,7 @@ def score_cmd(
     raise typer.Exit(s.exit_code)
 
 
-@app.command("classify")
+@command("classify")
 def classify_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
     weights: Weights,
@@ -351,23 +346,17 @@ def classify_cmd(
     """The positive class's probability for every image (dbvae weights). Subfolders named as the
     model's classes count as the truth: accuracy is printed per subfolder."""
     from translate.analyze import classify
-    from translate.infer import RunProgress
+    from translate.progress import Progress
 
-    progress = RunProgress(err, quiet=quiet, verb="classifying")
-    try:
+    with Progress(err, "classifying", quiet=quiet) as progress:
         s = classify(weights, in_dir, output, batch_size=batch_size, device=device, progress=progress)
-    except TranslateError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
     for group, (right, total) in sorted(s.by_folder.items()):
         out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})", highlight=False)
-    err.print(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}", highlight=False,
-              soft_wrap=True)
+    say(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}")
     raise typer.Exit(s.exit_code)
 
 
-@app.command("debias")
+@command("debias")
 def debias_cmd(
     in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively), e.g. the positives.")],
     weights: Weights,
@@ -384,22 +373,17 @@ def debias_cmd(
 ) -> None:
     """How often the DB-VAE would draw each image: sampling probability and latent density (dbvae weights)."""
     from translate.analyze import debias
-    from translate.infer import RunProgress
+    from translate.progress import Progress
 
-    progress = RunProgress(err, quiet=quiet, verb="encoding")
-    try:
+    with Progress(err, "encoding", quiet=quiet) as progress:
         s = debias(weights, in_dir, output, bins=bins, alpha=alpha, sheet=sheet, batch_size=batch_size,
                    device=device, progress=progress)
-    except TranslateError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
-    err.print(f"{s.images} images ({len(s.failed)} failed): the most drawn {s.max_min:.1f}x as often as the least, "
-              f"entropy {s.entropy:.3f} of uniform; wrote {s.csv} and {s.sheet}", highlight=False, soft_wrap=True)
+    say(f"{s.images} images ({len(s.failed)} failed): the most drawn {s.max_min:.1f}x as often as the least, "
+        f"entropy {s.entropy:.3f} of uniform; wrote {s.csv} and {s.sheet}")
     raise typer.Exit(s.exit_code)
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A translator's weights (paired "
                                                  "metrics, with --data).")] = None,
@@ -427,45 +411,36 @@ def eval_cmd(
     from rich.table import Table
 
     from translate.evaluate import evaluate
-    from translate.infer import RunProgress
+    from translate.progress import Progress
 
     if (images is None) != (ref is None):
-        fail("FID/KID compare two folders: give both --images and --ref")
+        raise TranslateError("FID/KID compare two folders: give both --images and --ref")
     if images is None and (weights is None or data is None):
-        fail("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
+        raise TranslateError("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
     if images is not None:
         from translate.fid import distances
 
-        try:
-            d = distances(images, ref, inception, device=device, kid_subsets=kid_subsets,
-                          kid_subset_size=kid_subset_size)
-        except TranslateError as e:
-            fail(str(e))
+        d = distances(images, ref, inception, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
         cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
         out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})",
                   highlight=False)
         if cached:
             err.print(f"features read from the cache in {', '.join(cached)}", highlight=False)
         return
-    progress = RunProgress(err, quiet=quiet, verb="evaluating")
-    try:
+    with Progress(err, "evaluating", quiet=quiet) as progress:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
                      progress=progress, lpips=lpips)
-    except TranslateError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
     table = Table("metric", "mean", "median", title=f"{len(s.rows)} {s.split} pairs of {data}")
     for k in s.metrics:
         table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")
     out.print(table)
-    out.print("worst five by PSNR: " + ", ".join(f"{f} ({m['psnr']:.2f} dB)" for f, m in s.worst()),
+    out.print("worst five by PSNR: " + ", ".join(f"{f} ({metrics['psnr']:.2f} dB)" for f, metrics in s.worst()),
               highlight=False, soft_wrap=True)
     err.print(f"wrote {s.csv}" + (f"; {len(s.failed)} pair(s) failed" if s.failed else ""), highlight=False)
     raise typer.Exit(s.exit_code)
 
 
-@app.command("export")
+@command("export")
 def export_cmd(
     weights: Weights,
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (.onnx or .pt).")],
@@ -476,14 +451,11 @@ def export_cmd(
     output on a real input must match PyTorch's (ONNX: with onnxruntime, when installed)."""
     from translate.export import describe, export
 
-    try:
-        s = export(weights, output, fmt.lower(), direction)
-    except TranslateError as e:
-        fail(str(e))
-    err.print(describe(s), highlight=False, soft_wrap=True)
+    s = export(weights, output, fmt.lower(), direction)
+    say(describe(s))
 
 
-@app.command("zoo")
+@command("zoo")
 def zoo_cmd() -> None:
     """Every model: parameters, resolution, and the commands that apply to it; then every network."""
     from rich.table import Table
@@ -538,7 +510,7 @@ def _print_networks() -> None:
         out.print(f"  {e + ' + ' + d:<20} {code}: {CODES[code]}", highlight=False, soft_wrap=True)
 
 
-@app.command("info")
+@command("info")
 def info_cmd() -> None:
     """Versions, devices, and the precision `auto` picks on each."""
     import platform
@@ -564,4 +536,4 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(exit_code(signal.SIGINT))

@@ -37,15 +37,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def cpu_bf16_native() -> bool:
     """True where the CPU has native bf16 (AVX512-BF16 / AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return _onednn("bf16")
 
 
-def cpu_fp16_native() -> bool:
+def _onednn(dtype: str) -> bool:
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        return bool(getattr(torch.ops.mkldnn, f"_is_mkldnn_{dtype}_supported")())
     except (AttributeError, RuntimeError):
         return False
 
@@ -62,7 +59,7 @@ def fp16_native(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        return cpu_fp16_native()
+        return _onednn("fp16")
     return False
 
 
@@ -180,6 +177,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")  # where collectives run: the GPU for NCCL, the CPU for gloo
 
     @property
     def is_main(self) -> bool:
@@ -188,6 +186,31 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` summed over ranks (or their maximum, ``op="max"``), on the collectives' device."""
+        if not self.enabled:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t
+
+    def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``t`` on every rank, on the CPU (what must agree to the last bit, e.g. sampling weights)."""
+        if not self.enabled:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.broadcast(t, src=0)
+        return t.cpu()
+
+
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(net, "module", net)
 
 
 def is_main_process() -> bool:
@@ -217,4 +240,5 @@ def init_distributed(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                device if device.type == "cuda" else torch.device("cpu"))

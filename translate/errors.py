@@ -25,3 +25,13 @@ class Interrupted(TranslateError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}; {message}")
         self.signum = signum
         self.exit_code = exit_code(signum)
+
+
+class PartialFailures:
+    """What the summary of batch work shares: ``failed`` lists (file, reason); exit 3 when any failed."""
+
+    failed: list[tuple[str, str]]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed else EXIT_OK

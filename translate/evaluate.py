@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.errors import EXIT_PARTIAL, TranslateError
+from translate.errors import PartialFailures, TranslateError
+from translate.images import to_signed
+from translate.progress import Progress
 
 METRICS = ("psnr", "ssim", "l1")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False}
@@ -28,7 +30,7 @@ ALEXNET = "alexnet-owt-7be5be79.pth"
 
 
 @dataclass
-class EvalSummary:
+class EvalSummary(PartialFailures):
     csv: Path
     split: str
     rows: list[tuple[str, dict[str, float]]]  # (file, metrics), in file order
@@ -39,17 +41,13 @@ class EvalSummary:
         return list(self.rows[0][1]) if self.rows else list(METRICS)
 
     def mean(self, metric: str) -> float:
-        return statistics.fmean(m[metric] for _, m in self.rows)
+        return statistics.fmean(metrics[metric] for _, metrics in self.rows)
 
     def median(self, metric: str) -> float:
-        return statistics.median(m[metric] for _, m in self.rows)
+        return statistics.median(metrics[metric] for _, metrics in self.rows)
 
     def worst(self, n: int = 5, metric: str = "psnr") -> list[tuple[str, dict[str, float]]]:
         return sorted(self.rows, key=lambda r: r[1][metric] if HIGHER_IS_BETTER[metric] else -r[1][metric])[:n]
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else 0
 
 
 def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
@@ -102,7 +100,7 @@ def test_config(wf: Any, data: Path, direction: str) -> Any:
 
 
 def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, split: str = "test",
-             direction: str = "AtoB", device: str = "auto", precision: str = "auto", progress: Any = None,
+             direction: str = "AtoB", device: str = "auto", precision: str = "auto", progress: Progress | None = None,
              translator: Any = None, lpips: str | Path | None = None) -> EvalSummary:
     """Metrics of every pair in ``data``'s ``split`` (aligned ``test/`` or ``A/test`` + ``B/test``), one CSV row
     per pair. ``translator``: an already prepared (Translator, multiple), e.g. the net being trained."""
@@ -110,7 +108,7 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     from translate.checkpoints import read_weights
     from translate.data import open_dataset
     from translate.devices import pick_device, resolve_precision
-    from translate.infer import load_translator, pad_to, padded, to_u8
+    from translate.translator import load_translator, translate_batch
 
     data = Path(data)
     if not data.is_dir():
@@ -118,39 +116,33 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     wf = read_weights(weights)
     if translator is None:
         dev = pick_device(device)
-        tr, m, _ = load_translator(Path(weights), direction, dev, resolve_precision(precision, dev))
+        tr, multiple, _ = load_translator(Path(weights), direction, dev, resolve_precision(precision, dev))
     else:
-        tr, m = translator
+        tr, multiple = translator
     dataset = open_dataset(test_config(wf, data, direction), "paired", split=split)
     lpips_net = load_lpips(lpips, tr.device) if lpips else None
-    if progress is not None:
-        progress.start(total=len(dataset), done=0)
+    progress = (progress or Progress.silent()).start(total=len(dataset))
     rows, failed = [], []
     for i in range(len(dataset)):
         item = dataset[i]
         if "error" in item:
             failed.append((item["path"], item["error"]))
-            if progress is not None:
-                progress.fail(item["path"], item["error"])
+            progress.fail(item["path"], item["error"])
             continue
         a, b = item["A"], item["B"]
-        rgb = a.expand(3, -1, -1) if a.shape[0] == 1 else a
-        x = rgb.to(tr.device).float().div(127.5).sub(1)[None]
-        h, w = x.shape[-2:]
-        y = to_u8(tr(pad_to(x, padded((h, w), m)))[..., :h, :w])[0].cpu()
+        y = translate_batch(tr, [a.expand(3, -1, -1) if a.shape[0] == 1 else a], multiple)[0]
         y = y[:1] if b.shape[0] == 1 else y
         name = str(Path(item["path"]).relative_to(data)) if Path(item["path"]).is_relative_to(data) else item["path"]
         metrics = pair_metrics(y, b)
         if lpips_net is not None:
-            pair = [(t.expand(3, -1, -1) if t.shape[0] == 1 else t).float().div(127.5).sub(1)[None].to(tr.device)
+            pair = [to_signed((t.expand(3, -1, -1) if t.shape[0] == 1 else t).to(tr.device))[None]
                     for t in (y, b)]
             with torch.no_grad():
                 metrics["lpips"] = float(lpips_net(*pair).mean())
         rows.append((name, metrics))
-        if progress is not None:
-            progress.advance()
+        progress.advance()
     if not rows:
         raise TranslateError(f"no readable pairs in {data} ({split})")
     names = [*METRICS, *(["lpips"] if lpips_net is not None else [])]
-    path = write_csv(out_csv, ["file", *names], [[f, *(f"{m[k]:.5f}" for k in names)] for f, m in rows])
+    path = write_csv(out_csv, ["file", *names], [[f, *(f"{metrics[k]:.5f}" for k in names)] for f, metrics in rows])
     return EvalSummary(path, split, rows, failed)

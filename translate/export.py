@@ -68,7 +68,7 @@ class _WithLatent(nn.Module):
 def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     """A real photo (the README's examples) as a (1, C, H, W) input in [-1, 1]."""
     from translate import resource
-    from translate.images import list_images, read_rgb, resize_u8
+    from translate.images import list_images, read_rgb, resize_u8, to_signed
 
     files = list_images(resource("examples") / "photos")
     if files:
@@ -76,7 +76,7 @@ def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     else:  # an installed package without the examples: a smooth synthetic image
         yy, xx = torch.meshgrid(torch.linspace(0, 255, size[0]), torch.linspace(0, 255, size[1]), indexing="ij")
         img = torch.stack([yy, xx, (yy + xx) / 2]).to(torch.uint8)
-    x = img.float().div(127.5).sub(1)[None]
+    x = to_signed(img)[None]
     return x.mean(1, keepdim=True) if channels == 1 else x
 
 
@@ -84,7 +84,7 @@ def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tu
                                                                    list[str], dict[str, dict[int, str]], str]:
     """(module, traced inputs, check inputs, input names, dynamic axes, net name) for a weights file."""
     from translate.generate import model_kind
-    from translate.infer import input_size, io_channels, pick_generator
+    from translate.translator import input_size, io_channels, pick_generator
 
     wf = read_weights(weights)
     kind = model_kind(wf)

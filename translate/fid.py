@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.errors import TranslateError
+from translate.images import to_unit
 
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 MISSING = (f"FID and KID need the Inception weights the common FID tools use: pass --inception FILE, the "
@@ -208,7 +209,7 @@ def folder_features(net: nn.Module, weights_key: str, folder: str | Path, device
     feats = []
     with torch.no_grad():
         for _, x in batches(reading, 3, 299, batch_size, device):
-            feats.append(net((x + 1) / 2).double().cpu())
+            feats.append(net(to_unit(x)).double().cpu())
     if reading.failed:
         bad = ", ".join(f"{p} ({why})" for p, why in reading.failed[:3])
         raise TranslateError(f"{folder}: {len(reading.failed)} unreadable image(s): {bad}")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
 from translate.errors import TranslateError
-from translate.images import list_images, read_rgb, save_png_atomic
+from translate.images import image_files, read_rgb, save_png_atomic, to_signed, to_unit
 
 GENERATIVE_COMMANDS = {"generator": ("sample", "interpolate"),
                        "autoencoder": ("sample", "interpolate", "reconstruct", "encode", "score"),
@@ -97,10 +97,21 @@ def to_grid(images: Tensor, nrow: int) -> Tensor:
     """(N, C, H, W) in [-1, 1] -> one (3, H', W') image in [0, 1] with a 2-pixel gap."""
     from torchvision.utils import make_grid
 
-    images = images.float().clamp(-1, 1).add(1).div(2)
+    images = to_unit(images.clamp(-1, 1))
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def grid_side(n: int) -> int:
+    """Columns of the near-square grid of ``n`` samples."""
+    return max(1, math.ceil(math.sqrt(n)))
+
+
+def save_grid(images: Tensor, cols: int, path: str | Path) -> tuple[int, int]:
+    """``images`` in [-1, 1] as a PNG grid of ``cols`` columns, written atomically; (rows, cols)."""
+    save_png_atomic(to_grid(images, cols), path)
+    return math.ceil(images.shape[0] / cols), cols
 
 
 def sample(weights: str | Path, n: int = 64, seed: int = 0, truncation: float = 1.0, class_name: str | None = None,
@@ -111,6 +122,12 @@ def sample(weights: str | Path, n: int = 64, seed: int = 0, truncation: float = 
     net = _net(wf, kind, device)
     z = _latents(n, net.z_dim, seed, device)
     return _generate(net, kind, z, _labels(wf, net, n, class_name, device), truncation)
+
+
+def write_samples(weights: str | Path, output: str | Path, n: int = 64, seed: int = 0, truncation: float = 1.0,
+                  class_name: str | None = None, device: str | torch.device = "cpu") -> tuple[int, int]:
+    """`translate sample`: :func:`sample`'s images as a near-square PNG grid in ``output``."""
+    return save_grid(sample(weights, n, seed, truncation, class_name, device), grid_side(n), output)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -128,7 +145,7 @@ def load_for(net: nn.Module, path: str | Path, device: torch.device) -> tuple[Te
         img = read_rgb(path)
     except (OSError, ValueError) as e:
         raise TranslateError(f"cannot read {path}: {e}") from None
-    x = img.float().div(127.5).sub(1)[None]
+    x = to_signed(img)[None]
     if net.channels == 1:
         x = x.mean(1, keepdim=True)
     x = F.interpolate(x, size=(net.resolution, net.resolution), mode="bilinear", antialias=True,
@@ -164,12 +181,21 @@ def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 
     return _generate(net, kind, path, labels, 1.0)
 
 
+def write_interpolation(weights: str | Path, output: str | Path, steps: int = 8, seed: int = 0, rows: int = 4,
+                        between: tuple[str | Path, str | Path] | None = None, device: str | torch.device = "cpu",
+                        image: str | Path | None = None) -> tuple[int, int]:
+    """`translate interpolate`: :func:`interpolate`'s paths as a PNG grid in ``output``, one a row."""
+    images = interpolate(weights, steps, seed, rows, between, device, image)
+    # only a translator takes --input (interpolate refuses it otherwise), and its rows start with the input
+    return save_grid(images, steps + 1 if image is not None else steps, output)
+
+
 def _interpolate_translation(weights: str | Path, image: str | Path | None, steps: int, seed: int, rows: int,
                              device: torch.device) -> Tensor:
     """``rows`` x (the input, then ``steps`` translations with z slerped between two seeded latents)."""
-    from translate.infer import latent_recipes, load_translator, pad_to, padded
+    from translate.translator import latent_recipes, load_translator, pad_to, padded
 
-    tr, m, _ = load_translator(Path(weights), "AtoB", device, "fp32")
+    tr, multiple, _ = load_translator(Path(weights), "AtoB", device, "fp32")
     if not tr.nz:
         raise TranslateError(f"`translate interpolate` on a translator walks its latent code, and {Path(weights).name} "
                              f"has none (recipes with one: {', '.join(latent_recipes())})")
@@ -180,7 +206,7 @@ def _interpolate_translation(weights: str | Path, image: str | Path | None, step
     except (OSError, ValueError) as e:
         raise TranslateError(f"cannot read {image}: {e}") from None
     h, w = rgb.shape[-2:]
-    x = pad_to(rgb.float().div(127.5).sub(1)[None].to(device), padded((h, w), m))
+    x = pad_to(to_signed(rgb)[None].to(device), padded((h, w), multiple))
     t = torch.linspace(0, 1, steps, device=device)[:, None]
     z = _latents(2 * rows, tr.nz, seed, device)
     out = []
@@ -196,13 +222,13 @@ def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, de
     wf, kind = _open(weights, "reconstruct")
     device = torch.device(device)
     net = _net(wf, kind, device)
-    files = _inputs(in_dir)
+    files = image_files(in_dir)
     for path in files:
         x, size = load_for(net, path, device)
         with torch.inference_mode():
             y = net(x).float()
         y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-        img = y[0].clamp(-1, 1).add(1).div(2).expand(3, -1, -1).cpu()
+        img = to_unit(y[0].clamp(-1, 1)).expand(3, -1, -1).cpu()
         save_png_atomic(img, Path(out_dir) / Path(path).relative_to(in_dir).with_suffix(".png"))
     return len(files)
 
@@ -215,23 +241,13 @@ def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str
     wf, kind = _open(weights, "encode")
     device = torch.device(device)
     net = _net(wf, kind, device)
-    files = _inputs(in_dir)
+    files = image_files(in_dir)
     with torch.inference_mode():
         z = torch.cat([net.encode(load_for(net, p, device)[0]).float().cpu() for p in files])
     meta = {"files": json.dumps([str(Path(p).relative_to(in_dir)) for p in files]), "weights": str(weights)}
     with atomic_path(out) as tmp:
         save_file({"z": z.contiguous()}, str(tmp), metadata=meta)
     return z
-
-
-def _inputs(in_dir: str | Path) -> list[Path]:
-    root = Path(in_dir)
-    if not root.is_dir():
-        raise TranslateError(f"input folder not found: {root}")
-    files = list_images(root)
-    if not files:
-        raise TranslateError(f"no images in {root}")
-    return files
 
 
 @dataclass
@@ -267,7 +283,3 @@ def zoo() -> list[ZooRow]:
         rows.append(ZooRow(name, recipe.method, kind, params, recipe.data.crop_size,
                            GENERATIVE_COMMANDS[kind] + classifier + ("train",)))
     return rows
-
-
-def grid_side(n: int) -> int:
-    return max(1, math.ceil(math.sqrt(n)))

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from translate.errors import TranslateError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 
 
@@ -34,9 +36,30 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
+def image_files(in_dir: str | Path) -> list[Path]:
+    """The images under a folder given as input (``list_images``), or a one-line error: none, or no folder."""
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise TranslateError(f"input is not a folder: {root}" if root.exists() else f"input folder not found: {root}")
+    files = list_images(root)
+    if not files:
+        kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise TranslateError(f"no images found in {root} (looked for: {kinds}; hidden files and folders are skipped)")
+    return files
+
+
+LUMA = torch.tensor([0.2989, 0.587, 0.114])  # ITU-R 601 weights of R, G, B, as torchvision's rgb_to_grayscale
+
+
+def to_gray(img: Tensor) -> Tensor:
+    """(3, H, W) uint8 -> (1, H, W) uint8 luma, truncated (as torchvision's rgb_to_grayscale)."""
+    r, g, b = img.float().unbind(0)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).to(torch.uint8)[None]
+
+
 def to_signed(x: Tensor) -> Tensor:
     """uint8 pixels [0, 255] -> float [-1, 1], the range every network here works in."""
-    return x.float().div_(127.5).sub_(1.0)
+    return x.float().div(127.5).sub_(1.0)  # a new tensor even when x is float already
 
 
 def to_u8(x: Tensor) -> Tensor:

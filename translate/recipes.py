@@ -110,15 +110,25 @@ class TrainConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Base of a method's ``model`` section (its networks' names and sizes)."""
+
+
+@dataclass
+class LossConfig:
+    """Base of a method's ``loss`` section (its objective's terms and weights)."""
+
+
+@dataclass
 class Recipe:
-    """A whole, validated recipe. ``model`` and ``loss`` are the method's own dataclasses."""
+    """A whole, validated recipe. ``model`` and ``loss`` are the method's ModelConfig and LossConfig."""
 
     method: str
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    loss: Any = None
+    loss: LossConfig = field(default_factory=LossConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # the method's own sections, by name
 
     def __getattr__(self, name: str) -> Any:
@@ -159,8 +169,7 @@ def _section_classes(method: str) -> dict[str, type]:
     from translate.methods import get_method
 
     cls = get_method(method)
-    return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig,
-            **getattr(cls, "Sections", {})}
+    return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig, **cls.Sections}
 
 
 def _nearest(name: str, options: list[str]) -> str:
@@ -170,9 +179,9 @@ def _nearest(name: str, options: list[str]) -> str:
 
 def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Check one value against its field; strings from --set are parsed to the field's type."""
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
-        if kind == "bool":
+        if type_name == "bool":
             if isinstance(value, str):
                 low = value.strip().lower()
                 if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -180,26 +189,26 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
                 value = low in ("true", "1", "yes", "on")
             elif not isinstance(value, bool):
                 raise ValueError
-        elif kind == "int":
+        elif type_name == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             value = int(value)
-        elif kind == "float":
+        elif type_name == "float":
             if isinstance(value, bool):
                 raise ValueError
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError
-        elif kind == "str":
+        elif type_name == "str":
             if not isinstance(value, str):
                 raise ValueError
-        elif kind.startswith("list"):
+        elif type_name.startswith("list"):
             if isinstance(value, str):
                 value = json.loads(value)
             if not isinstance(value, list):
                 raise ValueError
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise RecipeError(f"{key}: expected {kind}, got {value!r}") from None
+        raise RecipeError(f"{key}: expected {type_name}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if callable(choices):
         choices = choices()

@@ -23,7 +23,10 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from translate.methods.base import Method
 
 T = TypeVar("T")
 
@@ -31,14 +34,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named builders with a decorator and a helpful error for unknown names."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, what: str) -> None:
+        self.what = what  # what it holds, for messages: "network", "method"
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ValueError(f"{self.what} {name!r} is registered twice")
             self._items[name] = obj
             return obj
 
@@ -46,7 +49,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(unknown_name_message(self.kind, name, self._items))
+            raise KeyError(unknown_name_message(self.what, name, self._items))
         return self._items[name]
 
     def names(self) -> list[str]:
@@ -56,12 +59,12 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-def unknown_name_message(kind: str, name: str, known: Any) -> str:
-    """One line naming the bad value, the closest valid one and the valid set."""
+def unknown_name_message(what: str, name: str, known: Any) -> str:
+    """One line naming the bad value (a ``what``), the closest valid one and the valid set."""
     known = sorted(known)
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}; choose from: {', '.join(known)}"
+    return f"unknown {what} {name!r}{hint}; choose from: {', '.join(known)}"
 
 
 ROLES = {
@@ -137,7 +140,7 @@ class NetRegistry(Registry[Callable[..., Any]]):
     def info(self, name: str) -> NetInfo:
         self._load()
         if name not in self._info:
-            raise KeyError(unknown_name_message(self.kind, name, self._info))
+            raise KeyError(unknown_name_message(self.what, name, self._info))
         return self._info[name]
 
     def names(self, role: str | None = None, family: str | None = None, reference: bool | None = None,
@@ -167,8 +170,8 @@ class NetRegistry(Registry[Callable[..., Any]]):
         multiple = rule(**kwargs) if callable(rule) else rule
         fixed = kwargs.get("resolution") if info.fixed_size else None
         for part in info.parts:
-            m, r = self.input_size(kwargs[part])
-            multiple, fixed = math.lcm(multiple, m), fixed or r
+            part_multiple, part_fixed = self.input_size(kwargs[part])
+            multiple, fixed = math.lcm(multiple, part_multiple), fixed or part_fixed
         return multiple, fixed
 
     def partners(self, name: str, role: str) -> list[str]:
@@ -184,7 +187,7 @@ NETS = NetRegistry()
 """Network builders: ``NETS.get("resnet_9blocks")(in_ch=3, out_ch=3, ngf=64, ...) -> nn.Module``;
 ``NETS.info(name)`` says what it needs."""
 
-METHODS: Registry[type] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method")
 """Training methods (pix2pix, cyclegan, ...): classes implementing :class:`translate.methods.base.Method`."""
 
 

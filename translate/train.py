@@ -26,18 +26,11 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from translate.checkpoints import load_state, save_state, save_weights
 from translate.data import Augment, collate, open_dataset
+from translate.data.sampler import Indexed, ResumableSampler
 from translate.devices import (
     Dist,
     Precision,
@@ -47,11 +40,14 @@ from translate.devices import (
     peak_gpu_bytes,
     pick_device,
     resolve_precision,
+    unwrap,
 )
 from translate.errors import Interrupted, TranslateError
 from translate.images import save_png_atomic, to_unit
 from translate.methods import get_method
+from translate.progress import Progress
 from translate.recipes import Recipe, load_recipe
+from translate.schedules import LR_RULES, lr_factor, make_schedulers, scale_lr
 from translate.signals import StopSignals, blocked, ignore_in_worker
 
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
@@ -65,74 +61,16 @@ class TrainingInterrupted(Interrupted):
         super().__init__(signum, f"saved, resume with `translate train --resume {run_dir}`")
 
 
-def lr_factor(rule: str, world_size: int) -> float:
-    """What ``train.lr_scale`` multiplies train.lr by when ``world_size`` processes each take a batch:
-    none (the reference's choice), linear (Goyal et al. 2017) or sqrt."""
-    return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[rule]
-
-
-class ResumableSampler(Sampler[int]):
-    """DistributedSampler's order (a permutation per epoch from seed + epoch, shards by rank),
-    after skipping the first ``consumed`` samples of the epoch in the global order.
-
-    Skipping before sharding keeps the global data order the same when a run resumes with another
-    world size: the global batch stays the same, only its split over ranks changes.
-    """
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True) -> None:
-        self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
-        self.epoch, self.consumed = 0, 0
-        self.weights: torch.Tensor | None = None  # per item: the epoch draws n items with these (DB-VAE)
-
-    def set_epoch(self, epoch: int, consumed: int = 0) -> None:
-        self.epoch, self.consumed = epoch, consumed
-
-    def _indices(self) -> list[int]:
-        if self.weights is not None:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
-        elif self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        rest = order[self.consumed :]
-        if rest and len(rest) % self.world:  # pad, as DistributedSampler, so ranks stay in step
-            rest += rest[: self.world - len(rest) % self.world]
-        return rest[self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        return len(self._indices())
-
-
-@dataclass
 class RunPaths:
     """Where a run keeps its files."""
 
-    root: Path
-
-    @property
-    def recipe(self) -> Path:
-        return self.root / "recipe.toml"
-
-    @property
-    def weights(self) -> Path:
-        return self.root / "latest.safetensors"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "latest.state.pt"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.jsonl"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.recipe = root / "recipe.toml"
+        self.weights = root / "latest.safetensors"  # for inference: exported nets + recipe in the metadata
+        self.state = root / "latest.state.pt"  # for --resume
+        self.log = root / "log.jsonl"
+        self.samples = root / "samples"
 
 
 @dataclass
@@ -162,24 +100,42 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def make_schedulers(method: Any, recipe: Recipe, start_epoch: int = 0) -> dict[str, Any]:
-    """Per-epoch learning-rate schedules: linear (constant, then linear to 0), step, cosine, constant."""
-    t = recipe.train
-    total = t.epochs + t.epochs_decay
-    out = {}
-    for name, opt in method.optimizers.items():
-        if t.lr_policy == "linear":
-            def rule(epoch: int, n=t.epochs, d=t.epochs_decay) -> float:
-                return 1.0 - max(0, epoch + 1 - n) / float(d + 1)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, rule)
-        elif t.lr_policy == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_decay_iters, gamma=0.1)
-        elif t.lr_policy == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1), eta_min=0)
+class NanGuard:
+    """Stops training with one line once a loss is NaN or inf; bad weights are never written.
+
+    Reading a loss on CUDA waits for the device, and a wait every step left the GPU idle between
+    steps at batch 1; so there the check piles up on the device and is read at log steps and before
+    every save. On the CPU, which has nothing to overlap, it is read every step."""
+
+    def __init__(self, weights: Path) -> None:
+        self.weights = weights  # the last good checkpoint, named in the message
+        self.ok: torch.Tensor | None = None  # all losses finite since step ``since`` (not read yet)
+        self.since = 0
+        self.last: tuple[list[str], torch.Tensor] = ([], torch.zeros(0))
+
+    def add(self, names: list[str], values: torch.Tensor, step: int, read: bool) -> None:
+        ok = torch.isfinite(values).all()
+        if self.ok is None:
+            self.ok, self.since = ok, step
         else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-        out[name] = sched
-    return out
+            self.ok &= ok
+        self.last = (names, values)
+        if read:
+            self.read(step)
+
+    def read(self, step: int) -> None:
+        if self.ok is None:
+            return
+        ok, self.ok = bool(self.ok), None
+        if ok:
+            return
+        names, values = self.last  # the last step's: a bad one earlier in the window may be gone
+        bad = {k: v for k, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)}
+        what = f"loss {', '.join(bad)} became {next(iter(bad.values()))}" if bad else "a loss became nan or inf"
+        when = f"at step {step}" if self.since == step else f"between steps {self.since} and {step}"
+        keep = f"the last good checkpoint is kept at {self.weights}" if self.weights.exists() else \
+            "no checkpoint was written yet"
+        raise TranslateError(f"{what} {when}: training diverged (try a lower train.lr); {keep}")
 
 
 class Trainer:
@@ -212,20 +168,20 @@ class Trainer:
         info = {"classes": list(getattr(self.dataset, "classes", []))}
         self.method = cls(self._startable(recipe, resume), self.device, self.precision, info)
         self.method.world_size = self.dist.world_size
-        _scale_lr(self.method.optimizers, self.lr_factor)
+        scale_lr(self.method.optimizers, self.lr_factor)
         if self.dist.enabled:
             self._wrap_ddp()
         self.augment = Augment(recipe.data, paired=cls.data_kind == "paired")
-        self.schedulers = make_schedulers(self.method, recipe)
+        self.schedulers = make_schedulers(self.method.optimizers, recipe)
         self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
         self.step = self.epoch = 0
-        self._finite: torch.Tensor | None = None  # all losses finite since step _since (not read yet)
-        self._since = 0
-        self._last_losses: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self.guard = NanGuard(self.paths.weights)
         self.samples_in_epoch = 0  # of the epoch's permutation, in the global order: valid for any world size
         self.skipped: list[str] = []
         self._warned: set[str] = set()
-        self.signals = StopSignals(self._on_signal)
+        self.signals = StopSignals(lambda signum: self.progress.say(
+            f"\n{signal.Signals(signum).name}: finishing this step, then saving ..."))
+        self.progress = Progress(self.console, "train", every_s=0)  # a log line at every train.log_every
         self.stopped: int | None = None  # the signal all ranks agreed to stop on (see _should_stop)
         self.resumed_from: dict[str, Any] = {}
         self._saved_step = -1
@@ -250,11 +206,11 @@ class Trainer:
     def _startable(self, recipe: Recipe, resume: bool) -> Recipe:
         """On resume, composed halves start from the run's own weights instead of their init files
         (the saved state then sets every value): a moved or deleted init file stops nothing."""
-        m, weights = recipe.model, self.paths.weights
-        moved = {f"init_{p}": str(weights) for p in ("encoder", "decoder") if getattr(m, f"init_{p}", "")}
+        model_cfg, weights = recipe.model, self.paths.weights
+        moved = {f"init_{p}": str(weights) for p in ("encoder", "decoder") if getattr(model_cfg, f"init_{p}", "")}
         if not (resume and moved and weights.is_file()):
             return recipe
-        return dataclasses.replace(recipe, model=dataclasses.replace(m, **moved))
+        return dataclasses.replace(recipe, model=dataclasses.replace(model_cfg, **moved))
 
     def _wrap_ddp(self) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -263,7 +219,7 @@ class Trainer:
             # Batch statistics over the global batch, as one process would have them. PyTorch's
             # SyncBatchNorm runs on GPUs only; CPU processes (gloo) normalise over their own batch.
             cuda = self.device.type == "cuda"
-            if cuda and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+            if cuda and any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in net.modules()):
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
             ids = [self.device.index] if cuda else None
             # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
@@ -294,33 +250,33 @@ class Trainer:
 
     # --- state ---------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        m = self.method
+        method = self.method
         return {
             "step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
             "world_size": self.dist.world_size, "global_batch": self.global_batch, "lr_factor": self.lr_factor,
-            "nets": {n: getattr(net, "module", net).state_dict() for n, net in m.nets.items()},
-            "optimizers": {n: o.state_dict() for n, o in m.optimizers.items()},
+            "nets": {n: unwrap(net).state_dict() for n, net in method.nets.items()},
+            "optimizers": {n: o.state_dict() for n, o in method.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
-            "rng": _rng_state(self.device), "extra": m.extra_state(), "skipped": self.skipped,
+            "rng": _rng_state(self.device), "extra": method.extra_state(), "skipped": self.skipped,
             "best_eval": self.best if self.best is not None else float("nan"),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        m = self.method
+        method = self.method
         for name, sd in state["nets"].items():
-            getattr(m.nets[name], "module", m.nets[name]).load_state_dict(sd)
+            unwrap(method.nets[name]).load_state_dict(sd)
         for name, sd in state["optimizers"].items():
-            m.optimizers[name].load_state_dict(sd)
+            method.optimizers[name].load_state_dict(sd)
         for name, sd in state["schedulers"].items():
             self.schedulers[name].load_state_dict(sd)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
-        m.load_extra_state(state.get("extra", {}))
+        method.load_extra_state(state.get("extra", {}))
         best = state.get("best_eval", float("nan"))
         self.best = None if best != best else best  # NaN: no evaluation yet
         # The lr schedules were saved for the old number of processes; rescale them to this one's.
-        _scale_lr(m.optimizers, self.lr_factor / state.get("lr_factor", 1.0), self.schedulers.values())
+        scale_lr(method.optimizers, self.lr_factor / state.get("lr_factor", 1.0), self.schedulers.values())
         self.step, self.epoch = state["step"], state["epoch"]
         # (states before the per-process batch counted global batches of train.batch_size)
         self.samples_in_epoch = state.get("samples_in_epoch",
@@ -345,15 +301,15 @@ class Trainer:
     def save(self, numbered: bool = False, evaluate: bool = False) -> None:
         """Write weights (for inference) and state (for resume); rank 0 only. ``evaluate``: score the
         new weights on the held-out pairs first, and keep them as best.safetensors if they are."""
-        self._read_finite()
+        self.guard.read(self.step)
         self._saved_step = self.step
         if not self.dist.is_main:
             return
-        m = self.method
-        arch = {n: m.arch(n) for n in m.nets}
-        exported = m.export()
+        method = self.method
+        arch = {n: method.arch(n) for n in method.nets}
+        exported = method.export()
         meta = {"step": str(self.step), "epoch": str(self.epoch), "method": self.recipe.method,
-                "info": json.dumps(m.info)}
+                "info": json.dumps(method.info)}
         save_weights(self.paths.weights, exported, arch, self.recipe.to_json(), meta)
         if evaluate:
             self._evaluate()
@@ -392,8 +348,8 @@ class Trainer:
         """Keep the newest ``train.keep_last`` numbered copies: each is a full set of weights (218 MB
         for pix2pix's unet_256), and a 200-epoch run saving every 5 epochs left 8.7 GB of them."""
         keep = self.recipe.train.keep_last
-        numbered = sorted((int(m.group(1)), p) for p in self.paths.root.iterdir()
-                          if (m := NUMBERED.fullmatch(p.name)))
+        numbered = sorted((int(match.group(1)), p) for p in self.paths.root.iterdir()
+                          if (match := NUMBERED.fullmatch(p.name)))
         for _, path in numbered[:-keep] if keep else []:
             path.unlink(missing_ok=True)
 
@@ -404,15 +360,28 @@ class Trainer:
         if self.dist.is_main:
             paths.root.mkdir(parents=True, exist_ok=True)
             paths.recipe.write_text(self.recipe.to_toml())
-        sample_batch = self._sample_batch()
+        sample_batch = self._sample_batch()  # fixed, so grids are comparable over time
         self._announce()
         self._start_step, self._start_time = self.step, time.perf_counter()
         self.losses: dict[str, float] = {}
-        with self.signals, deterministic(t.deterministic), self._progress() as progress:
-            task = progress.add_task("train", total=self.total_steps, completed=self.step, rate="", losses="")
+        with self.signals, deterministic(t.deterministic), self.progress.start(self.total_steps, self.step):
             while not self._done() and self.stopped is None:
-                if self._train_epoch(progress, task, sample_batch):
+                # An epoch: this epoch's remaining batches, on the device and augmented.
+                for batch in self._epoch_batches():
+                    # One step of the method; then the NaN guard, log, progress and sample grid.
+                    self.method.steps_done = self.step
+                    losses = self.method.train_step(batch)
+                    self.step += 1
+                    self.samples_in_epoch += self.global_batch
+                    self._after_step(losses, sample_batch)
+                    # A signal on any rank stops all ranks after this same step.
+                    if self._should_stop() or self.step >= self.total_steps:
+                        break
+                # The epoch's end (also when the last step ended it): schedules, save, evaluate.
+                if self.stopped is None and (self.step < self.total_steps
+                                             or self.samples_in_epoch >= len(self.dataset)):
                     self._end_epoch()
+        # Stopped or done: the last step's weights and state are saved (a NaN raised above: nothing is).
         if self._saved_step != self.step:
             self.save()
         if self.stopped is not None:
@@ -430,31 +399,25 @@ class Trainer:
         t = self.recipe.train
         return self.epoch >= t.epochs + t.epochs_decay or self.step >= self.total_steps
 
-    def _train_epoch(self, progress: Progress, task: Any, sample_batch: dict[str, torch.Tensor] | None) -> bool:
-        """Steps through the rest of this epoch; True if it ran to its end (False: stopped or done)."""
+    def _after_step(self, step_losses: dict[str, torch.Tensor], sample_batch: dict[str, torch.Tensor] | None) -> None:
+        """The NaN guard, and at train.log_every the losses averaged over ranks into the log and the
+        progress display; a sample grid at train.sample_every."""
         t = self.recipe.train
-        for batch in self._epoch_batches():
-            self.method.steps_done = self.step
-            step_losses = self.method.train_step(batch)
-            self.step += 1
-            self.samples_in_epoch += self.global_batch
-            values = self._stacked(step_losses)
-            log_now = self.step % t.log_every == 0 or self.step == self.total_steps
-            self._check_finite(step_losses, values, read=log_now or self.device.type != "cuda")
-            if log_now:
-                self.losses = self._mean_over_ranks(step_losses, values)
-                elapsed = time.perf_counter() - self._start_time
-                rate = (self.step - self._start_step) * self.global_batch / elapsed
-                self._log(self.losses, rate)
-                progress.update(task, rate=f"{rate:.2f} img/s", losses=_fmt(self.losses))
-            progress.update(task, completed=self.step)
-            if t.sample_every and self.step % t.sample_every == 0:
-                self._write_samples(sample_batch)
-            if self._should_stop():
-                return False
-            if self.step >= self.total_steps:  # the last step may end its epoch too
-                return self.samples_in_epoch >= len(self.dataset)
-        return True
+        values = self._stacked(step_losses)
+        log_now = self.step % t.log_every == 0 or self.step == self.total_steps
+        self.guard.add(list(step_losses), values, self.step, read=log_now or self.device.type != "cuda")
+        if log_now:
+            self.losses = dict(zip(step_losses, (self.dist.all_reduce(values) / self.dist.world_size).tolist(),
+                                   strict=True))
+            rate = (self.step - self._start_step) * self.global_batch / (time.perf_counter() - self._start_time)
+            self._log(self.losses, rate)
+            self.progress.update(self.step, f"{rate:.2f} img/s", _fmt(self.losses),
+                                 line=f"step {self.step}/{self.total_steps} epoch {self.epoch} {rate:.2f} img/s "
+                                      f"{_fmt(self.losses)}")
+        else:
+            self.progress.update(self.step)
+        if t.sample_every and self.step % t.sample_every == 0:
+            self._write_samples(sample_batch)
 
     def _close(self) -> None:
         if self.dist.enabled:
@@ -465,8 +428,8 @@ class Trainer:
         if hasattr(self.method, "resample"):  # a method that weighs its data each epoch (DB-VAE)
             if self.samples_in_epoch == 0:  # (a resumed epoch keeps the weights it started with)
                 self.method.resample(self._plain_batches(), len(self.dataset))
-                if self.method.weights is not None and self.dist.enabled:
-                    self.method.weights = self._from_rank0(self.method.weights)
+                if self.method.weights is not None:
+                    self.method.weights = self.dist.from_rank0(self.method.weights)
             self.sampler.weights = self.method.weights
         self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if hasattr(self.dataset, "epoch"):
@@ -486,7 +449,7 @@ class Trainer:
 
     def _plain_batches(self):
         """Every readable item once, in order, centre-cropped, not augmented, with its index."""
-        loader = DataLoader(_Indexed(self.dataset), batch_size=64, num_workers=self.recipe.data.num_workers,
+        loader = DataLoader(Indexed(self.dataset), batch_size=64, num_workers=self.recipe.data.num_workers,
                             collate_fn=list, generator=torch.Generator().manual_seed(0),
                             worker_init_fn=ignore_in_worker)
         with blocked():
@@ -497,15 +460,6 @@ class Trainer:
                 raw = collate([it for _, it in good])
                 batch = {k: raw[k].to(self.device) for k in BATCH_KEYS if k in raw}
                 yield [i for i, _ in good], self.augment(batch, train=False)
-
-    def _from_rank0(self, t: torch.Tensor) -> torch.Tensor:
-        """Rank 0's copy of ``t`` on every rank (the sampling weights must agree to the last bit)."""
-        import torch.distributed as dist
-
-        where = self.device if self.device.type == "cuda" else torch.device("cpu")
-        t = t.to(where)
-        dist.broadcast(t, src=0)
-        return t.cpu()
 
     def _end_epoch(self) -> None:
         with warnings.catch_warnings():
@@ -527,44 +481,6 @@ class Trainer:
         where = self.device if self.device.type == "cuda" else "cpu"
         return torch.stack([v.detach().float().reshape(()).to(where) for v in losses.values()])
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], values: torch.Tensor, read: bool = True) -> None:
-        """The NaN guard. Reading a loss on CUDA waits for the device, and a wait every step left
-        the GPU idle between steps at batch 1; so there the check piles up on the device and is
-        read at log steps and before every save (bad weights are never written either way). On
-        the CPU, which has nothing to overlap, it is read every step."""
-        ok = torch.isfinite(values).all()
-        if self._finite is None:
-            self._finite, self._since = ok, self.step
-        else:
-            self._finite &= ok
-        self._last_losses = (losses, values)
-        if read:
-            self._read_finite()
-
-    def _read_finite(self) -> None:
-        if self._finite is None:
-            return
-        ok, since = bool(self._finite), self._since
-        self._finite = None
-        if ok:
-            return
-        losses, values = self._last_losses  # the last step's: a bad one earlier in the window may be gone
-        bad = {k: v for k, v in zip(losses, values.tolist(), strict=True) if not math.isfinite(v)}
-        what = f"loss {', '.join(bad)} became {next(iter(bad.values()))}" if bad else "a loss became nan or inf"
-        when = f"at step {self.step}" if since == self.step else f"between steps {since} and {self.step}"
-        keep = self.paths.weights if self.paths.weights.exists() else None
-        where = f"the last good checkpoint is kept at {keep}" if keep else "no checkpoint was written yet"
-        raise TranslateError(f"{what} {when}: training diverged (try a lower train.lr); {where}")
-
-    def _mean_over_ranks(self, losses: dict[str, torch.Tensor], values: torch.Tensor) -> dict[str, float]:
-        """Losses as floats, averaged over ranks so the log describes the global batch."""
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(values)
-            values /= self.dist.world_size
-        return dict(zip(losses, values.tolist(), strict=True))
-
     def _report(self, raw: dict[str, Any]) -> None:
         for msg in raw["errors"]:
             if msg not in self._warned:
@@ -583,9 +499,6 @@ class Trainer:
         line = {"step": self.step, "epoch": self.epoch, "lr": lr, "images_per_s": round(rate, 3), **losses}
         with open(self.paths.log, "a") as f:
             f.write(json.dumps(line) + "\n")
-        if not self.console.is_terminal and not self.console.quiet:
-            self.console.print(f"step {self.step}/{self.total_steps} epoch {self.epoch} {rate:.2f} img/s "
-                               f"{_fmt(losses)}", highlight=False, soft_wrap=True)
 
     def _sample_batch(self) -> dict[str, torch.Tensor] | None:
         """A fixed batch (first readable items, centre-cropped) so grids are comparable over time."""
@@ -616,7 +529,7 @@ class Trainer:
             f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
             f"precision {self.precision.name} | {self.dist.world_size} process(es) x batch {self.local_batch} "
             f"= global batch {self.global_batch} | lr {t.lr * self.lr_factor:g} (train.lr {t.lr:g}, "
-            f"lr_scale {t.lr_scale}: {_LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
+            f"lr_scale {t.lr_scale}: {LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
             f"run {self.paths.root}", highlight=False, soft_wrap=True)
         old = self.resumed_from
         if old and (old["world_size"], old["global_batch"]) != (self.dist.world_size, self.global_batch):
@@ -625,65 +538,15 @@ class Trainer:
                                f"{self.global_batch} (set train.batch_size to keep it)", highlight=False,
                                soft_wrap=True)
 
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[losses]}"), console=self.console,
-            disable=self.console.quiet or not self.console.is_terminal,
-        )
-
-    # --- signals -------------------------------------------------------------------------------
-    def _on_signal(self, signum: int) -> None:
-        self.console.print(f"\n{signal.Signals(signum).name}: finishing this step, then saving ...",
-                           highlight=False)
-
     def _should_stop(self) -> bool:
         """True once any rank got SIGINT/SIGTERM: all ranks stop after the same step.
 
         Only this agreed answer steers the loop. A signal lands on each rank at its own moment; a
         rank that also read its own flag elsewhere (say at an epoch's end) would stop while its
         peers start the next step, and both would wait for each other forever."""
-        stop = self.signals.stop or 0
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            flag = torch.tensor([stop], device=self.device if self.device.type == "cuda" else "cpu")
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = int(flag)
+        stop = int(self.dist.all_reduce(torch.tensor([self.signals.stop or 0]), op="max"))
         self.stopped = stop or None
         return self.stopped is not None
-
-
-_LR_RULES = {"none": "the same for any number of processes, as the reference",
-             "linear": "x processes", "sqrt": "x sqrt(processes)"}
-
-
-class _Indexed(Dataset):
-    """(index, item) of a dataset, so a pass over it knows which items were unreadable."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.dataset[i]
-
-
-def _scale_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float, schedulers: Any = ()) -> None:
-    """Multiply every learning rate (and the schedules' base rates) by ``factor``."""
-    if factor == 1.0:
-        return
-    for opt in optimizers.values():
-        for group in opt.param_groups:
-            group["lr"] *= factor
-            if "initial_lr" in group:
-                group["initial_lr"] *= factor
-    for sched in schedulers:
-        sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        sched._last_lr = [lr * factor for lr in sched._last_lr]
 
 
 def _folder_bytes(root: Path) -> int:

@@ -29,16 +29,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from translate.errors import TranslateError
-from translate.images import list_images, read_rgb, resize_u8
+from translate.images import list_images, read_rgb, resize_u8, to_gray
 from translate.recipes import DataConfig
 
 Item = dict[str, Any]
-
-
-def _gray(img: Tensor) -> Tensor:
-    """(3, H, W) uint8 -> (1, H, W): ITU-R 601 luma, truncated (as torchvision's rgb_to_grayscale)."""
-    r, g, b = img.float().unbind(0)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8)[None]
 
 
 def _center_crop(t: Tensor, h: int, w: int) -> Tensor:
@@ -73,7 +67,7 @@ def _load(path: Path, cfg: DataConfig) -> tuple[Tensor | None, list[str]]:
     except Exception as e:  # PIL raises many types for bad files; each is a skip, not a crash
         return None, [f"{path}: unreadable ({type(e).__name__}: {e})"]
     if cfg.channels == 1:
-        img = _gray(img)
+        img = to_gray(img)
     return img, []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from translate.methods.base import Method
 from translate.registry import METHODS
 
 for _mod in pkgutil.iter_modules(__path__):
@@ -12,6 +13,6 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 
-def get_method(name: str) -> type:
+def get_method(name: str) -> type[Method]:
     """The registered Method class for a recipe's ``method`` name."""
     return METHODS.get(name)

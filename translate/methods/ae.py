@@ -7,53 +7,51 @@ image and match the VAE's ``recon`` (same data, same units).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from translate.errors import TranslateError
-from translate.methods.base import Method, as_rgb
-from translate.recipes import at_least, choice
+from translate.devices import Precision
+from translate.methods.base import Method, check_power_of_two, side_by_side
+from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
 
-RECON_KINDS = ("l2", "l1")
+RECON_DISTANCES = ("l2", "l1")
 
 
 @dataclass
-class AutoencoderModel:
+class AutoencoderModel(ModelConfig):
     z_dim: int = at_least(16, 1)
     nf: int = at_least(32, 1)  # width of the first conv; doubles per stride-2 conv, at most 8 nf
 
 
 @dataclass
-class AELoss:
-    recon: str = choice("l2", *RECON_KINDS)
+class AELoss(LossConfig):
+    recon: str = choice("l2", *RECON_DISTANCES)
 
 
-def recon_error(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
+def recon_error(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:
     """(N,) reconstruction error of [-1, 1] images, summed over pixels.
 
     ``l2``: squared error, the Gaussian negative log-likelihood with variance 1/2 (constant dropped);
     ``l1``: absolute error, the Laplace negative log-likelihood with scale 1 (constant dropped).
     """
     diff = x_hat.float() - x.float()
-    err = diff.square() if kind == "l2" else diff.abs()
+    err = diff.square() if distance == "l2" else diff.abs()
     return err.flatten(1).sum(1)
 
 
-def recon_loss(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
+def recon_loss(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:
     """:func:`recon_error`, mean over the batch."""
-    return recon_error(x_hat, x, kind).mean()
+    return recon_error(x_hat, x, distance).mean()
 
 
-def check_power_of_two(size: int, method: str) -> None:
-    """The encoder halves the image down to 4x4, so the crop must be a power of two >= 16."""
-    if size < 16 or size & (size - 1):
-        raise TranslateError(f"data.crop_size {size} must be a power of two >= 16 for {method} (e.g. 32 or 64)")
+AELossT = TypeVar("AELossT", bound=AELoss)  # the VAE's loss section adds to the autoencoder's
 
 
 @METHODS.register("ae")
-class Autoencoder(Method):
+class Autoencoder(Method[AutoencoderModel, AELossT]):
     """A deterministic conv autoencoder. Exports ``AE``."""
 
     ModelConfig = AutoencoderModel
@@ -62,23 +60,23 @@ class Autoencoder(Method):
     export_names = ("AE",)
     net_name = "conv_ae"
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, d = recipe.model, recipe.data
         # PyTorch's default init: the reference's N(0, 0.02) starves a net without normalisation.
-        self.build("AE", self.net_name, init=False, channels=d.channels, resolution=d.crop_size, z_dim=m.z_dim,
-                   nf=m.nf)
-        self.optimizers = {"AE": self.adam(self.nets["AE"])}
+        self.build("AE", self.net_name, init=False, channels=recipe.data.channels, resolution=recipe.data.crop_size,
+                   z_dim=self.cfg.z_dim, nf=self.cfg.nf)
+        self.optimizers = {"AE": self.adam("AE")}
 
     def check_size(self, size: int) -> None:
-        check_power_of_two(size, self.recipe.method)
+        check_power_of_two(size, self.recipe.method)  # the encoder halves the image down to 4x4
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x, opt = batch["A"], self.optimizers["AE"]
         opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
             x_hat = self.nets["AE"](x)
-        loss = recon_loss(x_hat, x, self.recipe.loss.recon)
+        loss = recon_loss(x_hat, x, self.loss_cfg.recon)
         self.amp.backward(loss)
         self.amp.step(opt)
         self.amp.update()
@@ -87,12 +85,6 @@ class Autoencoder(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | reconstruction."""
-        return torch.cat([as_rgb(batch["A"]), as_rgb(self._reconstruct(batch["A"]))], -1)
-
-    def _reconstruct(self, x: Tensor) -> Tensor:
-        net = self.nets["AE"]
-        net.eval()
-        with self.amp.autocast():
-            out = net(x).float()
-        net.train()
-        return out
+        with self.evaluating("AE") as (AE,):
+            x_hat = AE(batch["A"]).float()
+        return side_by_side(batch["A"], x_hat)

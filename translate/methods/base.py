@@ -7,20 +7,30 @@ so every method gets those without code of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from translate.devices import DTYPES, Precision
+from translate import recipes
+from translate.backbones import Composition, compose, prepare
+from translate.devices import DTYPES, Precision, unwrap
 from translate.errors import TranslateError
+from translate.nets.layers import init_weights, power_of_two
+from translate.nets.winograd import use_winograd, winograd_pays
 from translate.recipes import Recipe, at_least, choice, registered
 from translate.registry import NETS, create_net
 
+ModelT = TypeVar("ModelT", bound=recipes.ModelConfig)
+LossT = TypeVar("LossT", bound=recipes.LossConfig)
+SAMPLE_COLUMNS = 8  # images per row of a generator's sample grid
+
 
 @dataclass
-class TranslatorModel:
+class TranslatorModel(recipes.ModelConfig):
     """Networks of an image-to-image translator (names as the reference's options; any registered
     translator, and any discriminator of its family). Or a generator composed of a registered
     encoder and decoder (``encoder`` + ``decoder``, see translate/backbones.py), whose halves may
@@ -48,16 +58,19 @@ class TranslatorModel:
     z_dim: int = at_least(64, 1)  # code size of ae/vae encoders and of a stylegan2 decoder's z and w
 
 
-class Method:
-    """Base class. Subclasses set the class attributes and implement the three methods.
+class Method(Generic[ModelT, LossT]):
+    """Base class. Subclasses set the class attributes and implement ``__init__``, ``train_step`` and
+    ``sample`` (unless input | translation | target of net ``G`` suits).
 
     ``nets`` (all networks, saved for resume) and ``optimizers`` are filled by ``__init__``;
-    ``export_names`` lists the nets inference needs (saved in the weights file).
+    ``export_names`` lists the nets inference needs (saved in the weights file). ``cfg`` and
+    ``loss_cfg`` are the recipe's model and loss sections, typed by the subclass: ``Method[Pix2PixModel, ...]``.
     """
 
-    ModelConfig: ClassVar[type] = TranslatorModel
-    LossConfig: ClassVar[type]
-    data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired"
+    ModelConfig: ClassVar[type[recipes.ModelConfig]] = TranslatorModel
+    LossConfig: ClassVar[type[recipes.LossConfig]]
+    Sections: ClassVar[dict[str, type]] = {}  # sections of its own (e.g. the DB-VAE's debias): recipe.<name>
+    data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired" | "images" | "classes"
     export_names: ClassVar[tuple[str, ...]] = ()
     world_size: int = 1  # processes training together (set by the Trainer); each takes train.batch_size images
     steps_done: int = 0  # steps before the coming one (set by the Trainer)
@@ -70,58 +83,29 @@ class Method:
     def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
                  info: dict[str, Any] | None = None) -> None:
         self.recipe, self.device, self.amp = recipe, device, precision
+        self.cfg, self.loss_cfg = cast(ModelT, recipe.model), cast(LossT, recipe.loss)  # recipes.py built these types
         self.info = dict(info or {})  # facts about the data (e.g. class names), kept in weights metadata
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.held: list[tuple[list[nn.Parameter], int]] = []  # (parameters, steps): see hold_frozen
+        self._arch: dict[str, dict[str, Any]] = {}
         self.check_size(recipe.data.crop_size)
 
     def check_size(self, size: int) -> None:
         """The generator's down-sampling decides which training sizes work; say so up front."""
-        m = self.recipe.model
-        if not hasattr(m, "generator"):
+        cfg = self.recipe.model
+        if not isinstance(cfg, TranslatorModel):
             return
         c = self.composition()
         multiple, fixed = NETS.input_size(c.spec)
-        what = (f"model.encoder {m.encoder} + model.decoder {m.decoder}" if c.composed
-                else f"model.generator {m.generator}")
+        what = (f"model.encoder {cfg.encoder} + model.decoder {cfg.decoder}" if c.composed
+                else f"model.generator {cfg.generator}")
         if fixed and size != fixed:
             raise TranslateError(f"data.crop_size {size} does not suit {what}: it works at {fixed}x{fixed} only "
                                  f"(set data.crop_size={fixed})")
         if size % multiple:
             raise TranslateError(f"data.crop_size {size} does not suit {what}: it needs a multiple of {multiple} "
                                  "(or pick another generator)")
-
-    def composition(self, in_ch: int | None = None, out_ch: int | None = None) -> Any:
-        """What the recipe's generator is (translate/backbones.py); read once, files included."""
-        from translate.backbones import compose
-
-        m = self.recipe.model
-        key = (in_ch or m.input_nc, out_ch or m.output_nc)
-        cache = self.__dict__.setdefault("_compositions", {})
-        if key not in cache:
-            cache[key] = compose(m, *key, self.recipe.data.crop_size, getattr(m, "nz", 0))
-        return cache[key]
-
-    def build_generator(self, name: str, in_ch: int, out_ch: int) -> nn.Module:
-        """The recipe's generator (``model.generator``, or ``model.encoder`` + ``model.decoder`` with
-        their init files and freezing) for ``in_ch`` -> ``out_ch`` images."""
-        from translate.backbones import prepare
-
-        c = self.composition(in_ch, out_ch)
-
-        def start(module: nn.Module) -> None:
-            self.held += prepare(module, c, self.recipe.model, self._init)
-
-        return self.build(name, c.spec["net"], init=False, start=start, **c.spec["kwargs"])
-
-    def hold_frozen(self) -> None:
-        """Drop the gradients of halves frozen for their first steps (call before the optimizer
-        steps): Adam then leaves them exactly as they are, moments included."""
-        for params, steps in self.held:
-            if self.steps_done < steps:
-                for p in params:
-                    p.grad = None
 
     # --- what subclasses implement -------------------------------------------------------------
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -130,41 +114,22 @@ class Method:
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows for the sample grid: (N, C, H, k*W) in [-1, 1]."""
-        raise NotImplementedError
-
-    # --- shared helpers ------------------------------------------------------------------------
-    @torch.no_grad()
-    def paired_rows(self, batch: dict[str, Tensor], name: str = "G") -> Tensor:
-        """Sample-grid rows of input | translation | target, for paired translation."""
-        G = self.net(name)
-        G.eval()
-        with self.amp.autocast():
+        """Rows for the sample grid: (N, C, H, k*W) in [-1, 1]. Here input | translation | target."""
+        with self.evaluating("G") as (G,):
             fake = G(batch["A"]).float()
-        G.train()
-        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"])], -1)
+        return side_by_side(batch["A"], fake, batch["B"])
 
-    def arch(self, name: str) -> dict[str, Any]:
-        """How to rebuild net ``name`` (kept in weights metadata): registry name and kwargs."""
-        return self._arch[name]
-
-    def _init(self, module: nn.Module) -> None:
-        from translate.nets import init_weights
-
-        init_weights(module, self.recipe.model.init_type, self.recipe.model.init_gain)
-
-    def build(self, name: str, net: str, init: bool = True, start: Any = None, **kwargs: Any) -> nn.Module:
-        """Create a registered network, initialise it as the recipe says (or with ``start(module)``)
-        and move it to the device."""
-        from translate.nets.winograd import use_winograd, winograd_pays
-
-        module = create_net(net, **kwargs)
+    # --- building ------------------------------------------------------------------------------
+    def build(self, name: str, net_name: str, init: bool = True, start: Callable[[nn.Module], None] | None = None,
+              **kwargs: Any) -> nn.Module:
+        """Create registered network ``net_name`` as ``name``, initialise it as the recipe says (or with
+        ``start(module)``) and move it to the device."""
+        module = create_net(net_name, **kwargs)
         if init:
             self._init(module)
         if start is not None:
             start(module)
-        self._arch = getattr(self, "_arch", {})
-        self._arch[name] = {"net": net, "kwargs": kwargs}
+        self._arch[name] = {"net": net_name, "kwargs": kwargs}
         module = module.to(self.device)
         if winograd_pays(self.device, DTYPES[self.amp.name]):
             use_winograd(module)  # the same sums in fewer multiplications: nets/winograd.py
@@ -176,18 +141,79 @@ class Method:
         self.nets[name] = module
         return module
 
-    def adam(self, *modules: nn.Module) -> torch.optim.Optimizer:
-        """Adam over the given nets. The fused kernel: on the CPU PyTorch's default is a per-tensor
-        loop, 9x slower on pix2pix's 54M-parameter U-Net (149 ms vs 16.5 ms per step)."""
-        t = self.recipe.train
-        params = [p for m in modules for p in m.parameters() if p.requires_grad]  # not frozen halves
+    # The helpers below serve translators, whose model section is a TranslatorModel.
+    def _init(self, module: nn.Module) -> None:
+        cfg = cast(TranslatorModel, self.recipe.model)
+        init_weights(module, cfg.init_type, cfg.init_gain)
+
+    def composition(self, in_ch: int | None = None, out_ch: int | None = None) -> Composition:
+        """What the recipe's generator is (translate/backbones.py); read once, files included."""
+        cfg = cast(TranslatorModel, self.recipe.model)
+        key = (in_ch or cfg.input_nc, out_ch or cfg.output_nc)
+        cache = self.__dict__.setdefault("_compositions", {})
+        if key not in cache:
+            cache[key] = compose(cfg, *key, self.recipe.data.crop_size, getattr(cfg, "nz", 0))
+        return cache[key]
+
+    def build_generator(self, name: str, in_ch: int, out_ch: int) -> nn.Module:
+        """The recipe's generator (``model.generator``, or ``model.encoder`` + ``model.decoder`` with
+        their init files and freezing) for ``in_ch`` -> ``out_ch`` images."""
+        c = self.composition(in_ch, out_ch)
+
+        def start(module: nn.Module) -> None:
+            self.held += prepare(module, c, cast(TranslatorModel, self.recipe.model), self._init)
+
+        return self.build(name, c.spec["net"], init=False, start=start, **c.spec["kwargs"])
+
+    def build_discriminator(self, name: str, in_ch: int) -> nn.Module:
+        """The recipe's discriminator (``model.discriminator``) for ``in_ch``-channel images."""
+        cfg = cast(TranslatorModel, self.recipe.model)
+        return self.build(name, cfg.discriminator, in_ch=in_ch, ndf=cfg.ndf, n_layers=cfg.n_layers_D, norm=cfg.norm)
+
+    def adam(self, *names: str, lazy: int = 0) -> torch.optim.Optimizer:
+        """Adam over the nets ``names``. The fused kernel: on the CPU PyTorch's default is a per-tensor
+        loop, 9x slower on pix2pix's 54M-parameter U-Net (149 ms vs 16.5 ms per step). ``lazy``: k when a
+        regulariser also steps them every k steps (StyleGAN2): lr and betas x k / (k + 1), as if it did not."""
+        train, ratio = self.recipe.train, lazy / (lazy + 1) if lazy else 1.0
+        params = [p for name in names for p in self.nets[name].parameters() if p.requires_grad]  # not frozen halves
         fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
+        return torch.optim.Adam(params, lr=train.lr * ratio, betas=(train.beta1**ratio, train.beta2**ratio),
+                                fused=fused or None)
+
+    def fixed_noise(self, *shape: int) -> Tensor:
+        """N(0, I) latents of ``shape`` for sample grids, from their own generator seeded by ``train.seed``:
+        grids stay comparable over training, and the global RNG is left alone."""
+        g = torch.Generator().manual_seed(self.recipe.train.seed)
+        return torch.randn(*shape, generator=g).to(self.device)
+
+    def hold_frozen(self) -> None:
+        """Drop the gradients of halves frozen for their first steps (call before the optimizer
+        steps): Adam then leaves them exactly as they are, moments included."""
+        for params, steps in self.held:
+            if self.steps_done < steps:
+                for p in params:
+                    p.grad = None
+
+    @contextmanager
+    def evaluating(self, *names: str) -> Iterator[list[nn.Module]]:
+        """Nets ``names`` unwrapped (see :meth:`net`) in eval mode, under autocast; training again after."""
+        nets = [self.net(name) for name in names]
+        for net in nets:
+            net.eval()
+        with self.amp.autocast():
+            yield nets
+        for net in nets:
+            net.train()
+
+    # --- what the Trainer reads ----------------------------------------------------------------
+    def arch(self, name: str) -> dict[str, Any]:
+        """How to rebuild net ``name`` (kept in weights metadata): registry name and kwargs."""
+        return self._arch[name]
 
     def net(self, name: str) -> nn.Module:
         """Net ``name`` without its DDP wrapper: for sampling on rank 0 alone, where a wrapped forward
         would wait for the other ranks (buffer broadcast) and hang."""
-        return getattr(self.nets[name], "module", self.nets[name])
+        return unwrap(self.nets[name])
 
     def export(self) -> dict[str, nn.Module]:
         """The nets inference needs, unwrapped from DDP."""
@@ -200,7 +226,7 @@ class Method:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def wrap(self, fn: Any) -> None:
+    def wrap(self, fn: Callable[[nn.Module], nn.Module]) -> None:
         """Apply ``fn`` (e.g. a DDP wrapper) to every trainable net; methods read nets via self.nets."""
         for name, net in self.nets.items():
             if any(p.requires_grad for p in net.parameters()):
@@ -214,7 +240,17 @@ def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def as_rgb(x: Tensor) -> Tensor:
-    """Grayscale or other channel counts shown as 3-channel images in sample grids."""
-    x = x.float()
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+def check_power_of_two(size: int, what: str, minimum: int = 16, example: str = "32 or 64") -> None:
+    """Nets that halve the image down to 4x4 (or double it up from there) need a power-of-two crop."""
+    if not power_of_two(size, minimum):
+        raise TranslateError(f"data.crop_size {size} must be a power of two >= {minimum} for {what} (e.g. {example})")
+
+
+def side_by_side(*images: Tensor) -> Tensor:
+    """Sample-grid rows: batches of images (N, C, H, W) left to right, as RGB (grayscale repeated)."""
+    return torch.cat([x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()[:, :3] for x in images], -1)
+
+
+def in_rows(images: Tensor, columns: int = SAMPLE_COLUMNS) -> Tensor:
+    """Sample-grid rows of ``columns`` images each, from (rows * columns, C, H, W) images."""
+    return side_by_side(*images.unflatten(0, (-1, columns)).unbind(1))

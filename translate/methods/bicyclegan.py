@@ -16,17 +16,18 @@ the paper's "add to input"); a VAE encoder E maps a target image to q(z|B). Two 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from translate.devices import Precision
 from translate.losses import GAN_MODES, GANLoss
-from translate.methods.ae import check_power_of_two
-from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
+from translate.methods.base import Method, TranslatorModel, check_power_of_two, set_requires_grad, side_by_side
 from translate.methods.vae import kl_to_standard_normal
-from translate.recipes import at_least, choice, registered
+from translate.recipes import LossConfig, Recipe, at_least, choice, registered
 from translate.registry import METHODS
 
 SAMPLE_LATENTS = 3  # random-z columns in the sample grid
@@ -42,7 +43,7 @@ class BicycleGANModel(TranslatorModel):
 
 
 @dataclass
-class BicycleGANLoss:
+class BicycleGANLoss(LossConfig):
     gan_mode: str = choice("lsgan", *GAN_MODES)
     lambda_l1: float = at_least(10.0, 0.0)  # rebuild B from E(B)'s z
     lambda_kl: float = at_least(0.01, 0.0)  # q(z|B) towards N(0, I)
@@ -50,7 +51,7 @@ class BicycleGANLoss:
 
 
 @METHODS.register("bicyclegan")
-class BicycleGAN(Method):
+class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
     """Multimodal paired translation A -> B. Exports ``G`` (takes an optional z)."""
 
     ModelConfig = BicycleGANModel
@@ -58,32 +59,32 @@ class BicycleGAN(Method):
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, size = recipe.model, recipe.data.crop_size
-        self.build_generator("G", m.input_nc, m.output_nc)
-        self.build("E", "vae_encoder", init=False, channels=m.output_nc, resolution=size, z_dim=m.nz, nf=m.nef)
-        d_in = m.input_nc + m.output_nc if m.conditional_D else m.output_nc
+        cfg = self.cfg
+        self.build_generator("G", cfg.input_nc, cfg.output_nc)
+        self.build("E", "vae_encoder", init=False, channels=cfg.output_nc, resolution=recipe.data.crop_size,
+                   z_dim=cfg.nz, nf=cfg.nef)
+        d_in = cfg.input_nc + cfg.output_nc if cfg.conditional_D else cfg.output_nc
         for name in ("D", "D2"):  # one for each cycle, as the paper's default
-            self.build(name, m.discriminator, in_ch=d_in, ndf=m.ndf, n_layers=m.n_layers_D, norm=m.norm)
-        n = self.nets
-        self.optimizers = {"G": self.adam(n["G"]), "E": self.adam(n["E"]), "D": self.adam(n["D"], n["D2"])}
-        self.gan = GANLoss(recipe.loss.gan_mode)
-        g = torch.Generator().manual_seed(recipe.train.seed)
-        self.fixed_z = torch.randn(SAMPLE_LATENTS, m.nz, generator=g).to(device)
+            self.build_discriminator(name, d_in)
+        self.optimizers = {"G": self.adam("G"), "E": self.adam("E"), "D": self.adam("D", "D2")}
+        self.gan = GANLoss(self.loss_cfg.gan_mode)
+        self.fixed_z = self.fixed_noise(SAMPLE_LATENTS, cfg.nz)
 
     def check_size(self, size: int) -> None:
         super().check_size(size)
         check_power_of_two(size, "bicyclegan (its encoder E halves the target down to 4x4)")
 
     def _judged(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.cat([a, b], 1) if self.recipe.model.conditional_D else b
+        return torch.cat([a, b], 1) if self.cfg.conditional_D else b
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, E, D, D2 = (self.nets[k] for k in ("G", "E", "D", "D2"))
-        loss, nz = self.recipe.loss, self.recipe.model.nz
+        loss_cfg = self.loss_cfg
         real_a, real_b = batch["A"], batch["B"]
-        z_random = torch.randn(real_a.shape[0], nz, device=real_a.device)
+        z_random = torch.randn(real_a.shape[0], self.cfg.nz, device=real_a.device)
         with self.amp.autocast():
             mu, logvar = E(real_b, logvar=True)
             z_encoded = mu.float() + torch.exp(0.5 * logvar.float()) * torch.randn_like(mu, dtype=torch.float32)
@@ -114,7 +115,7 @@ class BicycleGAN(Method):
         l1 = F.l1_loss(fake_encoded.float(), real_b.float())
         kl = kl_to_standard_normal(mu, logvar)
         z_l1 = F.l1_loss(mu_random.float(), z_random)
-        self.amp.backward(g_gan + l1 * loss.lambda_l1 + kl * loss.lambda_kl + z_l1 * loss.lambda_z)
+        self.amp.backward(g_gan + l1 * loss_cfg.lambda_l1 + kl * loss_cfg.lambda_kl + z_l1 * loss_cfg.lambda_z)
         self.hold_frozen()
         self.amp.step(self.optimizers["G"])
         self.amp.step(self.optimizers["E"])
@@ -125,13 +126,8 @@ class BicycleGAN(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | target | rebuilt from E(target)'s mean | three fixed random latents."""
-        G, E = self.net("G"), self.net("E")
         a, b = batch["A"], batch["B"]
-        G.eval()
-        E.eval()
-        with self.amp.autocast():
+        with self.evaluating("G", "E") as (G, E):
             outs = [G(a, E(b).float()).float()]
             outs += [G(a, z.expand(a.shape[0], -1)).float() for z in self.fixed_z]
-        G.train()
-        E.train()
-        return torch.cat([as_rgb(a), as_rgb(b), *(as_rgb(o) for o in outs)], -1)
+        return side_by_side(a, b, *outs)

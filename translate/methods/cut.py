@@ -15,14 +15,16 @@ flip the input, and the output's features are flipped back before they are compa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from translate.devices import Precision
 from translate.errors import TranslateError
 from translate.losses import GAN_MODES, GANLoss, patch_nce
-from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
-from translate.recipes import at_least, choice
+from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
+from translate.recipes import LossConfig, Recipe, at_least, choice
 from translate.registry import METHODS
 
 
@@ -34,7 +36,7 @@ class CUTModel(TranslatorModel):
 
 
 @dataclass
-class CUTLoss:
+class CUTLoss(LossConfig):
     gan_mode: str = choice("lsgan", *GAN_MODES)
     lambda_gan: float = at_least(1.0, 0.0)
     lambda_nce: float = at_least(1.0, 0.0)
@@ -44,7 +46,7 @@ class CUTLoss:
 
 
 @METHODS.register("cut")
-class CUT(Method):
+class CUT(Method[CUTModel, CUTLoss]):
     """Unpaired translation A -> B with PatchNCE. Exports ``G``."""
 
     ModelConfig = CUTModel
@@ -52,46 +54,46 @@ class CUT(Method):
     data_kind = "unpaired"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m = recipe.model
-        if m.encoder or m.decoder or not m.generator.startswith("resnet"):
+        cfg = self.cfg
+        if cfg.encoder or cfg.decoder or not cfg.generator.startswith("resnet"):
             raise TranslateError("cut takes its PatchNCE features from a ResNet generator's layers: use "
                                  "model.generator=resnet_9blocks or resnet_6blocks")
-        G = self.build_generator("G", m.input_nc, m.output_nc)
+        G = self.build_generator("G", cfg.input_nc, cfg.output_nc)
         depth = len(G.model)
-        if not m.nce_layers or not all(0 <= i < depth for i in m.nce_layers):
-            raise TranslateError(f"model.nce_layers {m.nce_layers}: layers of {m.generator} are 0 to {depth - 1}")
+        if not cfg.nce_layers or not all(0 <= i < depth for i in cfg.nce_layers):
+            raise TranslateError(f"model.nce_layers {cfg.nce_layers}: layers of {cfg.generator} are 0 to {depth - 1}")
         with torch.no_grad():
-            feats = G(torch.zeros(1, m.input_nc, 64, 64, device=device), layers=m.nce_layers)
-        self.build("F", "patch_mlp", channels=[f.shape[1] for f in feats], nc=m.netF_nc)
-        self.build("D", m.discriminator, in_ch=m.output_nc, ndf=m.ndf, n_layers=m.n_layers_D, norm=m.norm)
-        n = self.nets
-        self.optimizers = {"G": self.adam(n["G"]), "F": self.adam(n["F"]), "D": self.adam(n["D"])}
-        self.gan = GANLoss(recipe.loss.gan_mode)
+            feats = G(torch.zeros(1, cfg.input_nc, 64, 64, device=device), layers=cfg.nce_layers)
+        self.build("F", "patch_mlp", channels=[f.shape[1] for f in feats], nc=cfg.netF_nc)
+        self.build_discriminator("D", cfg.output_nc)
+        self.optimizers = {"G": self.adam("G"), "F": self.adam("F"), "D": self.adam("D")}
+        self.gan = GANLoss(self.loss_cfg.gan_mode)
 
     def nce(self, src: Tensor, tgt: Tensor, flipped: bool) -> Tensor:
         """PatchNCE between ``src`` and its translation ``tgt``, averaged over the layers."""
-        m, G, F_ = self.recipe.model, self.nets["G"], self.nets["F"]
-        feat_q = G(tgt, layers=m.nce_layers)
+        cfg, G, F_ = self.cfg, self.nets["G"], self.nets["F"]
+        feat_q = G(tgt, layers=cfg.nce_layers)
         if flipped:  # FastCUT: the output's features back in the input's orientation
             feat_q = [f.flip(3) for f in feat_q]
-        feat_k = G(src, layers=m.nce_layers)
-        k, ids = F_(feat_k, m.num_patches)
-        q, _ = F_(feat_q, m.num_patches, ids)
-        return torch.stack([patch_nce(qi, ki, self.recipe.loss.nce_t) for qi, ki in zip(q, k, strict=True)]).mean()
+        feat_k = G(src, layers=cfg.nce_layers)
+        k, ids = F_(feat_k, cfg.num_patches)
+        q, _ = F_(feat_q, cfg.num_patches, ids)
+        return torch.stack([patch_nce(qi, ki, self.loss_cfg.nce_t) for qi, ki in zip(q, k, strict=True)]).mean()
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
-        loss = self.recipe.loss
+        loss_cfg = self.loss_cfg
         real_a, real_b = batch["A"], batch["B"]
-        flipped = loss.flip_equivariance and bool(torch.rand(()) < 0.5)
+        flipped = loss_cfg.flip_equivariance and bool(torch.rand(()) < 0.5)
         if flipped:
             real_a, real_b = real_a.flip(3), real_b.flip(3)
         n = real_a.shape[0]
         with self.amp.autocast():  # one pass for both, as the CUT code
-            fakes = G(torch.cat([real_a, real_b]) if loss.nce_idt else real_a)
-        fake_b, idt_b = fakes[:n], (fakes[n:] if loss.nce_idt else None)
+            fakes = G(torch.cat([real_a, real_b]) if loss_cfg.nce_idt else real_a)
+        fake_b, idt_b = fakes[:n], fakes[n:]  # (idt_b empty without nce_idt)
 
         set_requires_grad([D], True)
         self.optimizers["D"].zero_grad(set_to_none=True)
@@ -105,26 +107,23 @@ class CUT(Method):
         self.optimizers["G"].zero_grad(set_to_none=True)
         self.optimizers["F"].zero_grad(set_to_none=True)
         with self.amp.autocast():
-            g_gan = self.gan(D(fake_b), True, for_discriminator=False) * loss.lambda_gan
+            g_gan = self.gan(D(fake_b), True, for_discriminator=False) * loss_cfg.lambda_gan
             nce = self.nce(real_a, fake_b, flipped)
-            nce_y = self.nce(real_b, idt_b, flipped) if loss.nce_idt else None
+            nce_y = self.nce(real_b, idt_b, flipped) if loss_cfg.nce_idt else None
         nce_both = (nce + nce_y) * 0.5 if nce_y is not None else nce
-        self.amp.backward(g_gan + nce_both * loss.lambda_nce)
+        self.amp.backward(g_gan + nce_both * loss_cfg.lambda_nce)
         self.hold_frozen()
         self.amp.step(self.optimizers["G"])
         self.amp.step(self.optimizers["F"])
         self.amp.update()
-        out = {"G_GAN": g_gan.detach(), "NCE": nce.detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach()}
+        losses = {"G_GAN": g_gan.detach(), "NCE": nce.detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach()}
         if nce_y is not None:
-            out["NCE_Y"] = nce_y.detach()
-        return out
+            losses["NCE_Y"] = nce_y.detach()
+        return losses
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of A | G(A) | B | G(B)."""
-        G = self.net("G")
-        G.eval()
-        with self.amp.autocast():
+        with self.evaluating("G") as (G,):
             fake, idt = G(batch["A"]).float(), G(batch["B"]).float()
-        G.train()
-        return torch.cat([as_rgb(batch["A"]), as_rgb(fake), as_rgb(batch["B"]), as_rgb(idt)], -1)
+        return side_by_side(batch["A"], fake, batch["B"], idt)

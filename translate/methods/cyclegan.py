@@ -13,17 +13,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from translate.devices import Precision
 from translate.errors import TranslateError
 from translate.losses import GAN_MODES, GANLoss, ImagePool, gradient_penalty
-from translate.methods.base import Method, TranslatorModel, as_rgb, set_requires_grad
-from translate.recipes import at_least, choice
+from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
+from translate.recipes import LossConfig, Recipe, at_least, choice
 from translate.registry import METHODS
 
 
 @dataclass
-class CycleGANLoss:
+class CycleGANLoss(LossConfig):
     gan_mode: str = choice("lsgan", *GAN_MODES)
     lambda_cycle: float = at_least(10.0, 0.0)  # the reference's lambda_A = lambda_B
     lambda_identity: float = at_least(0.5, 0.0)  # relative to lambda_cycle, as in the reference
@@ -32,7 +33,7 @@ class CycleGANLoss:
 
 
 @METHODS.register("cyclegan")
-class CycleGAN(Method):
+class CycleGAN(Method[TranslatorModel, CycleGANLoss]):
     """Unpaired translation both ways. Exports ``G_A`` (A to B) and ``G_B`` (B to A)."""
 
     ModelConfig = TranslatorModel
@@ -40,28 +41,26 @@ class CycleGAN(Method):
     data_kind = "unpaired"
     export_names = ("G_A", "G_B")
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, loss = recipe.model, recipe.loss
-        if loss.lambda_identity > 0 and m.input_nc != m.output_nc:
+        a_nc, b_nc, loss_cfg = self.cfg.input_nc, self.cfg.output_nc, self.loss_cfg
+        if loss_cfg.lambda_identity > 0 and a_nc != b_nc:
             raise TranslateError("loss.lambda_identity needs model.input_nc == model.output_nc "
                                  "(set loss.lambda_identity=0)")
-        d = {"ndf": m.ndf, "n_layers": m.n_layers_D, "norm": m.norm}
-        self.build_generator("G_A", m.input_nc, m.output_nc)
-        self.build_generator("G_B", m.output_nc, m.input_nc)
-        self.build("D_A", m.discriminator, in_ch=m.output_nc, **d)
-        self.build("D_B", m.discriminator, in_ch=m.input_nc, **d)
-        n = self.nets
-        self.optimizers = {"G": self.adam(n["G_A"], n["G_B"]), "D": self.adam(n["D_A"], n["D_B"])}
-        self.gan = GANLoss(loss.gan_mode)
-        self.pool_a = ImagePool(loss.pool_size, seed=recipe.train.seed)
-        self.pool_b = ImagePool(loss.pool_size, seed=recipe.train.seed + 1)
+        self.build_generator("G_A", a_nc, b_nc)
+        self.build_generator("G_B", b_nc, a_nc)
+        self.build_discriminator("D_A", b_nc)
+        self.build_discriminator("D_B", a_nc)
+        self.optimizers = {"G": self.adam("G_A", "G_B"), "D": self.adam("D_A", "D_B")}
+        self.gan = GANLoss(loss_cfg.gan_mode)
+        self.pool_a = ImagePool(loss_cfg.pool_size, seed=recipe.train.seed)
+        self.pool_b = ImagePool(loss_cfg.pool_size, seed=recipe.train.seed + 1)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        n, loss = self.nets, self.recipe.loss
-        G_A, G_B, D_A, D_B = n["G_A"], n["G_B"], n["D_A"], n["D_B"]
+        G_A, G_B, D_A, D_B = (self.nets[k] for k in ("G_A", "G_B", "D_A", "D_B"))
         real_a, real_b = batch["A"], batch["B"]
-        lam, lam_idt = loss.lambda_cycle, loss.lambda_cycle * loss.lambda_identity
+        lam, lam_idt = self.loss_cfg.lambda_cycle, self.loss_cfg.lambda_cycle * self.loss_cfg.lambda_identity
 
         # Generators: fool both discriminators, keep cycles and identities.
         set_requires_grad([D_A, D_B], False)
@@ -97,28 +96,22 @@ class CycleGAN(Method):
                 "cycle_B": cycle_b.detach(), "idt_A": idt_loss_a.detach(), "idt_B": idt_loss_b.detach(),
                 "D_A": d_a.detach(), "D_B": d_b.detach()}
 
-    def _d_loss(self, D, real: Tensor, fake: Tensor) -> Tensor:
+    def _d_loss(self, D: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
         with self.amp.autocast():
-            out = (self.gan(D(real), True) + self.gan(D(fake.detach()), False)) * 0.5
-            if self.recipe.loss.gan_mode == "wgangp":
-                out = out + gradient_penalty(D, real, fake, self.recipe.loss.lambda_gp)
-        return out
+            loss_d = (self.gan(D(real), True) + self.gan(D(fake.detach()), False)) * 0.5
+            if self.loss_cfg.gan_mode == "wgangp":
+                loss_d = loss_d + gradient_penalty(D, real, fake, self.loss_cfg.lambda_gp)
+        return loss_d
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of real_A | fake_B | rec_A | real_B | fake_A | rec_B."""
-        G_A, G_B = self.net("G_A"), self.net("G_B")
-        G_A.eval()
-        G_B.eval()
-        with self.amp.autocast():
+        with self.evaluating("G_A", "G_B") as (G_A, G_B):
             fake_b = G_A(batch["A"])
             rec_a = G_B(fake_b)
             fake_a = G_B(batch["B"])
             rec_b = G_A(fake_a)
-        G_A.train()
-        G_B.train()
-        cols = [batch["A"], fake_b, rec_a, batch["B"], fake_a, rec_b]
-        return torch.cat([as_rgb(c) for c in cols], -1)
+        return side_by_side(batch["A"], fake_b, rec_a, batch["B"], fake_a, rec_b)
 
     def extra_state(self) -> dict[str, Any]:
         return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}

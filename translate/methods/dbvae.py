@@ -24,22 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from translate.debias import resampling
+from translate.devices import Precision
 from translate.errors import TranslateError
-from translate.methods.ae import check_power_of_two
-from translate.methods.base import Method, as_rgb
+from translate.methods.base import Method, check_power_of_two, side_by_side
 from translate.methods.vae import kl_per_image
-from translate.recipes import at_least
+from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
 from translate.registry import METHODS
 
 
 @dataclass
-class DBVAEModel:
+class DBVAEModel(ModelConfig):
     z_dim: int = at_least(32, 1)
     nf: int = at_least(32, 1)
 
 
 @dataclass
-class DBVAELoss:
+class DBVAELoss(LossConfig):
     kl_weight: float = at_least(0.0005, 0.0)  # the lab's; the reconstruction term is a per-pixel mean
 
 
@@ -51,7 +51,7 @@ class DebiasConfig:
 
 
 @METHODS.register("dbvae")
-class DBVAE(Method):
+class DBVAE(Method[DBVAEModel, DBVAELoss]):
     """A debiased binary classifier on ``classes`` data (one subfolder per class). Exports ``AE``
     (``classify``, ``encode``, ``decode``)."""
 
@@ -61,26 +61,28 @@ class DBVAE(Method):
     data_kind = "classes"
     export_names = ("AE",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, d = recipe.model, recipe.data
+        data = recipe.data
         classes = list(self.info.get("classes") or [])
         if len(classes) < 2:
-            raise TranslateError(f"dbvae trains a classifier: {d.path} needs two or more class subfolders "
+            raise TranslateError(f"dbvae trains a classifier: {data.path} needs two or more class subfolders "
                                  "(e.g. face/ and nonface/)")
-        name = d.positive or classes[0]
+        name = data.positive or classes[0]
         if name not in classes:
-            raise TranslateError(f"data.positive {name!r} is not a subfolder of {d.path} (found: {', '.join(classes)})")
+            raise TranslateError(f"data.positive {name!r} is not a subfolder of {data.path} "
+                                 f"(found: {', '.join(classes)})")
         self.positive = classes.index(name)
         self.info["positive"] = name
-        self.build("AE", "conv_dbvae", init=False, channels=d.channels, resolution=d.crop_size, z_dim=m.z_dim,
-                   nf=m.nf)
-        self.optimizers = {"AE": self.adam(self.nets["AE"])}
+        self.build("AE", "conv_dbvae", init=False, channels=data.channels, resolution=data.crop_size,
+                   z_dim=self.cfg.z_dim, nf=self.cfg.nf)
+        self.optimizers = {"AE": self.adam("AE")}
         self.weights: Tensor | None = None  # this epoch's sampling weights over the dataset (None: uniform)
         self.spread = torch.ones(2)  # (max / min, entropy) of the positives' probabilities
 
     def check_size(self, size: int) -> None:
-        check_power_of_two(size, "dbvae")
+        check_power_of_two(size, "dbvae")  # the encoder halves the image down to 4x4
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x, opt = batch["A"], self.optimizers["AE"]
@@ -91,7 +93,7 @@ class DBVAE(Method):
         bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
         recon = (x_hat.float() - x.float()).abs().flatten(1).mean(1)
         kl = kl_per_image(mu, logvar)
-        vae = recon + self.recipe.loss.kl_weight * kl
+        vae = recon + self.loss_cfg.kl_weight * kl
         loss = (bce + y * vae).mean()
         self.amp.backward(loss)
         self.amp.step(opt)
@@ -111,7 +113,7 @@ class DBVAE(Method):
         net = self.net("AE")
         net.eval()
         indices, means, labels = [], [], []
-        for idx, batch in batches:
+        for idx, batch in batches:  # not all under autocast: drawing a batch prepares it (train.py)
             with self.amp.autocast():
                 means.append(net.encode(batch["A"]).float().cpu())
             indices += idx
@@ -131,12 +133,9 @@ class DBVAE(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | reconstruction (of the mean code)."""
-        net = self.net("AE")
-        net.eval()
-        with self.amp.autocast():
-            out = net(batch["A"]).float()
-        net.train()
-        return torch.cat([as_rgb(batch["A"]), as_rgb(out)], -1)
+        with self.evaluating("AE") as (AE,):
+            x_hat = AE(batch["A"]).float()
+        return side_by_side(batch["A"], x_hat)
 
     def extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights if self.weights is not None else torch.zeros(0), "spread": self.spread}

@@ -9,22 +9,22 @@ variant (``cgan``) subclasses this method: everything here already handles label
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from translate.errors import TranslateError
+from translate.devices import Precision
 from translate.losses import GANLoss
-from translate.methods.base import Method, as_rgb, set_requires_grad
-from translate.recipes import at_least, choice
+from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
+from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
 
-SAMPLE_COLUMNS = 8  # images per row of the sample grid
 MAX_SAMPLE_ROWS = 32  # a class-conditional grid shows at most this many classes, one per row
 
 
 @dataclass
-class DCGANModel:
+class DCGANModel(ModelConfig):
     z_dim: int = at_least(100, 1)
     ngf: int = at_least(64, 1)  # generator width next to the image; doubles towards 4x4, at most 8 ngf
     ndf: int = at_least(64, 1)  # discriminator width next to the image; likewise
@@ -32,12 +32,12 @@ class DCGANModel:
 
 
 @dataclass
-class DCGANLoss:
+class DCGANLoss(LossConfig):
     gan_mode: str = choice("vanilla", "vanilla", "hinge", "lsgan")  # vanilla: non-saturating softplus
 
 
 @METHODS.register("dcgan")
-class DCGAN(Method):
+class DCGAN(Method[DCGANModel, DCGANLoss]):
     """Unconditional DCGAN on every image under the folder. Exports ``G``."""
 
     ModelConfig = DCGANModel
@@ -45,42 +45,34 @@ class DCGAN(Method):
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, d = recipe.model, recipe.data
+        cfg, data = self.cfg, recipe.data
         self.num_classes = self.count_classes()
-        common = {"resolution": d.crop_size, "channels": d.channels, "num_classes": self.num_classes}
-        self.build("G", "dcgan_g", init=False, z_dim=m.z_dim, ngf=m.ngf, **common)
-        self.build("D", "dcgan_d", init=False, ndf=m.ndf, norm=m.norm_D, **common)
-        self.optimizers = {"G": self.adam(self.nets["G"]), "D": self.adam(self.nets["D"])}
-        self.gan = GANLoss(recipe.loss.gan_mode)
-        self.fixed_z, self.fixed_labels = self._fixed_noise()
+        common: dict[str, Any] = {"resolution": data.crop_size, "channels": data.channels,
+                                  "num_classes": self.num_classes}
+        self.build("G", "dcgan_g", init=False, z_dim=cfg.z_dim, ngf=cfg.ngf, **common)
+        self.build("D", "dcgan_d", init=False, ndf=cfg.ndf, norm=cfg.norm_D, **common)
+        self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
+        self.gan = GANLoss(self.loss_cfg.gan_mode)
+        self.fixed_z, self.fixed_labels = self._fixed_latents()
 
     def count_classes(self) -> int:
         """0: unconditional. ``cgan`` returns the number of class subfolders."""
         return 0
 
     def check_size(self, size: int) -> None:
-        """The nets double / halve the resolution between 4x4 and the image."""
-        if size < 16 or size & (size - 1):
-            raise TranslateError(f"data.crop_size {size} must be a power of two >= 16 for "
-                                 f"{self.recipe.method} (e.g. 32 or 64)")
+        check_power_of_two(size, self.recipe.method)  # the nets double / halve it between 4x4 and the image
 
-    def _fixed_noise(self) -> tuple[Tensor, Tensor | None]:
-        """The sample grid's latents, from their own generator so grids are comparable over training.
-
-        Unconditional: ``train.n_samples`` rows of distinct z. Conditional: one row per class, the
-        same z in every row, so a column shows one z across the classes.
-        """
-        g = torch.Generator().manual_seed(self.recipe.train.seed)
-        z_dim = self.recipe.model.z_dim
+    def _fixed_latents(self) -> tuple[Tensor, Tensor | None]:
+        """The sample grid's latents (and labels). Unconditional: ``train.n_samples`` rows of distinct z.
+        Conditional: one row per class, the same z in every row, so a column shows one z across the classes."""
         if not self.num_classes:
-            z = torch.randn(self.recipe.train.n_samples * SAMPLE_COLUMNS, z_dim, generator=g)
-            return z.to(self.device), None
+            return self.fixed_noise(self.recipe.train.n_samples * SAMPLE_COLUMNS, self.cfg.z_dim), None
         rows = min(self.num_classes, MAX_SAMPLE_ROWS)
-        z = torch.randn(SAMPLE_COLUMNS, z_dim, generator=g).repeat(rows, 1)
-        labels = torch.arange(rows).repeat_interleave(SAMPLE_COLUMNS)
-        return z.to(self.device), labels.to(self.device)
+        labels = torch.arange(rows, device=self.device).repeat_interleave(SAMPLE_COLUMNS)
+        return self.fixed_noise(SAMPLE_COLUMNS, self.cfg.z_dim).repeat(rows, 1), labels
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
@@ -90,7 +82,7 @@ class DCGAN(Method):
         real_labels = batch["label"] if self.num_classes else None
         fake_labels = (torch.randint(0, self.num_classes, (n,), device=real.device) if self.num_classes
                        else None)
-        z = torch.randn(n, self.recipe.model.z_dim, device=real.device)
+        z = torch.randn(n, self.cfg.z_dim, device=real.device)
         with self.amp.autocast():
             fake = G(z, fake_labels)
 
@@ -116,12 +108,6 @@ class DCGAN(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of ``SAMPLE_COLUMNS`` images from the fixed latents (real images are not shown)."""
-        G = self.export()["G"]  # unwrapped: a DDP forward on rank 0 alone would wait for the others
-        G.eval()
-        with self.amp.autocast():
+        with self.evaluating("G") as (G,):
             images = G(self.fixed_z, self.fixed_labels).float()
-        G.train()
-        rows = images.shape[0] // SAMPLE_COLUMNS
-        _, c, h, w = images.shape
-        images = images.view(rows, SAMPLE_COLUMNS, c, h, w).permute(0, 2, 3, 1, 4)
-        return as_rgb(images.reshape(rows, c, h, SAMPLE_COLUMNS * w))
+        return in_rows(images)

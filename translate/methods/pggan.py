@@ -15,25 +15,25 @@ kept in the nets' buffers), so ``--resume`` goes on at the same size and alpha.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from translate.devices import Precision
 from translate.errors import TranslateError
 from translate.losses import gradient_penalty
-from translate.methods.base import Method, as_rgb, set_requires_grad
+from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
 from translate.nets.pggan import num_levels
-from translate.recipes import at_least, choice
+from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
-
-SAMPLE_COLUMNS = 8  # images per row of the sample grid
 
 
 @dataclass
-class PGGANModel:
+class PGGANModel(ModelConfig):
     z_dim: int = at_least(512, 1)
     fmap_base: int = at_least(8192, 1)  # width at stage s (4x4 is stage 1): min(fmap_base / 2**s, fmap_max)
     fmap_max: int = at_least(512, 1)
@@ -43,7 +43,7 @@ class PGGANModel:
 
 
 @dataclass
-class PGGANLoss:
+class PGGANLoss(LossConfig):
     lambda_gp: float = at_least(10.0, 0.0)
     epsilon_drift: float = at_least(0.001, 0.0)
 
@@ -61,7 +61,7 @@ def phase_at(step: int, start_level: int, last_level: int, fade: int, stable: in
 
 
 @METHODS.register("pggan")
-class PGGAN(Method):
+class PGGAN(Method[PGGANModel, PGGANLoss]):
     """Unconditional progressive GAN on a folder of images. Exports ``G``."""
 
     ModelConfig = PGGANModel
@@ -69,31 +69,29 @@ class PGGAN(Method):
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, size, ch = recipe.model, recipe.data.crop_size, recipe.data.channels
-        self.build("G", "pggan_g", init=False, z_dim=m.z_dim, resolution=size, channels=ch,
-                   fmap_base=m.fmap_base, fmap_max=m.fmap_max)
-        self.build("D", "pggan_d", init=False, resolution=size, channels=ch, fmap_base=m.fmap_base,
-                   fmap_max=m.fmap_max)
-        self.optimizers = {"G": self.adam(self.nets["G"]), "D": self.adam(self.nets["D"])}
-        self.levels = (num_levels(m.start_resolution) - 1, num_levels(size) - 1)
+        cfg, crop_size = self.cfg, recipe.data.crop_size
+        sizes: dict[str, Any] = {"resolution": crop_size, "channels": recipe.data.channels,
+                                 "fmap_base": cfg.fmap_base, "fmap_max": cfg.fmap_max}
+        self.build("G", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes)
+        self.build("D", "pggan_d", init=False, **sizes)
+        self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
+        self.levels = (num_levels(cfg.start_resolution) - 1, num_levels(crop_size) - 1)
         self.step = 0
         self._set_phase(*self.phase())
-        g = torch.Generator().manual_seed(recipe.train.seed)
-        self.fixed_z = torch.randn(recipe.train.n_samples * SAMPLE_COLUMNS, m.z_dim, generator=g).to(device)
+        self.fixed_z = self.fixed_noise(recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
 
     def check_size(self, size: int) -> None:
-        start = self.recipe.model.start_resolution
-        if size < 8 or size & (size - 1):
-            raise TranslateError(f"data.crop_size {size} must be a power of two >= 8 for pggan (e.g. 32)")
+        check_power_of_two(size, "pggan", 8, "32")
+        start = self.cfg.start_resolution
         if start > size:
             raise TranslateError(f"model.start_resolution {start} is above data.crop_size {size}")
 
     def phase(self) -> tuple[int, float]:
         """(level, alpha) of the next iteration; level 0 is 4x4."""
-        m = self.recipe.model
-        return phase_at(self.step, *self.levels, m.fade_steps, m.stable_steps)
+        return phase_at(self.step, *self.levels, self.cfg.fade_steps, self.cfg.stable_steps)
 
     def _set_phase(self, level: int, alpha: float) -> None:
         for net in self.nets.values():
@@ -101,8 +99,8 @@ class PGGAN(Method):
 
     def _reals(self, x: Tensor, level: int, alpha: float) -> Tensor:
         """Real images at the current size, blended with their half-size version while fading in."""
-        size = 4 * 2**level
-        x = F.adaptive_avg_pool2d(x, (size, size)) if x.shape[-1] != size else x
+        side = 4 * 2**level
+        x = F.adaptive_avg_pool2d(x, (side, side)) if x.shape[-1] != side else x
         if level > 0 and alpha < 1.0:
             low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
             x = torch.lerp(low, x, alpha)
@@ -111,14 +109,13 @@ class PGGAN(Method):
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
         opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
-        loss = self.recipe.loss
         level, alpha = self.phase()
         if level != G.phase[0]:
             for opt in (opt_G, opt_D):
                 opt.state.clear()
         self._set_phase(level, alpha)
         real = self._reals(batch["A"], level, alpha)
-        z = torch.randn(real.shape[0], self.recipe.model.z_dim, device=real.device)
+        z = torch.randn(real.shape[0], self.cfg.z_dim, device=real.device)
         with self.amp.autocast():
             fake = G(z, upsample=False)
 
@@ -128,8 +125,8 @@ class PGGAN(Method):
         fake_d = fake.detach().to(real.dtype)
         with self.amp.autocast():
             d_real, d_fake = D(real).float(), D(fake_d).float()
-            gp = gradient_penalty(D, real, fake_d, loss.lambda_gp)
-            loss_d = d_fake.mean() - d_real.mean() + gp + loss.epsilon_drift * d_real.pow(2).mean()
+            gp = gradient_penalty(D, real, fake_d, self.loss_cfg.lambda_gp)
+            loss_d = d_fake.mean() - d_real.mean() + gp + self.loss_cfg.epsilon_drift * d_real.pow(2).mean()
         self.amp.backward(loss_d)
         self.amp.step(opt_D)
 
@@ -150,14 +147,9 @@ class PGGAN(Method):
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """``n_samples`` rows of ``SAMPLE_COLUMNS`` images from fixed noise, at the current size
         upsampled to ``crop_size``."""
-        G = self.nets["G"]
-        G.eval()
-        with self.amp.autocast():
-            fake = G(self.fixed_z).float()
-        G.train()
-        n, c, h, w = fake.shape
-        rows = fake.reshape(n // SAMPLE_COLUMNS, SAMPLE_COLUMNS, c, h, w).permute(0, 2, 3, 1, 4)
-        return as_rgb(rows.reshape(-1, c, h, SAMPLE_COLUMNS * w))
+        with self.evaluating("G") as (G,):
+            images = G(self.fixed_z).float()
+        return in_rows(images)
 
     def extra_state(self) -> dict[str, Any]:
         return {"step": self.step}
@@ -165,7 +157,7 @@ class PGGAN(Method):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.step = int(state.get("step", 0))
 
-    def wrap(self, fn: Any) -> None:
+    def wrap(self, fn: Callable[[nn.Module], nn.Module]) -> None:
         """The nets grow, so the set of parameters used changes with the phase; the Trainer's DDP
         (static graph) would not know. Say so instead of failing inside DDP."""
         raise TranslateError("pggan does not train on several processes yet: its growing nets need DDP "

@@ -7,14 +7,16 @@ plus ``lambda_l1`` times the L1 distance to the real target.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from translate.devices import Precision
 from translate.losses import GAN_MODES, GANLoss, gradient_penalty
 from translate.methods.base import Method, TranslatorModel, set_requires_grad
-from translate.recipes import at_least, choice, registered
+from translate.recipes import LossConfig, Recipe, at_least, choice, registered
 from translate.registry import METHODS
 
 
@@ -26,14 +28,14 @@ class Pix2PixModel(TranslatorModel):
 
 
 @dataclass
-class Pix2PixLoss:
+class Pix2PixLoss(LossConfig):
     gan_mode: str = choice("vanilla", *GAN_MODES)
     lambda_l1: float = at_least(100.0, 0.0)
     lambda_gp: float = at_least(10.0, 0.0)  # gradient penalty weight, used with gan_mode = "wgangp"
 
 
 @METHODS.register("pix2pix")
-class Pix2Pix(Method):
+class Pix2Pix(Method[Pix2PixModel, Pix2PixLoss]):
     """Paired translation A -> B. Exports ``G``."""
 
     ModelConfig = Pix2PixModel
@@ -41,19 +43,17 @@ class Pix2Pix(Method):
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m = recipe.model
-        self.build_generator("G", m.input_nc, m.output_nc)
-        self.build("D", m.discriminator, in_ch=m.input_nc + m.output_nc, ndf=m.ndf, n_layers=m.n_layers_D,
-                   norm=m.norm)
-        self.optimizers = {"G": self.adam(self.nets["G"]), "D": self.adam(self.nets["D"])}
-        self.gan = GANLoss(recipe.loss.gan_mode)
+        self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
+        self.build_discriminator("D", self.cfg.input_nc + self.cfg.output_nc)  # judges (input, output) pairs
+        self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
+        self.gan = GANLoss(self.loss_cfg.gan_mode)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
         opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
-        loss = self.recipe.loss
         real_a, real_b = batch["A"], batch["B"]
         with self.amp.autocast():
             fake_b = G(real_a)
@@ -67,8 +67,8 @@ class Pix2Pix(Method):
             d_fake = self.gan(D(fake_ab), False)
             d_real = self.gan(D(real_ab), True)
             loss_d = (d_fake + d_real) * 0.5
-            if loss.gan_mode == "wgangp":
-                loss_d = loss_d + gradient_penalty(D, real_ab, fake_ab, loss.lambda_gp)
+            if self.loss_cfg.gan_mode == "wgangp":
+                loss_d = loss_d + gradient_penalty(D, real_ab, fake_ab, self.loss_cfg.lambda_gp)
         self.amp.backward(loss_d)
         self.amp.step(opt_D)
 
@@ -78,14 +78,9 @@ class Pix2Pix(Method):
         with self.amp.autocast():
             g_gan = self.gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
         g_l1 = F.l1_loss(fake_b.float(), real_b.float())
-        self.amp.backward(g_gan + g_l1 * loss.lambda_l1)
+        self.amp.backward(g_gan + g_l1 * self.loss_cfg.lambda_l1)
         self.hold_frozen()
         self.amp.step(opt_G)
         self.amp.update()
         return {"G_GAN": g_gan.detach(), "G_L1": g_l1.detach(), "D_real": d_real.detach(),
                 "D_fake": d_fake.detach()}
-
-    def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows of input | translation | target."""
-        return self.paired_rows(batch)
-

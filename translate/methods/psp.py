@@ -12,12 +12,15 @@ super-resolution, inpainting, sketch- or segmentation-to-image: only the paired 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from translate.devices import Precision
 from translate.methods.base import Method, TranslatorModel
-from translate.recipes import at_least, registered
+from translate.recipes import LossConfig, Recipe, at_least, registered
 from translate.registry import METHODS
 
 
@@ -29,14 +32,14 @@ class PSPModel(TranslatorModel):
 
 
 @dataclass
-class PSPLoss:
+class PSPLoss(LossConfig):
     lambda_l2: float = at_least(1.0, 0.0)
     lambda_l1: float = at_least(1.0, 0.0)
     lambda_w: float = at_least(0.005, 0.0)  # the norm of the styles' offsets from w_avg
 
 
 @METHODS.register("psp")
-class PSP(Method):
+class PSP(Method[PSPModel, PSPLoss]):
     """Paired translation A -> B through a StyleGAN2's W+. Exports ``G`` (encoder + generator)."""
 
     ModelConfig = PSPModel
@@ -44,14 +47,14 @@ class PSP(Method):
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m = recipe.model
-        self.build_generator("G", m.input_nc, m.output_nc)
-        self.optimizers = {"G": self.adam(self.nets["G"])}
+        self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
+        self.optimizers = {"G": self.adam("G")}
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        G, opt, loss = self.nets["G"], self.optimizers["G"], self.recipe.loss
+        G, opt, loss_cfg = self.nets["G"], self.optimizers["G"], self.loss_cfg
         real_a, real_b = batch["A"], batch["B"]
         opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
@@ -62,12 +65,8 @@ class PSP(Method):
         # norm; feature maps of resnet/unet halves are not latents and are left alone
         w_norm = code.float().flatten(1).norm(dim=1).mean() if isinstance(code, Tensor) and code.dim() <= 3 \
             else real.new_zeros(())
-        self.amp.backward(l2 * loss.lambda_l2 + l1 * loss.lambda_l1 + w_norm * loss.lambda_w)
+        self.amp.backward(l2 * loss_cfg.lambda_l2 + l1 * loss_cfg.lambda_l1 + w_norm * loss_cfg.lambda_w)
         self.hold_frozen()
         self.amp.step(opt)
         self.amp.update()
         return {"L2": l2.detach(), "L1": l1.detach(), "w_norm": w_norm.detach()}
-
-    def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows of input | translation | target."""
-        return self.paired_rows(batch)

@@ -19,16 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.errors import TranslateError
-from translate.methods.base import Method, as_rgb, set_requires_grad
-from translate.recipes import at_least
+from translate.devices import Precision
+from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
+from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
 from translate.registry import METHODS
-
-SAMPLE_COLUMNS = 8  # images per row of the sample grid
 
 
 @dataclass
-class StyleGAN2Model:
+class StyleGAN2Model(ModelConfig):
     """Network sizes. Feature maps at resolution r: min(channel_base / r, channel_max), for G and D."""
 
     z_dim: int = at_least(512, 1)
@@ -40,7 +38,7 @@ class StyleGAN2Model:
 
 
 @dataclass
-class StyleGAN2Loss:
+class StyleGAN2Loss(LossConfig):
     """Regularisation and averaging, defaults as the paper's config F."""
 
     r1_gamma: float = at_least(10.0, 0.0)  # R1 weight (gamma / 2 * ||grad D(real)||^2); 0 turns it off
@@ -55,7 +53,7 @@ class StyleGAN2Loss:
 
 
 @METHODS.register("stylegan2")
-class StyleGAN2(Method):
+class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
     """Unconditional StyleGAN2 on ``images`` data. Exports ``G`` (the EMA generator)."""
 
     ModelConfig = StyleGAN2Model
@@ -63,55 +61,45 @@ class StyleGAN2(Method):
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
-        m, d = recipe.model, recipe.data
-        g_kwargs = {"z_dim": m.z_dim, "w_dim": m.w_dim, "resolution": d.crop_size, "channels": d.channels,
-                    "channel_base": m.channel_base, "channel_max": m.channel_max, "mapping_layers": m.mapping_layers}
+        cfg, data, loss_cfg = self.cfg, recipe.data, self.loss_cfg
+        sizes: dict[str, Any] = {"resolution": data.crop_size, "channels": data.channels,
+                                 "channel_base": cfg.channel_base, "channel_max": cfg.channel_max}
+        g_kwargs = {"z_dim": cfg.z_dim, "w_dim": cfg.w_dim, **sizes, "mapping_layers": cfg.mapping_layers}
         G = self.build("G", "stylegan2_g", init=False, **g_kwargs)
-        D = self.build("D", "stylegan2_d", init=False, resolution=d.crop_size, channels=d.channels,
-                       channel_base=m.channel_base, channel_max=m.channel_max, mbstd_group=m.mbstd_group)
+        self.build("D", "stylegan2_d", init=False, **sizes, mbstd_group=cfg.mbstd_group)
         G_ema = self.build("G_ema", "stylegan2_g", init=False, **g_kwargs)
         G_ema.load_state_dict(G.state_dict())
         G_ema.eval()  # never trained: no w_avg tracking of its own, clamped output
         set_requires_grad([G_ema], False)  # so Method.wrap leaves it out of DDP too
-        loss = recipe.loss
-        self.optimizers = {"G": self._adam(G, loss.pl_interval if loss.pl_weight > 0 else 0),
-                           "D": self._adam(D, loss.r1_interval if loss.r1_gamma > 0 else 0)}
+        # lazy regularisation: Adam corrected for the regulariser's extra step every k steps
+        self.optimizers = {"G": self.adam("G", lazy=loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0),
+                           "D": self.adam("D", lazy=loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0)}
         self.num_ws = G.num_ws  # w's per image: style mixing picks where the second one starts
         self.step = 0
         self.pl_mean = torch.zeros((), device=device)
-        g = torch.Generator().manual_seed(recipe.train.seed)
-        self.fixed_z = torch.randn(recipe.train.n_samples * SAMPLE_COLUMNS, m.z_dim, generator=g).to(device)
+        self.fixed_z = self.fixed_noise(recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
 
     def check_size(self, size: int) -> None:
-        if size < 8 or size & (size - 1):
-            raise TranslateError(f"data.crop_size {size} must be a power of two >= 8 for stylegan2 (e.g. 32)")
-
-    def _adam(self, net: nn.Module, reg_interval: int) -> torch.optim.Optimizer:
-        """Adam with the paper's lazy-regularisation correction: with a regulariser step every
-        ``k`` steps, lr and betas are rescaled by k / (k + 1) so the net moves as if unregularised."""
-        t = self.recipe.train
-        ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(net.parameters(), lr=t.lr * ratio, betas=(t.beta1**ratio, t.beta2**ratio),
-                                fused=fused or None)
+        check_power_of_two(size, "stylegan2", 8, "32")
 
     # --- training ------------------------------------------------------------------------------
     def _latents(self, n: int) -> tuple[Tensor, Tensor | None, int | None]:
         """z, and with probability ``mixing_prob`` a second z and the layer it takes over from."""
-        z = torch.randn(n, self.recipe.model.z_dim, device=self.device)
-        if torch.rand(()).item() >= self.recipe.loss.mixing_prob:
+        z = torch.randn(n, self.cfg.z_dim, device=self.device)
+        if torch.rand(()).item() >= self.loss_cfg.mixing_prob:
             return z, None, None
         return z, torch.randn_like(z), int(torch.randint(1, self.num_ws, ()).item())
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
         opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
-        loss = self.recipe.loss
+        loss_cfg = self.loss_cfg
         real = batch["A"]
         n = real.shape[0]
-        out: dict[str, Tensor] = {}
+        losses: dict[str, Tensor] = {}
 
         # G: make D call the fakes real (non-saturating: softplus(-D(G(z)))).
         set_requires_grad([D], False)
@@ -121,9 +109,9 @@ class StyleGAN2(Method):
             g_loss = F.softplus(-D(G(z, z2=z2, mix_layer=mix, noise_mode="random")).float()).mean()
         self.amp.backward(g_loss)
         self.amp.step(opt_G)
-        out["G"] = g_loss.detach()
-        if loss.pl_weight > 0 and self.step % loss.pl_interval == 0:
-            out["PL"] = self._path_length_step(G, opt_G, max(1, n // loss.pl_batch_shrink))
+        losses["G"] = g_loss.detach()
+        if loss_cfg.pl_weight > 0 and self.step % loss_cfg.pl_interval == 0:
+            losses["PL"] = self._path_length_step(G, opt_G, max(1, n // loss_cfg.pl_batch_shrink))
 
         # D: real -> 1, fake -> 0 (softplus(D(fake)) + softplus(-D(real))).
         set_requires_grad([D], True)
@@ -136,43 +124,42 @@ class StyleGAN2(Method):
             d_real = F.softplus(-D(real).float()).mean()
         self.amp.backward(d_fake + d_real)
         self.amp.step(opt_D)
-        out["D_real"], out["D_fake"] = d_real.detach(), d_fake.detach()
-        if loss.r1_gamma > 0 and self.step % loss.r1_interval == 0:
-            out["R1"] = self._r1_step(D, opt_D, real)
+        losses["D_real"], losses["D_fake"] = d_real.detach(), d_fake.detach()
+        if loss_cfg.r1_gamma > 0 and self.step % loss_cfg.r1_interval == 0:
+            losses["R1"] = self._r1_step(D, opt_D, real)
 
         self.amp.update()
         self._update_ema()
         self.step += 1
-        out["pl_mean"] = self.pl_mean.detach().clone()
-        return out
+        losses["pl_mean"] = self.pl_mean.detach().clone()
+        return losses
 
     # The regularisers differentiate twice. They run in fp32, outside autocast: low precision
     # gradients of gradients are fragile, and fp32 needs no loss scaling (plain backward and step).
     def _path_length_step(self, G: nn.Module, opt: torch.optim.Optimizer, n: int) -> Tensor:
         """Penalise how far the Jacobian of image w.r.t. w strays from its running mean length."""
-        loss = self.recipe.loss
+        loss_cfg = self.loss_cfg
         opt.zero_grad(set_to_none=True)
         z, z2, mix = self._latents(n)
         img, ws = G(z, z2=z2, mix_layer=mix, noise_mode="random", return_ws=True)
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(2).mean(1).sqrt()
-        self.pl_mean = torch.lerp(self.pl_mean, lengths.mean().detach(), loss.pl_decay)
+        self.pl_mean = torch.lerp(self.pl_mean, lengths.mean().detach(), loss_cfg.pl_decay)
         penalty = (lengths - self.pl_mean).square().mean()
         # img * 0 keeps every parameter in the graph, as DDP expects gradients for all of them
-        (penalty * loss.pl_weight * loss.pl_interval + img[:, 0, 0, 0].sum() * 0).backward()
+        (penalty * loss_cfg.pl_weight * loss_cfg.pl_interval + img[:, 0, 0, 0].sum() * 0).backward()
         opt.step()
         return penalty.detach()
 
     def _r1_step(self, D: nn.Module, opt: torch.optim.Optimizer, real: Tensor) -> Tensor:
         """R1: push D's gradient on real images towards 0, which stabilises training near equilibrium."""
-        loss = self.recipe.loss
         opt.zero_grad(set_to_none=True)
         real = real.detach().float().requires_grad_(True)
         logits = D(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=(1, 2, 3)).mean()
-        (penalty * (loss.r1_gamma / 2) * loss.r1_interval + logits.sum() * 0).backward()
+        (penalty * (self.loss_cfg.r1_gamma / 2) * self.loss_cfg.r1_interval + logits.sum() * 0).backward()
         opt.step()
         return penalty.detach()
 
@@ -180,13 +167,12 @@ class StyleGAN2(Method):
     def _update_ema(self) -> None:
         """G_ema <- beta * G_ema + (1 - beta) * G, with beta from the half-life in images; buffers
         (w_avg, the fixed noise) are copied."""
-        loss, batch = self.recipe.loss, self.global_batch
-        ema_nimg = loss.ema_kimg * 1000
-        if loss.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, self.step * batch * loss.ema_rampup)
+        loss_cfg, batch = self.loss_cfg, self.global_batch
+        ema_nimg = loss_cfg.ema_kimg * 1000
+        if loss_cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.step * batch * loss_cfg.ema_rampup)
         beta = 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
-        G = getattr(self.nets["G"], "module", self.nets["G"])
-        G_ema = self.nets["G_ema"]
+        G, G_ema = self.net("G"), self.nets["G_ema"]
         for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
             p_ema.copy_(torch.lerp(p, p_ema, beta))
         for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
@@ -200,10 +186,9 @@ class StyleGAN2(Method):
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of G_ema's images from the fixed latents (constant noise: comparable over time)."""
-        with self.amp.autocast():
-            img = self.nets["G_ema"](self.fixed_z, noise_mode="const").float()
-        rows = img.view(-1, SAMPLE_COLUMNS, *img.shape[1:])
-        return torch.cat([as_rgb(rows[:, i]) for i in range(SAMPLE_COLUMNS)], dim=-1)
+        with self.amp.autocast():  # (G_ema is always in eval mode)
+            images = self.nets["G_ema"](self.fixed_z, noise_mode="const").float()
+        return in_rows(images)
 
     def extra_state(self) -> dict[str, Any]:
         return {"step": self.step, "pl_mean": self.pl_mean.cpu()}

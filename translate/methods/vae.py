@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.methods.ae import RECON_KINDS, Autoencoder, recon_loss
-from translate.methods.base import as_rgb
-from translate.recipes import RecipeError, at_least, choice
+from translate.devices import Precision
+from translate.methods.ae import AELoss, Autoencoder, recon_loss
+from translate.methods.base import side_by_side
+from translate.recipes import Recipe, RecipeError, at_least
 from translate.registry import METHODS
 
 
 @dataclass
-class VAELoss:
-    recon: str = choice("l2", *RECON_KINDS)
+class VAELoss(AELoss):
     beta: float = at_least(1.0, 0.0)  # KL weight; 1 is the plain VAE, > 1 a beta-VAE
     kl_warmup_steps: int = at_least(0, 0)  # KL weight rises linearly from 0 to beta over these steps (0: off)
     capacity_max: float = at_least(0.0, 0.0)  # nats; > 0 switches to gamma * |KL - C| (Burgess et al.)
@@ -55,53 +55,50 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @METHODS.register("vae")
-class VAE(Autoencoder):
+class VAE(Autoencoder[VAELoss]):
     """A conv VAE (beta-VAE with ``loss.beta`` > 1). Exports ``AE`` (``encode`` gives the mean)."""
 
     LossConfig = VAELoss
     net_name = "conv_vae"
 
-    def __init__(self, recipe, device, precision, info=None) -> None:
+    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__(recipe, device, precision, info)
         self.steps = 0  # drives the warm-up and capacity schedules; saved for resume
-        g = torch.Generator().manual_seed(recipe.train.seed)
-        self.fixed_z = torch.randn(recipe.train.n_samples, recipe.model.z_dim, generator=g).to(device)
+        self.fixed_z = self.fixed_noise(recipe.train.n_samples, self.cfg.z_dim)
 
     def schedule(self) -> tuple[float, float]:
         """(KL weight, capacity C) for the coming step."""
-        loss, t = self.recipe.loss, self.steps
-        if loss.capacity_max > 0:
-            return loss.capacity_gamma, loss.capacity_max * min(1.0, t / loss.capacity_steps)
-        ramp = min(1.0, t / loss.kl_warmup_steps) if loss.kl_warmup_steps else 1.0
-        return loss.beta * ramp, 0.0
+        loss_cfg, step = self.loss_cfg, self.steps
+        if loss_cfg.capacity_max > 0:
+            return loss_cfg.capacity_gamma, loss_cfg.capacity_max * min(1.0, step / loss_cfg.capacity_steps)
+        ramp = min(1.0, step / loss_cfg.kl_warmup_steps) if loss_cfg.kl_warmup_steps else 1.0
+        return loss_cfg.beta * ramp, 0.0
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x, opt, cfg = batch["A"], self.optimizers["AE"], self.recipe.loss
+        x, opt, capped = batch["A"], self.optimizers["AE"], self.loss_cfg.capacity_max > 0
         weight, capacity = self.schedule()
         opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
             x_hat, mu, logvar = self.nets["AE"](x, sample=True)
-        recon = recon_loss(x_hat, x, cfg.recon)
+        recon = recon_loss(x_hat, x, self.loss_cfg.recon)
         kl = kl_to_standard_normal(mu, logvar)
-        loss = recon + weight * ((kl - capacity).abs() if cfg.capacity_max > 0 else kl)
+        loss = recon + weight * ((kl - capacity).abs() if capped else kl)
         self.amp.backward(loss)
         self.amp.step(opt)
         self.amp.update()
         self.steps += 1
-        out = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": (recon + kl).detach()}
-        schedule = {"capacity": capacity} if cfg.capacity_max > 0 else {"kl_weight": weight}
-        return out | {k: torch.tensor(v, device=x.device) for k, v in schedule.items()}
+        losses = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": (recon + kl).detach()}
+        schedule = {"capacity": capacity} if capped else {"kl_weight": weight}
+        return losses | {k: torch.tensor(v, device=x.device) for k, v in schedule.items()}
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of input | reconstruction (of the mean code) | decoded prior sample (fixed z)."""
         x = batch["A"]
-        net = self.nets["AE"]
-        net.eval()
-        with self.amp.autocast():
-            prior = getattr(net, "module", net).decode(self.fixed_z[: len(x)]).float()
-        net.train()
-        return torch.cat([as_rgb(x), as_rgb(self._reconstruct(x)), as_rgb(prior)], -1)
+        with self.evaluating("AE") as (AE,):
+            x_hat, prior = AE(x).float(), AE.decode(self.fixed_z[: len(x)]).float()
+        return side_by_side(x, x_hat, prior)
 
     def extra_state(self) -> dict[str, Any]:
         return {"steps": self.steps}

@@ -12,23 +12,18 @@ at reconstructing the mean digit.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from translate.nets.layers import group_norm, power_of_two
 from translate.registry import NETS
 
 
 def _widths(resolution: int, nf: int) -> list[int]:
     """Feature widths after each stride-2 conv, from ``resolution`` down to 4x4 (doubling, at most 8 nf)."""
-    if resolution < 16 or resolution & (resolution - 1):
+    if not power_of_two(resolution, 16):
         raise ValueError(f"resolution must be a power of two >= 16, got {resolution}")
     return [nf * min(2**i, 8) for i in range(resolution.bit_length() - 3)]
-
-
-def _norm(channels: int) -> nn.Module:
-    return nn.GroupNorm(math.gcd(channels, 8), channels)
 
 
 class ConvEncoder(nn.Module):
@@ -39,7 +34,7 @@ class ConvEncoder(nn.Module):
         widths = _widths(resolution, nf)
         layers: list[nn.Module] = []
         for c_in, c_out in zip([channels, *widths], widths, strict=False):
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), _norm(c_out), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), group_norm(c_out), nn.LeakyReLU(0.2, True)]
         self.convs = nn.Sequential(*layers)
         self.fc = nn.Linear(widths[-1] * 16, out_features)
 
@@ -56,7 +51,7 @@ class ConvDecoder(nn.Module):
         self.fc = nn.Sequential(nn.Linear(z_dim, widths[0] * 16), nn.ReLU(True))
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:], strict=False):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), _norm(c_out), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), group_norm(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, stride=2, padding=1), nn.Tanh()]
         self.convs = nn.Sequential(*layers)
         self.start = widths[0]

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from translate.nets.layers import power_of_two
 from translate.registry import NETS
 
 MIN_RESOLUTION = 16
@@ -29,7 +30,7 @@ MAX_WIDTH_MULT = 8  # widths stop growing at 8 x ngf / ndf, as DCGAN's 64x64 net
 
 def _levels(resolution: int) -> int:
     """Stride-2 stages between 4x4 and ``resolution`` (which must be a power of two >= 16)."""
-    if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
+    if not power_of_two(resolution, MIN_RESOLUTION):
         raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION}, got {resolution}")
     return int(math.log2(resolution)) - 2
 

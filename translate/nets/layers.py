@@ -1,11 +1,12 @@
-"""Normalization choice and weight initialization shared by every network family.
+"""Normalization, weight initialization and size checks shared by the network families.
 
-Both follow the reference (junyanz/pytorch-CycleGAN-and-pix2pix) so that a network built here
-has the reference's parameters, buffers and starting statistics.
+The norm choice and the initialization follow the reference (junyanz/pytorch-CycleGAN-and-pix2pix),
+so that a network built here has the reference's parameters, buffers and starting statistics.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,6 +60,11 @@ def _reflect_index(n: int, before: int, after: int, device: torch.device) -> Ten
     """Source index of each padded position: ``[before..1] + [0..n-1] + [n-2..n-1-after]``."""
     i = torch.arange(-before, n + after, device=device).abs()
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """Group norm with up to 8 groups: per image, so an output never depends on the rest of the batch."""
+    return nn.GroupNorm(math.gcd(channels, 8), channels)
 
 
 def uses_bias(kind: str) -> bool:

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.nets.blocks import LRELU_GAIN, EqualConv2d, EqualLinear, MinibatchStdDev, pixel_norm
+from translate.nets.layers import power_of_two
 from translate.registry import NETS
 
 
 def num_levels(resolution: int) -> int:
     """Levels from 4x4 to ``resolution`` (a power of two >= 4)."""
-    if resolution < 4 or resolution & (resolution - 1):
+    if not power_of_two(resolution, 4):
         raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
     return int(math.log2(resolution)) - 1
 
@@ -33,52 +35,13 @@ def level_size(level: int) -> int:
     return 4 * 2**level
 
 
-class EqualConv2d(nn.Module):
-    """Conv with weights N(0, 1) scaled by ``gain / sqrt(fan_in)`` at run time, so Adam's step is
-    the same size for every layer (the paper's equalised learning rate)."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_ch))
-        self.scale = gain / math.sqrt(in_ch * kernel * kernel)
-        self.padding = kernel // 2
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
-
-
-class EqualLinear(nn.Module):
-    """Linear layer with the equalised learning rate (see :class:`EqualConv2d`)."""
-
-    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        self.scale = gain / math.sqrt(in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
-
-
-def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Each pixel's feature vector scaled to unit mean square (keeps G's magnitudes in check)."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
-
-
-def minibatch_stddev(x: Tensor, group_size: int = 4) -> Tensor:
-    """Append one feature map: the feature std over groups of images, averaged (lets D see variety)."""
-    n, c, h, w = x.shape
-    g = min(group_size, n)
-    while n % g:  # a last, smaller batch: the largest group size that divides it
-        g -= 1
-    y = x.float().reshape(g, -1, c, h, w)
-    y = (y - y.mean(dim=0)).pow(2).mean(dim=0).add(1e-8).sqrt()  # (n/g, c, h, w)
-    y = y.mean(dim=(1, 2, 3)).to(x.dtype).reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
-    return torch.cat([x, y], dim=1)
+def _conv(in_ch: int, out_ch: int, kernel: int = 3) -> EqualConv2d:
+    """A conv that a leaky ReLU follows: He's sqrt(2) is part of its weights' scale, as in the paper."""
+    return EqualConv2d(in_ch, out_ch, kernel, gain=LRELU_GAIN)
 
 
 def lrelu(x: Tensor) -> Tensor:
+    """Plain leaky ReLU(0.2): the sqrt(2) that keeps the variance is in the conv before it."""
     return F.leaky_relu(x, 0.2)
 
 
@@ -135,13 +98,12 @@ class PGGANGenerator(PhaseMixin):
         self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
         nf = _widths(fmap_base, fmap_max)
         levels = num_levels(resolution)
-        self.dense = EqualLinear(z_dim, nf(1) * 16, gain=math.sqrt(2) / 4)  # as the official code
-        blocks = [nn.ModuleList([EqualConv2d(nf(1), nf(1), 3)])]
+        self.dense = EqualLinear(z_dim, nf(1) * 16, gain=LRELU_GAIN / 4)  # as the official code
+        blocks = [nn.ModuleList([_conv(nf(1), nf(1))])]
         for level in range(1, levels):
-            blocks.append(nn.ModuleList([EqualConv2d(nf(level), nf(level + 1), 3),
-                                         EqualConv2d(nf(level + 1), nf(level + 1), 3)]))
+            blocks.append(nn.ModuleList([_conv(nf(level), nf(level + 1)), _conv(nf(level + 1), nf(level + 1))]))
         self.blocks = nn.ModuleList(blocks)
-        self.to_rgb = nn.ModuleList([EqualConv2d(nf(level + 1), channels, 1, gain=1.0) for level in range(levels)])
+        self.to_rgb = nn.ModuleList([EqualConv2d(nf(level + 1), channels, 1) for level in range(levels)])
         self._init_phase(levels)
 
     def _block(self, level: int, x: Tensor) -> Tensor:
@@ -180,19 +142,19 @@ class PGGANDiscriminator(PhaseMixin):
         self.resolution, self.channels = resolution, channels
         nf = _widths(fmap_base, fmap_max)
         levels = num_levels(resolution)
-        self.from_rgb = nn.ModuleList([EqualConv2d(channels, nf(level + 1), 1) for level in range(levels)])
-        blocks = [nn.ModuleList([EqualConv2d(nf(1) + 1, nf(1), 3)])]  # +1: the minibatch std map
+        self.from_rgb = nn.ModuleList([_conv(channels, nf(level + 1), 1) for level in range(levels)])
+        self.mbstd = MinibatchStdDev()
+        blocks = [nn.ModuleList([_conv(nf(1) + 1, nf(1))])]  # +1: the minibatch std map
         for level in range(1, levels):
-            blocks.append(nn.ModuleList([EqualConv2d(nf(level + 1), nf(level + 1), 3),
-                                         EqualConv2d(nf(level + 1), nf(level), 3)]))
+            blocks.append(nn.ModuleList([_conv(nf(level + 1), nf(level + 1)), _conv(nf(level + 1), nf(level))]))
         self.blocks = nn.ModuleList(blocks)
-        self.dense = EqualLinear(nf(1) * 16, nf(0))
-        self.out = EqualLinear(nf(0), 1, gain=1.0)
+        self.dense = EqualLinear(nf(1) * 16, nf(0), gain=LRELU_GAIN)
+        self.out = EqualLinear(nf(0), 1)
         self._init_phase(levels)
 
     def _block(self, level: int, x: Tensor) -> Tensor:
         if level == 0:
-            x = minibatch_stddev(x)
+            x = self.mbstd(x)
         for conv in self.blocks[level]:
             x = lrelu(conv(x))
         if level == 0:

@@ -14,19 +14,18 @@ Group norm (per image) keeps the activations in range without batch statistics.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.nets.layers import group_norm
 from translate.registry import NETS
 
 COARSE, MEDIUM = 3, 7  # styles [0, 3) from the coarse map, [3, 7) from the medium one, the rest from the fine
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(math.gcd(c_out, 8), c_out), nn.LeakyReLU(0.2, True)]
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1), group_norm(c_out), nn.LeakyReLU(0.2, True)]
 
 
 class StyleHead(nn.Module):

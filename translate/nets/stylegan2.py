@@ -4,11 +4,8 @@ Generator: a mapping MLP turns z into w; a synthesis network starts from a learn
 and, at each resolution, runs modulated + demodulated 3x3 convolutions (styles from w), adds
 per-pixel noise of learned strength, and sums an RGB output per resolution (the "skip"
 architecture). Discriminator: residual blocks down to 4x4, minibatch standard deviation, and a
-small head. Every layer uses the equalised learning rate: weights are stored N(0, 1) and scaled
-by 1/sqrt(fan_in) at run time, so Adam's step size means the same in every layer.
-
-Resampling uses the paper's [1, 3, 3, 1] FIR filter as fixed depthwise (transposed) convolutions,
-which autograd differentiates twice, as R1 and path-length regularisation need.
+small head. Every layer uses the equalised learning rate and resamples with the paper's FIR filter
+(nets/blocks.py).
 """
 
 from __future__ import annotations
@@ -19,69 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.nets.blocks import EqualConv2d, EqualLinear, MinibatchStdDev, fir_kernel, lrelu, pixel_norm, upsample2x
+from translate.nets.layers import power_of_two
 from translate.registry import NETS
 
 NOISE_MODES = ("const", "random")
-LRELU_GAIN = math.sqrt(2.0)  # keeps unit variance through leaky ReLU(0.2) (He et al.)
-
-
-def fir_kernel() -> Tensor:
-    """The 4x4 [1, 3, 3, 1] binomial filter, summing to 1."""
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    k = torch.outer(k, k)
-    return (k / k.sum()).view(1, 1, 4, 4)
-
-
-def upsample2x(x: Tensor, kernel: Tensor) -> Tensor:
-    """Zero-insertion upsampling filtered by ``kernel`` (x4 to keep the mean): bilinear-like."""
-    c = x.shape[1]
-    weight = (kernel * 4).to(x.dtype).repeat(c, 1, 1, 1)
-    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
-
-
-def downsample2x(x: Tensor, kernel: Tensor) -> Tensor:
-    """Blur with ``kernel`` and keep every second pixel (anti-aliased halving)."""
-    c = x.shape[1]
-    return F.conv2d(x, kernel.to(x.dtype).repeat(c, 1, 1, 1), stride=2, padding=1, groups=c)
-
-
-def lrelu(x: Tensor, gain: float = 1.0) -> Tensor:
-    return F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
-
-
-class EqualLinear(nn.Module):
-    """Fully connected layer with equalised learning rate; ``lr_mul`` slows it down (mapping net)."""
-
-    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activation: bool = False) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul))
-        self.weight_gain = lr_mul / math.sqrt(in_features)
-        self.lr_mul, self.activation = lr_mul, activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
-        return lrelu(x) if self.activation else x
-
-
-class EqualConv2d(nn.Module):
-    """Discriminator convolution with equalised learning rate, optional halving first, leaky ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, bias: bool = True, activation: bool = True,
-                 down: bool = False, gain: float = 1.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
-        self.weight_gain = 1.0 / math.sqrt(in_ch * kernel * kernel)
-        self.activation, self.down, self.gain = activation, down, gain
-        self.register_buffer("fir", fir_kernel() if down else None, persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.down:
-            x = downsample2x(x, self.fir)
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
-        return lrelu(x, self.gain) if self.activation else x * self.gain
 
 
 class ModulatedConv2d(nn.Module):
@@ -159,7 +98,7 @@ def channel_counts(resolution: int, channel_base: int, channel_max: int) -> dict
 
 
 def check_resolution(resolution: int) -> None:
-    if resolution < 8 or resolution & (resolution - 1):
+    if not power_of_two(resolution, 8):
         raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
 
 
@@ -178,8 +117,7 @@ class MappingNetwork(nn.Module):
         self.w_avg_beta = w_avg_beta
 
     def forward(self, z: Tensor, truncation: float = 1.0, track: bool = False) -> Tensor:
-        x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
-        w = self.net(x)
+        w = self.net(pixel_norm(z))
         if track:
             with torch.no_grad():
                 self.w_avg.copy_(torch.lerp(w.detach().float().mean(0), self.w_avg, self.w_avg_beta))
@@ -305,24 +243,6 @@ class StyleDecoder(Generator):
         return img if self.training else img.clamp(-1, 1)
 
 
-class MinibatchStdDev(nn.Module):
-    """Appends the mean standard deviation of features over groups of samples as one more channel,
-    so D can see a lack of variety (mode collapse) in a batch."""
-
-    def __init__(self, group_size: int = 4) -> None:
-        super().__init__()
-        self.group_size = group_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        # the largest group size dividing the batch, so any (last, or per-rank) batch size works
-        g = next(size for size in range(min(self.group_size, n), 0, -1) if n % size == 0)
-        y = x.float().reshape(g, n // g, c, h, w)
-        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
-        y = y.view(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
-        return torch.cat([x, y.to(x.dtype)], dim=1)
-
-
 class DiscriminatorBlock(nn.Module):
     """Residual block: two 3x3 convs (the second halves the size) plus a 1x1 halving skip, both
     scaled by sqrt(1/2) so the sum keeps unit variance."""
@@ -330,9 +250,9 @@ class DiscriminatorBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         half = math.sqrt(0.5)
-        self.conv0 = EqualConv2d(in_ch, in_ch, 3)
-        self.conv1 = EqualConv2d(in_ch, out_ch, 3, down=True, gain=half)
-        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False, activation=False, down=True, gain=half)
+        self.conv0 = EqualConv2d(in_ch, in_ch, 3, activation=True)
+        self.conv1 = EqualConv2d(in_ch, out_ch, 3, down=True, activation=True, out_gain=half)
+        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False, down=True, out_gain=half)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.skip(x) + self.conv1(self.conv0(x))
@@ -347,12 +267,12 @@ class Discriminator(nn.Module):
         super().__init__()
         self.resolution, self.channels = resolution, channels
         widths = channel_counts(resolution, channel_base, channel_max)
-        self.fromrgb = EqualConv2d(channels, widths[resolution], 1)
+        self.fromrgb = EqualConv2d(channels, widths[resolution], 1, activation=True)
         self.blocks = nn.Sequential(*(DiscriminatorBlock(widths[res], widths[res // 2])
                                       for res in sorted(widths, reverse=True) if res > 4))
         c = widths[4]
         self.mbstd = MinibatchStdDev(mbstd_group)
-        self.conv = EqualConv2d(c + 1, c, 3)
+        self.conv = EqualConv2d(c + 1, c, 3, activation=True)
         self.fc = EqualLinear(c * 16, c, activation=True)
         self.out = EqualLinear(c, 1)
 

@@ -1,0 +1,225 @@
+"""A generator prepared for inference, and what its weights say about its inputs.
+
+``load_translator`` reads a weights file into a :class:`Translator`: the net in the precision its
+device runs best, with its size multiple, fixed resolution, channels and latent met here so callers
+pass any RGB batch. ``launch_batch`` translates one batch of uint8 images of a size without waiting
+for the result. `translate run`, `translate eval`, export and interpolation all go through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from translate import resource
+from translate.checkpoints import WeightsFile, read_weights
+from translate.devices import DTYPES
+from translate.errors import TranslateError
+from translate.images import LUMA, to_signed, to_u8
+
+DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
+
+
+def pick_generator(wf: WeightsFile, direction: str) -> str:
+    """Which net of a weights file translates in ``direction``."""
+    if direction not in ("AtoB", "BtoA"):
+        raise TranslateError(f"--direction must be AtoB or BtoA, not {direction!r}")
+    if "G_A" in wf.nets:  # CycleGAN: G_A maps A to B, G_B maps B to A
+        return "G_A" if direction == "AtoB" else "G_B"
+    if direction == "BtoA":
+        raise TranslateError(f"{wf.path} translates one way only (its model has no B-to-A generator); "
+                             "train with data.direction=BtoA for the other way")
+    if "G" in wf.nets:
+        return "G"
+    raise TranslateError(f"{wf.path} holds no generator (nets: {', '.join(wf.nets)})")
+
+
+def input_size(spec: dict[str, Any]) -> tuple[int, int | None]:
+    """(multiple, fixed resolution or None) the net's inputs need, from its registry entry (and its parts')."""
+    from translate.registry import NETS
+
+    if spec["net"] not in NETS:
+        raise TranslateError(f"the weights' network {spec['net']!r} is not one this version knows "
+                             f"(translators: {', '.join(NETS.names(role='translator'))})")
+    return NETS.input_size(spec)
+
+
+def size_multiple(spec: dict[str, Any]) -> int:
+    """Inputs must be a multiple of this for the net to return the same size."""
+    return input_size(spec)[0]
+
+
+def io_channels(spec: dict[str, Any]) -> tuple[int, int]:
+    """(input, output) image channels of a translator's spec; a composed one's from its halves."""
+    kw = spec.get("kwargs", {})
+    if "encoder" in kw and "decoder" in kw:
+        return io_channels(kw["encoder"])[0] - kw.get("nz", 0), io_channels(kw["decoder"])[1]
+    return kw.get("in_ch", kw.get("channels", 3)), kw.get("out_ch", kw.get("channels", 3))
+
+
+class Translator:
+    """A generator prepared for inference: eval, weights in the chosen precision, then what makes
+    it faster on its device (each measured; bench/net_variants.py).
+
+    Low precision means the whole net in bf16/fp16, not autocast: on a 2-core Zen4 CPU a bf16
+    resnet_9blocks ran 0.83 img/s that way against 0.62 with autocast (fp32 0.37), with the same
+    output (48 dB PSNR to fp32). Memory format: plain NCHW everywhere. On an H200 (torch 2.11,
+    bf16, resnet_9blocks at 256x256) NCHW ran 1,320 img/s at batch 64 against 998 for
+    channels_last: InstanceNorm works on NCHW and converted each layer's input back and forth.
+    On the CPU channels_last slowed bf16 (-10%) and was no gain for fp32. CUDA graphs of each batch
+    shape gained 0-2% at batch 16-128 there (the kernels, not their launches, take the time), so
+    they are not used. ``winograd``: the CPU's 3x3 convolutions in fp32 as Winograd F(4x4, 3x3),
+    fewer multiplications for the same sums (nets/winograd.py).
+
+    What the net's weights fix is met here, so callers pass any RGB batch: ``resolution`` (a net that
+    works at one size, as a StyleGAN2 decoder): images are resized to it and the outputs back;
+    ``in_ch`` / ``out_ch`` 1: grayscale in (ITU-R 601 luma, as training's), gray repeated out;
+    ``nz`` > 0: the net takes a latent z (BicycleGAN), zeros unless one is given.
+    """
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
+                 channels_last: bool = False, winograd: bool | None = None, resolution: int | None = None,
+                 in_ch: int = 3, out_ch: int = 3) -> None:
+        self.device, self.precision = device, precision
+        self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
+        self.nz = int(getattr(net, "nz", 0))
+        self.dtype = DTYPES[precision]
+        self.channels_last = channels_last
+        from translate.nets.winograd import use_winograd, winograd_pays
+
+        self.winograd = winograd_pays(device, self.dtype) if winograd is None else winograd
+        net = net.to(device, self.dtype).eval()
+        net.requires_grad_(False)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if self.winograd:
+            use_winograd(net)
+        self.net = torch.compile(net) if compile else net
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        """float [-1, 1] (N, 3, H, W) on the device (and a latent (nz,) or (N, nz)) -> float32 (N, 3, H, W)."""
+        size = tuple(x.shape[-2:])
+        if self.in_ch == 1 and x.shape[1] == 3:
+            x = (x * LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if self.resolution and size != (self.resolution,) * 2:
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bicubic", antialias=True, align_corners=False)
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.nz:
+            z = x.new_zeros(self.nz) if z is None else z.to(x.device, x.dtype)
+            y = self.net(x, z.expand(x.shape[0], self.nz)).float()
+        else:
+            y = self.net(x).float()
+        if tuple(y.shape[-2:]) != size:
+            y = F.interpolate(y, size=size, mode="bicubic", antialias=True, align_corners=False)
+        return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
+
+
+def load_translator(weights: Path | None, direction: str, device: torch.device, precision: str,
+                    compile: bool = False, **prepare: bool) -> tuple[Translator, int, str]:
+    """Weights file -> (Translator, size multiple, net name)."""
+    path = weights or DEFAULT_WEIGHTS
+    if weights is None and not DEFAULT_WEIGHTS.is_file():
+        raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
+    wf = read_weights(path)
+    from translate.generate import model_kind, with_article
+
+    if model_kind(wf) != "translator":
+        raise TranslateError(f"`translate run` does not apply to {path.name}: it holds "
+                             f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
+    name = pick_generator(wf, direction)
+    net = wf.build(name)
+    multiple, fixed = input_size(wf.arch[name])
+    in_ch, out_ch = io_channels(wf.arch[name])
+    tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch, **prepare)
+    return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
+
+
+def latents(tr: Translator, samples: int, seed: int | None) -> list[Tensor | None]:
+    """One latent per output of each image: the same ``samples`` latents for every image, so the
+    k-th outputs share a style and a rerun with the seed gives the same files. One sample without a
+    seed: z = 0, the prior's mean. A model without a latent: [None]."""
+    if not tr.nz:
+        if samples > 1 or seed is not None:
+            raise TranslateError(f"--samples and --seed need a model with a latent code; this one gives one "
+                                 f"translation per input (recipes with one: {', '.join(latent_recipes())})")
+        return [None]
+    if samples == 1 and seed is None:
+        return [torch.zeros(tr.nz)]
+    return list(torch.randn(samples, tr.nz, generator=torch.Generator().manual_seed(seed or 0)))
+
+
+def latent_recipes() -> list[str]:
+    """Shipped recipes whose model takes a latent beside the image (a ``model.nz``)."""
+    from translate.methods import get_method
+    from translate.recipes import list_recipes, load_recipe
+
+    return [n for n in list_recipes() if "nz" in {f.name for f in dataclasses.fields(
+        get_method(load_recipe(n).method).ModelConfig)}]
+
+
+MIN_SIDE = 16  # below this, the innermost feature maps of the generators shrink to a single pixel
+
+
+def padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """The size the network sees: each side a multiple of ``multiple`` and at least ``MIN_SIDE``."""
+    low = max(multiple, MIN_SIDE)
+    return max(low, math.ceil(size[0] / multiple) * multiple), max(low, math.ceil(size[1] / multiple) * multiple)
+
+
+def pad_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pad (N, C, h, w) at the bottom/right to ``size``: reflect where possible, else replicate."""
+    ph, pw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+@dataclass
+class Launched:
+    """A batch handed to the device: its uint8 output is on its way to (pinned) host memory."""
+
+    host: Tensor  # (N, 3, H, W) uint8, padded size
+    sizes: list[tuple[int, int]]
+    done: Any = None  # a CUDA event recorded after the copy; None on the CPU
+
+    def result(self) -> list[Tensor]:
+        """Wait for the copy; uint8 (3, h, w) per image, cropped back to its own size."""
+        if self.done is not None:
+            self.done.synchronize()
+        return [self.host[i, :, :h, :w] for i, (h, w) in enumerate(self.sizes)]
+
+
+def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int, z: Tensor | None = None) -> Launched:
+    """Queue the translation of images of one padded size (a list, or a stacked (N, 3, h, w)
+    tensor) without waiting for it: on CUDA the host goes on to prepare the next batch while the
+    device computes and copies this one back."""
+    sizes = [tuple(r.shape[-2:]) for r in rgbs]
+    size = padded(sizes[0], multiple)
+    if isinstance(rgbs, Tensor):
+        x = pad_to(to_signed(rgbs.to(tr.device, non_blocking=True)), size)
+    else:
+        x = torch.cat([pad_to(to_signed(r.to(tr.device, non_blocking=True))[None], size) for r in rgbs])
+    y = to_u8(tr(x, z))
+    if y.device.type != "cuda":
+        return Launched(y.cpu(), sizes)
+    host = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return Launched(host, sizes, done)
+
+
+def translate_batch(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int) -> list[Tensor]:
+    """Translate images of one padded size together; returns uint8 (3, h, w) on the CPU."""
+    return launch_batch(tr, rgbs, multiple).result()
