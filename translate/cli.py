@@ -28,13 +28,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-
-def say(text: str) -> None:
-    """A line on stderr as written: no highlighting, no wrapping (logs are grepped)."""
-    err.print(text, highlight=False, soft_wrap=True)
+# Lines as written, not highlighted or wrapped: logs are grepped.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+say = err.print
 
 
 def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -50,7 +47,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
                 from translate.devices import is_main_process
 
                 if is_main_process():
-                    say(str(e))
+                    say(escape(str(e)))
                 raise typer.Exit(e.exit_code) from None
             except TranslateError as e:
                 say(f"[bold red]error:[/] {escape(str(e))}")  # a message may hold [brackets]: not markup
@@ -71,9 +68,9 @@ def recipes_cmd() -> None:
         try:
             r = load_recipe(name)
             also = f" (another name for {alias})" if (alias := alias_of(name)) else ""
-            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}{also}", highlight=False, soft_wrap=True)
+            out.print(f"[bold]{name:<12}[/] {r.method:<10} {r.description}{also}")
         except TranslateError as e:
-            out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}", highlight=False, soft_wrap=True)
+            out.print(f"[bold]{name:<12}[/] [red]invalid:[/] {e}")
 
 
 @command("train")
@@ -330,7 +327,7 @@ def score_cmd(
     if s.auc is not None:
         auc, ap, n = s.auc
         left = f" ({s.unlabelled} without a label left out)" if s.unlabelled else ""
-        out.print(f"ROC-AUC {auc:.3f}, average precision {ap:.3f} over {n} labelled images{left}", highlight=False)
+        out.print(f"ROC-AUC {auc:.3f}, average precision {ap:.3f} over {n} labelled images{left}")
     raise typer.Exit(s.exit_code)
 
 
@@ -351,7 +348,7 @@ def classify_cmd(
     with Progress(err, "classifying", quiet=quiet) as progress:
         s = classify(weights, in_dir, output, batch_size=batch_size, device=device, progress=progress)
     for group, (right, total) in sorted(s.by_folder.items()):
-        out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})", highlight=False)
+        out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})")
     say(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}")
     raise typer.Exit(s.exit_code)
 
@@ -422,10 +419,9 @@ def eval_cmd(
 
         d = distances(images, ref, inception, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
         cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
-        out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})",
-                  highlight=False)
+        out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
         if cached:
-            err.print(f"features read from the cache in {', '.join(cached)}", highlight=False)
+            err.print(f"features read from the cache in {', '.join(cached)}")
         return
     with Progress(err, "evaluating", quiet=quiet) as progress:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
@@ -434,9 +430,8 @@ def eval_cmd(
     for k in s.metrics:
         table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")
     out.print(table)
-    out.print("worst five by PSNR: " + ", ".join(f"{f} ({metrics['psnr']:.2f} dB)" for f, metrics in s.worst()),
-              highlight=False, soft_wrap=True)
-    err.print(f"wrote {s.csv}" + (f"; {len(s.failed)} pair(s) failed" if s.failed else ""), highlight=False)
+    out.print("worst five by PSNR: " + ", ".join(f"{f} ({metrics['psnr']:.2f} dB)" for f, metrics in s.worst()))
+    err.print(f"wrote {s.csv}" + (f"; {len(s.failed)} pair(s) failed" if s.failed else ""))
     raise typer.Exit(s.exit_code)
 
 
@@ -475,12 +470,12 @@ def _print_networks() -> None:
     from translate.registry import CODES, NETS, ROLES
 
     out.print("\n[bold]networks[/] (model.generator / model.discriminator / model.encoder / model.decoder of a "
-              "recipe)", highlight=False)
+              "recipe)")
     for role, what in ROLES.items():
         names = NETS.names(role=role)
         if not names:
             continue
-        out.print(f"[bold]{role}s[/] ({what})", highlight=False)
+        out.print(f"[bold]{role}s[/] ({what})")
         for name in names:
             info = NETS.info(name)
             facts = [f"family {info.family}"]
@@ -502,12 +497,11 @@ def _print_networks() -> None:
                     partners := NETS.partners(name, "discriminator")):
                 facts.append(f"trains with {', '.join(partners)}")
             shown = name.removesuffix(f"_{role}") if role in ("encoder", "decoder") else name
-            out.print(f"  {shown:<15} {info.summary}  [dim]({'; '.join(facts)})[/]", highlight=False, soft_wrap=True)
-    out.print("[bold]pairs that fit[/] (model.encoder + model.decoder: the code one gives, the other takes)",
-              highlight=False)
+            out.print(f"  {shown:<15} {info.summary}  [dim]({'; '.join(facts)})[/]")
+    out.print("[bold]pairs that fit[/] (model.encoder + model.decoder: the code one gives, the other takes)")
     for e, d in NETS.pairs():
         code = NETS.info(f"{e}_encoder").gives
-        out.print(f"  {e + ' + ' + d:<20} {code}: {CODES[code]}", highlight=False, soft_wrap=True)
+        out.print(f"  {e + ' + ' + d:<20} {code}: {CODES[code]}")
 
 
 @command("info")
@@ -520,14 +514,13 @@ def info_cmd() -> None:
     from translate import __version__
     from translate.devices import bf16_native, cpu_name, fp16_native, resolve_precision
 
-    out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}",
-              soft_wrap=True)
+    out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}")
     devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     for d in devices:
         name = cpu_name() if d.type == "cpu" else torch.cuda.get_device_name(d)
         out.print(f"{str(d):<8} {name} | bf16 native: {'yes' if bf16_native(d) else 'no'} | "
                   f"fp16 native: {'yes' if fp16_native(d) else 'no'} | auto precision (inference): "
-                  f"{resolve_precision('auto', d)}", highlight=False, soft_wrap=True)
+                  f"{resolve_precision('auto', d)}")
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, sorted, skipping hidden files and folders."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -31,8 +31,6 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
-        if not recursive:
-            break
     return sorted(found)
 
 

@@ -120,10 +120,11 @@ def scaled_size(h: int, w: int, size: int | None) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: int = 1
-         ) -> tuple[list[Job], RunSummary]:
-    """This rank's jobs (a disjoint shard of the sorted list), with skips and header failures counted."""
-    files = image_files(in_dir)
+def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: int = 1,
+         files: list[Path] | None = None) -> tuple[list[Job], RunSummary]:
+    """This rank's jobs (a disjoint shard of the sorted list of ``files``, by default all images under
+    ``in_dir``), with skips and header failures counted."""
+    files = image_files(in_dir) if files is None else files
     summary = RunSummary(found=len(files))
     jobs = []
     for src in files[rank::world]:
@@ -199,11 +200,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- the run ------------------------------------------------------------------------------------------
 
-def check_folders(in_dir: Path, out_dir: Path) -> None:
-    if not in_dir.exists():
-        raise TranslateError(f"input folder not found: {in_dir}")
-    if not in_dir.is_dir():
-        raise TranslateError(f"input is not a folder: {in_dir}")
+def check_output(in_dir: Path, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TranslateError(f"output {out_dir} is a file, not a folder: give a folder to write the "
                              "translated images to")
@@ -222,7 +219,8 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     """
     opts, progress = opts or RunOptions(), progress or Progress.silent()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    check_folders(in_dir, out_dir)
+    files = image_files(in_dir)  # (first: a wrong folder is one line before any model is loaded)
+    check_output(in_dir, out_dir)
     if opts.format != "keep" and opts.format not in FORMATS:
         raise TranslateError(f"--format must be keep, png, jpg or webp, not {opts.format!r}")
     device = pick_device(opts.device)
@@ -235,7 +233,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
         opts = dataclasses.replace(opts, batch_size=16 if device.type == "cuda" else 1)
     if tr.resolution:  # the net sees every image at its one size: nothing to tile
         opts = dataclasses.replace(opts, max_pixels=2**62)
-    jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size)
+    jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size, files)
     summary.precision, summary.device, summary.out_dir = precision, str(device), out_dir
     progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
     for path, reason in summary.failed:
@@ -257,7 +255,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
         outputs = zip(*(sample.result() for sample in launched), strict=True)  # per image, its samples
         for it, ys in zip(good, outputs, strict=True):
             alpha = it["alpha"] if opts.keep_alpha else None
-            pending.append(writer.submit(_write, jobs[it["index"]], ys, alpha, it, opts.quality))
+            pending.append(submit(_write, jobs[it["index"]], ys, alpha, it, opts.quality))
         pending = _drain(pending, summary, progress, limit=max(16, 4 * opts.batch_size))
 
     def on_signal(signum: int) -> None:
@@ -265,7 +263,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
 
     # On SIGINT/SIGTERM: take no new batch, finish the batch and writes in flight (each is atomic),
     # report. A rerun skips what is there and translates the rest.
-    with StopSignals(on_signal) as signals, _writer(writers) as writer, autotune(cuda):
+    with StopSignals(on_signal) as signals, _writer(writers) as submit, autotune(cuda):
         with blocked():  # decoding workers start here
             batches = iter(loader)
         for batch in batches:
@@ -321,22 +319,20 @@ def _parallelism(opts: RunOptions, cuda: bool) -> tuple[int, int]:
     return workers, max(2, min(8, cores - workers))
 
 
-class _Inline:
-    """An executor that runs each task at once, in the calling thread."""
+@contextlib.contextmanager
+def _writer(threads: int) -> Iterator[Any]:
+    """``submit`` of a pool of encoding threads (CUDA), or of running each write at once, here (CPU)."""
+    if threads:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield pool.submit
+        return
 
-    def submit(self, fn: Any, *args: Any) -> Future:
+    def now(fn: Any, *args: Any) -> Future:
         fut: Future = Future()
         fut.set_result(fn(*args))
         return fut
 
-
-@contextlib.contextmanager
-def _writer(threads: int) -> Iterator[Any]:
-    if threads == 0:
-        yield _Inline()
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        yield pool
+    yield now
 
 
 def _write(job: Job, rgbs: tuple[Tensor, ...], alpha: Tensor | None, item: dict[str, Any], quality: int

@@ -87,19 +87,6 @@ class TrainResult:
     peak_gpu_bytes: int = 0  # most GPU memory this process's tensors held at once (CUDA only)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 class NanGuard:
     """Stops training with one line once a loss is NaN or inf; bad weights are never written.
 
@@ -147,14 +134,14 @@ class Trainer:
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, resume: bool = False,
                  console: Console | None = None, quiet: bool = False) -> None:
         self.recipe, self.paths = recipe, RunPaths(Path(out_dir))
-        self.quiet = quiet
         t = recipe.train
         if not resume and (self.paths.state.exists() or self.paths.weights.exists()):
             raise TranslateError(f"{out_dir} already holds a run: continue it with `translate train --resume "
                                  f"{out_dir}`, or give another --out")
         self.device = pick_device(t.device)
         self.dist: Dist = init_distributed(self.device)
-        self.console = console or Console(stderr=True, quiet=quiet or not self.dist.is_main)
+        console = console or Console(stderr=True, quiet=quiet or not self.dist.is_main)
+        self.progress = Progress(console, "train", every_s=0)  # a log line at every train.log_every
         # train.batch_size is per process, as the reference's --batch_size under DDP: any number of
         # processes runs the recipe unchanged, and the global batch grows with them.
         self.local_batch = t.batch_size
@@ -181,7 +168,6 @@ class Trainer:
         self._warned: set[str] = set()
         self.signals = StopSignals(lambda signum: self.progress.say(
             f"\n{signal.Signals(signum).name}: finishing this step, then saving ..."))
-        self.progress = Progress(self.console, "train", every_s=0)  # a log line at every train.log_every
         self.stopped: int | None = None  # the signal all ranks agreed to stop on (see _should_stop)
         self.resumed_from: dict[str, Any] = {}
         self._saved_step = -1
@@ -229,13 +215,9 @@ class Trainer:
         self.method.wrap(wrap)
 
     @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) / self.global_batch)
-
-    @property
     def total_steps(self) -> int:
         t = self.recipe.train
-        total = (t.epochs + t.epochs_decay) * self.steps_per_epoch
+        total = (t.epochs + t.epochs_decay) * math.ceil(len(self.dataset) / self.global_batch)
         return min(total, t.max_steps) if t.max_steps else total
 
     def _loader(self) -> DataLoader:
@@ -258,7 +240,9 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in method.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
-            "rng": _rng_state(self.device), "extra": method.extra_state(), "skipped": self.skipped,
+            "rng": {"cpu": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
+            "extra": method.extra_state(), "skipped": self.skipped,
             "best_eval": self.best if self.best is not None else float("nan"),
         }
 
@@ -284,7 +268,9 @@ class Trainer:
         self.resumed_from = {"world_size": state.get("world_size", 1),
                              "global_batch": state.get("global_batch", self.recipe.train.batch_size)}
         if state.get("world_size", 1) == self.dist.world_size == 1:
-            _set_rng_state(state["rng"], self.device)
+            torch.set_rng_state(state["rng"]["cpu"])
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         else:  # per-rank streams cannot be carried over exactly; reseed them deterministically
             torch.manual_seed(self.recipe.train.seed + 7919 * self.step + self.dist.rank)
         self.skipped = list(state.get("skipped", []))
@@ -341,8 +327,8 @@ class Trainer:
             f.write(json.dumps({"step": self.step, "epoch": self.epoch, "split": self.eval_split,
                                 **{f"eval_{k}": round(v, 5) for k, v in means.items()}}) + "\n")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-        self.console.print(f"epoch {self.epoch}: {self.eval_split} {shown}"
-                           + (" (best so far: best.safetensors)" if better else ""), highlight=False)
+        self.progress.say(f"epoch {self.epoch}: {self.eval_split} {shown}"
+                          + (" (best so far: best.safetensors)" if better else ""))
 
     def _prune_numbered(self) -> None:
         """Keep the newest ``train.keep_last`` numbered copies: each is a full set of weights (218 MB
@@ -482,15 +468,13 @@ class Trainer:
         return torch.stack([v.detach().float().reshape(()).to(where) for v in losses.values()])
 
     def _report(self, raw: dict[str, Any]) -> None:
-        for msg in raw["errors"]:
+        """Each unreadable file (skipped) and note of the data once."""
+        for msg in [*raw["errors"], *raw["notes"]]:
             if msg not in self._warned:
                 self._warned.add(msg)
-                self.skipped.append(msg)
-                self.console.print(f"[yellow]warning:[/] skipped {msg}", markup=True, highlight=False, soft_wrap=True)
-        for msg in raw["notes"]:
-            if msg not in self._warned:
-                self._warned.add(msg)
-                self.console.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
+                skipped = msg in raw["errors"]
+                self.skipped += [msg] if skipped else []
+                self.progress.say(f"[yellow]warning:[/] {'skipped ' if skipped else ''}{msg}")
 
     def _log(self, losses: dict[str, float], rate: float) -> None:
         if not self.dist.is_main:
@@ -525,18 +509,17 @@ class Trainer:
     def _announce(self) -> None:
         r, t = self.recipe, self.recipe.train
         what = "resuming" if self.step else "training"
-        self.console.print(
+        self.progress.say(
             f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
             f"precision {self.precision.name} | {self.dist.world_size} process(es) x batch {self.local_batch} "
             f"= global batch {self.global_batch} | lr {t.lr * self.lr_factor:g} (train.lr {t.lr:g}, "
             f"lr_scale {t.lr_scale}: {LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
-            f"run {self.paths.root}", highlight=False, soft_wrap=True)
+            f"run {self.paths.root}")
         old = self.resumed_from
         if old and (old["world_size"], old["global_batch"]) != (self.dist.world_size, self.global_batch):
-            self.console.print(f"note: this run trained with {old['world_size']} process(es), global batch "
-                               f"{old['global_batch']}; from step {self.step} on the global batch is "
-                               f"{self.global_batch} (set train.batch_size to keep it)", highlight=False,
-                               soft_wrap=True)
+            self.progress.say(f"note: this run trained with {old['world_size']} process(es), global batch "
+                              f"{old['global_batch']}; from step {self.step} on the global batch is "
+                              f"{self.global_batch} (set train.batch_size to keep it)")
 
     def _should_stop(self) -> bool:
         """True once any rank got SIGINT/SIGTERM: all ranks stop after the same step.

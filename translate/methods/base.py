@@ -134,7 +134,7 @@ class Method(Generic[ModelT, LossT]):
         if winograd_pays(self.device, DTYPES[self.amp.name]):
             use_winograd(module)  # the same sums in fewer multiplications: nets/winograd.py
         if self.device.type == "cuda":
-            # channels_last for training, though inference runs NCHW (infer.Translator): on an H200
+            # channels_last for training, though inference runs NCHW (translator.Translator): on an H200
             # at batch 1 (bf16 AMP, torch 2.11) NCHW training with cuDNN's autotuner was slower,
             # CycleGAN 9.97 img/s against 11.49 and pix2pix 16.9 against 27.7.
             module = module.to(memory_format=torch.channels_last)
@@ -200,10 +200,12 @@ class Method(Generic[ModelT, LossT]):
         nets = [self.net(name) for name in names]
         for net in nets:
             net.eval()
-        with self.amp.autocast():
-            yield nets
-        for net in nets:
-            net.train()
+        try:
+            with self.amp.autocast():
+                yield nets
+        finally:
+            for net in nets:
+                net.train()
 
     # --- what the Trainer reads ----------------------------------------------------------------
     def arch(self, name: str) -> dict[str, Any]:
