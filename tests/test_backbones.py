@@ -230,6 +230,39 @@ def test_psp_learns_to_undo_downsampling_and_keeps_the_generator(tmp_path):
                    "--samples and --seed need a model with a latent code", "bicyclegan")
 
 
+def test_psp_head_conv_of_a_1x1_map_is_its_centre_tap():
+    """The style heads' stride-2 conv takes a 1x1 map (the coarse heads at 32x32, the shipped size) as
+    the 1x1 conv of its centre tap: the same output and gradients as nn.Conv2d in fp32, at 1x1 and
+    at larger maps; under bf16 autocast, 20 times with NaN left in freed memory before each, the
+    eight padding taps get a gradient of exactly 0. (Computed as a 3x3 conv, torch 2.14.1's oneDNN
+    left them unwritten on CPUs with AVX512-BF16 about half the time: NaN or 1e37, then in the
+    weights; an AVX2 CPU, which emulates bf16, never showed it.)"""
+    from translate.nets.psp import StridedConv
+
+    torch.manual_seed(0)
+    conv, plain = StridedConv(32, 32, 3, 2, 1), nn.Conv2d(32, 32, 3, 2, 1)
+    plain.load_state_dict(conv.state_dict())
+    for size in (1, 2, 4):
+        x = torch.randn(2, 32, size, size)
+        (out, grad), (out_plain, grad_plain) = [(y, torch.autograd.grad(y.square().sum(), net.weight)[0])
+                                                for net in (conv, plain) for y in [net(x)]]
+        torch.testing.assert_close(out, out_plain, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, grad_plain, rtol=1e-5, atol=1e-6)
+
+    x = torch.randn(2, 32, 1, 1)
+    want = torch.autograd.grad(conv(x).square().sum(), conv.weight)[0]
+    for _ in range(20):
+        junk = torch.full((1 << 16,), float("nan"))
+        del junk
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
+        (got,) = torch.autograd.grad(out.float().square().sum(), conv.weight)
+        off_centre = got.clone()
+        off_centre[:, :, 1, 1] = 0
+        assert torch.count_nonzero(off_centre) == 0
+        assert (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
 # --- BicycleGAN: several outputs per input ---------------------------------------------------------------
 
 def test_bicyclegan_rebuilds_and_draws_different_repeatable_samples(pairs4, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,42 @@ def test_nan_guard_read_later_names_the_steps_and_saves_nothing_bad(h2z4, tmp_pa
     assert not (tmp_path / "run" / "latest.safetensors").exists()
     trainer.step = 4
     trainer.guard.add(["G_A", "D_A"], good, 4, read=True)  # a new window, all finite
+
+
+def test_a_nan_gradient_under_finite_losses_stops_and_names_the_parameter(h2z4, tmp_path):
+    """A gradient turns NaN at step 3 while every loss is finite (as a bf16 kernel once did): training
+    stops there in one line naming the net and the parameter; the checkpoint on disk is step 2's,
+    every weight finite."""
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "train.max_steps=6"])
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    weight = trainer.method.net("G_A").model[1].weight  # the first conv after the reflection pad
+    weight.register_hook(lambda g: g * float("nan") if trainer.step == 2 else g)
+    with pytest.raises(TranslateError, match=r"^a gradient of G_A \(model\.1\.weight\) became nan at step 3 "
+                                             r"\(every loss finite\): training diverged .* last good checkpoint"):
+        trainer.fit()
+    assert all(math.isfinite(v) for r in read_log(tmp_path / "run") for k, v in r.items() if k != "step")
+    saved = read_weights(tmp_path / "run" / "latest.safetensors")
+    assert saved.meta["step"] == "2"
+    assert all(bool(torch.isfinite(t).all()) for net in saved.tensors.values() for t in net.values())
+
+
+def test_weights_gone_bad_without_a_bad_gradient_are_never_saved(h2z4, tmp_path, monkeypatch):
+    """An inf that reached a weight some other way (a buffer, an EMA copy) after the step's losses and
+    gradients: the save refuses in one line naming it, and writes neither the weights nor the state."""
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY_CYCLEGAN, "train.max_steps=1"])
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    real_step = trainer.method.train_step
+
+    def step(batch):
+        losses = real_step(batch)
+        with torch.no_grad():
+            trainer.method.net("D_B").model[0].bias[3] = float("inf")
+        return losses
+
+    monkeypatch.setattr(trainer.method, "train_step", step)
+    with pytest.raises(TranslateError, match=r"^weight model\.0\.bias of D_B became nan or inf by step 1: not saved"):
+        trainer.fit()
+    assert not any((tmp_path / "run").glob("latest.*"))
 
 
 def test_cpu_fp32_training_uses_winograd_with_the_same_weight_names(h2z4):

@@ -9,8 +9,9 @@ picked there by ``auto``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +139,8 @@ def autotune(on: bool) -> Iterator[None]:
 
 @dataclass
 class Precision:
-    """Autocast and (for fp16 on CUDA) loss scaling, so methods need not know which is in use."""
+    """Autocast and (for fp16 on CUDA) loss scaling, so methods need not know which is in use; and a
+    note of whether every gradient stepped was finite, which the Trainer's NaN guard reads."""
 
     name: str
     device: torch.device
@@ -146,6 +148,7 @@ class Precision:
     def __post_init__(self) -> None:
         use_scaler = self.name == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.grads_finite: torch.Tensor | None = None  # since the guard last took it (a device tensor)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -158,16 +161,40 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler:
+    def step(self, optimizer: torch.optim.Optimizer, scaled: bool = True) -> None:
+        """``optimizer.step()``, noting whether its gradients were all finite (on the device: no wait).
+        ``scaled=False``: the backward was not loss-scaled (StyleGAN2's fp32 regularisers). With fp16's
+        loss scaling the scaler itself skips a step whose gradients overflowed, as it should now and
+        then, so those are not noted."""
+        if self.scaler and scaled:
             self.scaler.step(optimizer)
-        else:
-            optimizer.step()
+            return
+        ok = all_finite(p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None)
+        self.grads_finite = ok if self.grads_finite is None else self.grads_finite & ok
+        optimizer.step()
+
+    def take_grads_finite(self) -> torch.Tensor | None:
+        """Whether every gradient stepped since the last call was finite (None: none was stepped)."""
+        ok, self.grads_finite = self.grads_finite, None
+        return ok
 
     def update(self) -> None:
         """Call once per iteration after all optimizer steps."""
         if self.scaler:
             self.scaler.update()
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A bool tensor: no element of ``tensors`` is NaN or inf. One fused pass per device and dtype
+    (their max-norms), read only when the caller wants: checking every gradient of a CycleGAN step
+    this way costs a few ms on a CPU step of seconds, and on CUDA no wait at all."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    if not groups:
+        return torch.tensor(True)
+    oks = [torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all() for ts in groups.values()]
+    return oks[0] if len(oks) == 1 else torch.stack([ok.cpu() for ok in oks]).all()
 
 
 @dataclass

@@ -135,7 +135,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         return losses
 
     # The regularisers differentiate twice. They run in fp32, outside autocast: low precision
-    # gradients of gradients are fragile, and fp32 needs no loss scaling (plain backward and step).
+    # gradients of gradients are fragile, and fp32 needs no loss scaling (plain backward, unscaled step).
     def _path_length_step(self, G: nn.Module, opt: torch.optim.Optimizer, n: int) -> Tensor:
         """Penalise how far the Jacobian of image w.r.t. w strays from its running mean length."""
         loss_cfg = self.loss_cfg
@@ -149,7 +149,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         penalty = (lengths - self.pl_mean).square().mean()
         # img * 0 keeps every parameter in the graph, as DDP expects gradients for all of them
         (penalty * loss_cfg.pl_weight * loss_cfg.pl_interval + img[:, 0, 0, 0].sum() * 0).backward()
-        opt.step()
+        self.amp.step(opt, scaled=False)
         return penalty.detach()
 
     def _r1_step(self, D: nn.Module, opt: torch.optim.Optimizer, real: Tensor) -> Tensor:
@@ -160,7 +160,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=(1, 2, 3)).mean()
         (penalty * (self.loss_cfg.r1_gamma / 2) * self.loss_cfg.r1_interval + logits.sum() * 0).backward()
-        opt.step()
+        self.amp.step(opt, scaled=False)
         return penalty.detach()
 
     @torch.no_grad()

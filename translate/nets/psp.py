@@ -25,7 +25,25 @@ COARSE, MEDIUM = 3, 7  # styles [0, 3) from the coarse map, [3, 7) from the medi
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1), group_norm(c_out), nn.LeakyReLU(0.2, True)]
+    conv = (StridedConv if stride > 1 else nn.Conv2d)(c_in, c_out, 3, stride, 1)
+    return [conv, group_norm(c_out), nn.LeakyReLU(0.2, True)]
+
+
+class StridedConv(nn.Conv2d):
+    """A 3x3 stride-2 conv (padding 1) that takes a 1x1 map as the 1x1 conv of its centre tap.
+
+    The style heads halve their map twice whatever its size, so at a 32x32 input (the shipped
+    recipe) the coarse heads convolve a 1x1 map, where the other eight taps only ever multiply
+    padding: the result is the same, and their gradient is zero. Computed as a 3x3 conv, torch
+    2.14.1's oneDNN weight-gradient kernel for native bf16 (CPUs with AVX512-BF16) leaves those
+    eight gradients unwritten, whatever the memory held (NaN, 1e37) in about half of all calls,
+    and Adam wrote it into the weights (tests/test_backbones.py). fp32, and bf16 emulated on AVX2,
+    are right; so is every other conv of every recipe (tests/test_contracts.py compares each)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] == (1, 1):
+            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
+        return super().forward(x)
 
 
 class StyleHead(nn.Module):
