@@ -82,7 +82,9 @@ TINY = [
     "model.ngf=4", "model.ndf=4", "model.nf=4", "model.z_dim=8", "model.w_dim=8", "model.mapping_layers=1",
     "model.fmap_base=32", "model.fmap_max=8", "model.channel_base=64", "model.channel_max=8",
 ]
-TINY_BY_RECIPE = {"pix2pix": ["data.load_size=256", "data.crop_size=256"]}  # unet_256 halves 8 times
+TINY_BY_RECIPE = {"pix2pix": ["data.load_size=256", "data.crop_size=256"],  # unet_256 halves 8 times
+                  "bicyclegan": ["data.load_size=128", "data.crop_size=128", "model.generator=bicycle_unet_128",
+                                 "model.discriminator=basic_128_multi", "model.nef=4"]}  # its 128 px nets
 
 
 def applicable(method: str, overrides: list[str]) -> list[str]:

@@ -266,8 +266,11 @@ def test_psp_head_conv_of_a_1x1_map_is_its_centre_tap():
 # --- BicycleGAN: several outputs per input ---------------------------------------------------------------
 
 def test_bicyclegan_rebuilds_and_draws_different_repeatable_samples(pairs4, tmp_path):
-    over = [f"data.path={pairs4}", "data.load_size=64", "data.crop_size=64", "model.ngf=8", "model.ndf=8",
-            "model.nef=8", "train.max_steps=40", "train.batch_size=2", *QUIET]
+    """BicycleGAN with a composed generator (the zoo's U-Net halves, z at the input): it learns, draws
+    different and repeatable samples, walks its code, and takes the code of an example (--style)."""
+    over = [f"data.path={pairs4}", "data.load_size=64", "data.crop_size=64", "model.encoder=unet",
+            "model.decoder=unet", "model.discriminator=basic_128_multi", "model.ngf=8", "model.ndf=8",
+            "model.nef=8", "train.max_steps=60", "train.batch_size=2", *QUIET]
     result = Trainer(load_recipe("pix2pix-vae", over), tmp_path / "run", quiet=True).fit()
     rows = log(tmp_path / "run")
     first, last = np.mean([r["G_L1"] for r in rows[:5]]), np.mean([r["G_L1"] for r in rows[-5:]])
@@ -301,6 +304,80 @@ def test_bicyclegan_rebuilds_and_draws_different_repeatable_samples(pairs4, tmp_
     assert res.exit_code == 0 and "2 row(s) of 5" in res.output, res.output
     w, h = Image.open(png).size
     assert w > h > 0
+
+    # --style: E's code of one example (a target, an outline) for every input; another example, others
+    examples = []
+    for i, pair in enumerate(sorted(shared("people2outline", "train").iterdir())[4:6]):
+        img = Image.open(pair)
+        examples.append(tmp_path / f"style{i}.png")
+        img.crop((img.width // 2, 0, img.width, img.height)).save(examples[-1])
+
+    def styled(example: Path, name: str) -> dict[str, np.ndarray]:
+        res = runner.invoke(app, ["run", str(inputs), str(tmp_path / name), "-w", str(result.weights), "--style",
+                                  str(example), "-q"])
+        assert res.exit_code == 0, res.output
+        return {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).iterdir())}
+
+    first, again, other = styled(examples[0], "style_a"), styled(examples[0], "style_b"), styled(examples[1], "style_c")
+    assert sorted(first) == sorted(p.name for p in inputs.iterdir())  # one output each, under its own name
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert all(np.abs(first[k].astype(int) - other[k].astype(int)).mean() > 0 for k in first)
+    one_line_error(["run", str(inputs), str(tmp_path / "x"), "-w", str(result.weights), "--style", str(examples[0]),
+                    "--samples", "2"], "--style gives one latent")
+    wf = read_weights(result.weights)
+    no_encoder = save_weights(tmp_path / "g.safetensors", {"G": wf.build("G")}, {"G": wf.arch["G"]})
+    one_line_error(["run", str(inputs), str(tmp_path / "y"), "-w", str(no_encoder), "--style", str(examples[0])],
+                   "--style needs the model's encoder E")
+    one_line_error(["run", str(inputs), str(tmp_path / "z"), "-w", str(result.weights), "--style",
+                    str(tmp_path / "nowhere.png")], "--style: cannot read")
+
+
+def test_bicyclegan_generator_exports_with_its_latent_and_bad_settings_are_one_line(pairs4, tmp_path):
+    """The default generator (the BicycleGAN code's, z at every level) exports as (image, z) ->
+    output; an odd batch, or a generator without a latent, is one line before anything trains."""
+    m = build("bicyclegan", ["model.generator=bicycle_unet_128", "model.discriminator=basic_128_multi",
+                             "data.crop_size=128", "model.ngf=4", "model.ndf=4", "model.nef=4"])
+    weights = save_weights(tmp_path / "w.safetensors", m.export(), {n: m.arch(n) for n in m.export_names})
+    assert read_weights(weights).nets == ["G", "E"]
+    res = runner.invoke(app, ["export", "-w", str(weights), "--format", "torchscript", "-o", str(tmp_path / "g.pt")])
+    assert res.exit_code == 0 and "inputs image, z" in res.output, res.output
+    traced = torch.jit.load(str(tmp_path / "g.pt"))
+    assert traced(torch.zeros(1, 3, 128, 256), torch.zeros(1, 8)).shape == (1, 3, 128, 256)
+    for sets, needle in ((["train.batch_size=3"], "train.batch_size 3 must be even for bicyclegan"),
+                         (["model.generator=unet_256"], "model.generator unet_256 takes no latent code")):
+        one_line_error(["train", "--recipe", "bicyclegan", "--data", str(pairs4), "--out", str(tmp_path / "run"),
+                        *[x for s in sets for x in ("--set", s)]], needle)
+
+
+def test_bicyclegan_checkpoints_import_with_their_encoder_and_wrong_files_are_one_line(tmp_path):
+    """State dicts in the BicycleGAN code's layout (ours is it, key for key; the official code's own
+    files: tests/test_parity_bicyclegan.py) import as they were built, norm none and the bilinear
+    upsampling included; a wrong pairing is one line."""
+    torch.manual_seed(0)
+    g = create_net("bicycle_unet_128", in_ch=1, out_ch=3, nz=5, ngf=4, norm="none", upsample="bilinear").eval()
+    e = create_net("e_resnet", in_ch=3, nz=5, nef=4, resolution=64, norm="batch").eval()
+    for name, net in (("G", g), ("E", e), ("E5", create_net("e_resnet", nz=6, nef=4, resolution=64))):
+        torch.save(net.state_dict(), tmp_path / f"latest_net_{name}.pth")
+    torch.save(create_net("unet_128", ngf=4).state_dict(), tmp_path / "pix2pix.pth")
+    out, g_file = tmp_path / "w.safetensors", str(tmp_path / "latest_net_G.pth")
+    res = runner.invoke(app, ["import", g_file, "--encoder", str(tmp_path / "latest_net_E.pth"), "--norm", "none",
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    wf = read_weights(out)
+    assert wf.arch["G"] == {"net": "bicycle_unet_128", "kwargs": {"in_ch": 1, "out_ch": 3, "nz": 5, "ngf": 4,
+                                                                  "dropout": False, "upsample": "bilinear",
+                                                                  "norm": "none"}}
+    assert wf.arch["E"] == {"net": "e_resnet", "kwargs": {"in_ch": 3, "nz": 5, "nef": 4, "resolution": 64,
+                                                          "norm": "batch"}}
+    x, z, b = torch.randn(1, 1, 128, 128), torch.randn(1, 5), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(wf.build("G")(x, z), g(x, z))
+        assert all(torch.equal(a, c) for a, c in zip(wf.build("E")(b), e(b), strict=True))
+    for args, needle in (([str(tmp_path / "pix2pix.pth"), "--encoder", g_file], "--encoder is for BicycleGAN"),
+                         ([g_file, "--encoder", g_file], "does not look like the BicycleGAN code's encoder E"),
+                         ([g_file, "--encoder", str(tmp_path / "latest_net_E5.pth")], "not its encoder"),
+                         ([g_file, "--norm", "batch"], "norm 'batch' contradicts the checkpoint")):
+        one_line_error(["import", *args, "-o", str(tmp_path / "x.safetensors")], needle)
 
 
 # --- a new backbone is its own definition ----------------------------------------------------------------
@@ -366,7 +443,8 @@ def test_psp_with_a_frozen_decoder_and_bicyclegan_train_with_two_processes(pairs
     tiny = ["data.load_size=32", "data.crop_size=32", "model.ngf=4", "train.max_steps=2", "train.batch_size=1",
             "data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.device=cpu"]
     runs = {"psp": [f"model.init_decoder={sg}", "data.channels=3", "model.input_nc=3", "model.output_nc=3"],
-            "bicyclegan": ["model.ndf=4", "model.nef=4"]}
+            "bicyclegan": ["model.ndf=4", "model.nef=4", "train.batch_size=2", "model.encoder=unet",
+                           "model.decoder=unet", "model.discriminator=basic_128_multi"]}
     for recipe, extra in runs.items():
         sets = [f"--set={s}" for s in [*tiny, *extra]]
         cmd = [sys.executable, "-m", "translate", "train", "--devices=2", f"--recipe={recipe}", f"--data={pairs4}",

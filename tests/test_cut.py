@@ -8,10 +8,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from conftest import shared
+from peers import seed_flipping
+from PIL import Image
+from typer.testing import CliRunner
 
 from translate.checkpoints import read_weights
+from translate.cli import app
 from translate.devices import Precision
 from translate.losses import patch_nce
 from translate.methods import get_method
@@ -31,8 +38,8 @@ def test_patch_nce_is_about_log_p_for_random_embeddings():
     q = F.normalize(torch.randn(4, 256, 256, generator=g), dim=-1)
     k = F.normalize(torch.randn(4, 256, 256, generator=g), dim=-1)
     sigma2 = 1 / (256 * 0.07**2)  # the variance of q.k / t for random unit vectors in 256 dimensions
-    assert abs(float(patch_nce(q, k)) - (math.log(256) + sigma2 / 2)) < 0.15
-    assert float(patch_nce(k, k)) < 0.1 * math.log(256)
+    assert abs(float(patch_nce(q, k).mean()) - (math.log(256) + sigma2 / 2)) < 0.15
+    assert float(patch_nce(k, k).mean()) < 0.1 * math.log(256)
 
 
 def test_identity_has_lower_nce_than_a_random_mapping(h2z4):
@@ -73,25 +80,114 @@ def test_fastcut_trains_with_two_processes(h2z4, tmp_path):
     assert "NCE_Y" not in log[-1] and math.isfinite(log[-1]["NCE"])
 
 
-def test_import_takes_cut_generators_of_the_reference_layout(tmp_path):
-    """The CUT code saves its generator's state dict with the reference's keys (trained with
-    --no_antialias --no_antialias_up): it imports with the same outputs; its anti-aliased default is a
-    one-line error."""
-    from typer.testing import CliRunner
+@pytest.mark.parametrize("antialias,antialias_up", [(True, True), (True, False), (False, False)])
+def test_import_takes_the_cut_codes_generators(antialias, antialias_up, tmp_path):
+    """Generators the CUT code built (its default anti-aliased layout, --no_antialias_up, and both off:
+    the reference's layout), saved as it saves them on a GPU and on a CPU (``module.`` keys):
+    `translate import` reads them, and our net computes what theirs does."""
+    from peers import official
 
-    from translate.cli import app
-    from translate.nets import init_weights
-    from translate.registry import create_net
+    with official("cut-ref"):
+        from models import networks
 
-    torch.manual_seed(0)
-    net = init_weights(create_net("resnet_9blocks", ngf=8)).eval()
-    torch.save(net.state_dict(), tmp_path / "latest_net_G.pth")
-    runner = CliRunner()
-    res = runner.invoke(app, ["import", str(tmp_path / "latest_net_G.pth"), "-o", str(tmp_path / "g.safetensors")])
-    assert res.exit_code == 0, res.output
+        torch.manual_seed(0)
+        theirs = networks.define_G(3, 3, 8, "resnet_6blocks", "instance", False, "xavier", 0.02,
+                                   no_antialias=not antialias, no_antialias_up=not antialias_up).eval()
+    plain, wrapped = tmp_path / "latest_net_G.pth", tmp_path / "cpu_net_G.pth"
+    torch.save(theirs.state_dict(), plain)
+    torch.save({f"module.{k}": v for k, v in theirs.state_dict().items()}, wrapped)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(read_weights(tmp_path / "g.safetensors").build("G")(x), net(x), rtol=0, atol=1e-6)
-    torch.save({**net.state_dict(), "model.7.filt": torch.ones(128, 1, 3, 3)}, tmp_path / "aa.pth")
-    res = runner.invoke(app, ["import", str(tmp_path / "aa.pth"), "-o", str(tmp_path / "aa.safetensors")])
-    assert res.exit_code == 1 and "anti-aliased" in res.output and "--no_antialias" in res.output
+        want = theirs(x)
+    for ckpt in (plain, wrapped):
+        out = tmp_path / f"{ckpt.stem}.safetensors"
+        res = CliRunner().invoke(app, ["import", str(ckpt), "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert ("anti-aliased" in res.output) == antialias, res.output
+        with torch.no_grad():
+            torch.testing.assert_close(read_weights(out).build("G")(x), want, rtol=0, atol=1e-6)
+
+
+def test_imported_cut_generator_runs_as_the_cut_codes_test_py(tmp_path):
+    """The CUT code's default generator saved by the CUT code, its own test.py on 3 horse photos, and
+    `translate import` + `translate run` on the same photos: the same images (>= 40 dB; the CUT code
+    truncates to 8 bits where we round)."""
+    from peers import official, run_official
+
+    data = tmp_path / "h2z"
+    for split in ("testA", "testB", "trainA", "trainB"):  # its test.py opens the training set too
+        (data / split).mkdir(parents=True)
+        for f in sorted(shared("horse2zebra", "testA").iterdir())[:3]:
+            Image.open(f).convert("RGB").resize((64, 64), Image.BICUBIC).save(data / split / f"{f.stem}.png")
+    with official("cut-ref"):
+        from models import networks
+
+        torch.manual_seed(0)
+        theirs = networks.define_G(3, 3, 16, "resnet_9blocks", "instance", False, "xavier", 0.02)
+    (tmp_path / "ck" / "h2z").mkdir(parents=True)
+    torch.save(theirs.state_dict(), tmp_path / "ck" / "h2z" / "latest_net_G.pth")
+    ck, results = tmp_path / "ck", tmp_path / "res"
+    run_official("cut-ref", "test.py", ["--dataroot", str(data), "--name", "h2z", "--CUT_mode", "CUT", "--ngf", "16",
+                                        "--checkpoints_dir", str(ck), "--results_dir", str(results), "--gpu_ids", "-1",
+                                        "--load_size", "64", "--crop_size", "64", "--num_test", "3"])
+    res = CliRunner().invoke(app, ["import", str(tmp_path / "ck" / "h2z" / "latest_net_G.pth"), "-o",
+                                   str(tmp_path / "g.safetensors")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["run", str(data / "testA"), str(tmp_path / "ours"), "-w",
+                                   str(tmp_path / "g.safetensors"), "--format", "png", "-q"])
+    assert res.exit_code == 0, res.output
+    official_out = results / "h2z" / "test_latest" / "images" / "fake_B"
+    for f in sorted((data / "testA").iterdir()):
+        a = np.asarray(Image.open(official_out / f.name), dtype=np.float64)
+        b = np.asarray(Image.open(tmp_path / "ours" / f.name), dtype=np.float64)
+        assert a.shape == b.shape == (64, 64, 3)
+        psnr = 10 * np.log10(255**2 / max(np.mean((a - b) ** 2), 1e-12))
+        print(f"{f.name}: {psnr:.1f} dB")
+        assert psnr >= 40, (f.name, psnr)
+
+
+def test_cut_loads_whole_images_in_the_decay_epochs(h2z4):
+    """As the CUT code's fine-tuning phase: resize-and-crop while the learning rate is constant, then
+    whole images resized to crop_size (data.whole_in_decay, on in the cut and fastcut recipes)."""
+    from pathlib import Path
+
+    recipe = load_recipe("cut", [f"data.path={h2z4}", *SMALL, "data.load_size=72", "train.epochs=1",
+                                 "train.epochs_decay=1"])
+    assert recipe.data.whole_in_decay
+    trainer = Trainer(recipe, Path("unused"), quiet=True)
+    sizes = []
+    for epoch in (0, 1):
+        trainer.epoch = epoch
+        batch = next(trainer._epoch_batches())
+        sizes.append((trainer.dataset[0]["A"].shape[-1], batch["A"].shape[-1]))
+    assert sizes == [(72, 64), (64, 64)]
+
+
+def test_fastcut_flipped_step_has_the_nce_of_an_unflipped_one_for_a_copying_generator(h2z4, monkeypatch):
+    """FastCUT flips only G's input and compares G's output, flipped back, with the unflipped input:
+    for a generator that copies its input (and features that commute with a mirror: the padded
+    input and a stride-1 conv of mirror-symmetric weights), a flipped step's NCE is an unflipped
+    step's. (Flipping the input itself, as this code once did, paired each patch with its mirror.)"""
+    torch.manual_seed(0)
+    recipe = load_recipe("fastcut", [f"data.path={h2z4}", *SMALL, "model.nce_layers=[0, 4]", "train.lr=0"])
+    method = get_method("cut")(recipe, CPU, Precision("fp32", CPU))
+    G, F_ = method.nets["G"], method.nets["F"]
+    with torch.no_grad():
+        for i in (1, 4):
+            G.model[i].weight.copy_((G.model[i].weight + G.model[i].weight.flip(-1)) / 2)
+    net_forward, heads_forward, ids = G.forward, F_.forward, []
+    monkeypatch.setattr(G, "forward", lambda x, layers=None: x if layers is None else net_forward(x, layers))
+    monkeypatch.setattr(F_, "forward", lambda feats, n, given=None: heads_forward(feats, n, given or ids or None))
+    from translate.data import open_dataset
+
+    ds = open_dataset(recipe.data, "unpaired")
+    batch = {k: torch.stack([ds[0][k]]).float()[..., :64, :64] / 127.5 - 1 for k in ("A", "B")}
+    ids[:] = F_(G(batch["A"], layers=[0, 4]), 64, None)[1]  # the same positions in every call
+    nce = {}
+    for flipped in (False, True):
+        torch.manual_seed(seed_flipping(flipped))
+        nce[flipped] = float(method.train_step(batch)["NCE"])
+    assert nce[True] == pytest.approx(nce[False], rel=1e-6), nce
+    a, mirrored = batch["A"], batch["A"].flip(3)
+    with torch.no_grad():  # the old pairing: keys from the flipped input
+        assert float(method.nce(mirrored, mirrored, True)) > 1.2 * float(method.nce(a, mirrored, True))

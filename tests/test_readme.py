@@ -180,6 +180,9 @@ def workspace(tmp_path) -> Path:
                ws / "latest_net_G_A.pth")
     torch.save(init_weights(create_net("unet_256", ngf=8, norm="batch", dropout=True)).state_dict(),
                ws / "latest_net_G.pth")
+    (ws / "checkpoints" / "h2z_cut").mkdir(parents=True)  # the CUT code's default, anti-aliased generator
+    torch.save(init_weights(create_net("resnet_9blocks", ngf=8, antialias=True, antialias_up=True)).state_dict(),
+               ws / "checkpoints" / "h2z_cut" / "latest_net_G.pth")
     return ws
 
 

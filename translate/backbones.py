@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from translate.methods.base import TranslatorModel
 
 PARTS = ("encoder", "decoder")
+ANTIALIAS = ("antialias", "antialias_up")  # model options a generator may take (the CUT code's layout)
 DATA_KEYS = {"channels": "image channels", "in_ch": "input channels", "out_ch": "output channels",
              "resolution": "resolution"}  # options the data fixes; the rest (widths, code sizes) the file decides
 
@@ -49,9 +50,19 @@ def pairs_text() -> str:
 def compose(cfg: TranslatorModel, in_ch: int, out_ch: int, size: int, nz: int = 0) -> Composition:
     """What to build for a recipe's ``model`` section."""
     encoder, decoder = cfg.encoder, cfg.decoder
+    antialias = {k: True for k in ANTIALIAS if getattr(cfg, k, False)}  # (kwargs of nets without them unchanged)
     if not encoder and not decoder:
-        kwargs = {"in_ch": in_ch + nz, "out_ch": out_ch, "ngf": cfg.ngf, "norm": cfg.norm, "dropout": cfg.dropout}
+        for k in antialias:
+            if not NETS.accepts(cfg.generator, k):
+                has = [n for n in NETS.names(role="translator", composite=False) if NETS.accepts(n, k)]
+                raise TranslateError(f"model.{k} needs a generator that has it ({', '.join(has)}); "
+                                     f"model.generator {cfg.generator} has not")
+        latent = _latent(cfg.generator, nz)
+        kwargs = {"in_ch": in_ch, "out_ch": out_ch, "ngf": cfg.ngf, "norm": cfg.norm, "dropout": cfg.dropout,
+                  **latent, **antialias}
         return Composition({"net": cfg.generator, "kwargs": kwargs})
+    if antialias:
+        raise TranslateError(f"model.{next(iter(antialias))} is for model.generator; composed halves do not take it")
     if not encoder or not decoder:
         raise TranslateError(f"model.encoder and model.decoder go together (set both, or neither to use "
                              f"model.generator); pairs that fit: {pairs_text()}")
@@ -77,6 +88,18 @@ def compose(cfg: TranslatorModel, in_ch: int, out_ch: int, size: int, nz: int = 
         specs[role] = {"net": name, "kwargs": kwargs}
         ctx[role] = kwargs
     return Composition({"net": "composed", "kwargs": {**specs, "nz": nz}}, states)
+
+
+def _latent(generator: str, nz: int) -> dict[str, int]:
+    """The generator's latent kwarg: its size ``nz`` for a net that takes one (its own ``nz`` kwarg),
+    nothing for one that does not, which a model with a latent (BicycleGAN) cannot use."""
+    if NETS.info(generator).latent:
+        return {"nz": nz}
+    if nz:
+        has = [n for n in NETS.names(role="translator") if NETS.info(n).latent]
+        raise TranslateError(f"model.generator {generator} takes no latent code; this model needs one that does "
+                             f"({', '.join(has)}), or model.encoder + model.decoder (z tiled at the input)")
+    return {}
 
 
 def _from_file(path: Path, role: str, name: str, needed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:

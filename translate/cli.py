@@ -138,14 +138,18 @@ def _size(n: int) -> str:
 
 @command("import")
 def import_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="The reference's latest_net_G*.pth state dict.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A latest_net_G*.pth state dict of the reference, the CUT "
+                                               "code or the BicycleGAN code.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
     arch: Annotated[str | None, typer.Option("--arch", help="resnet_9blocks | resnet_6blocks | unet_128 | "
-                                             "unet_256 (default: read from the tensors).")] = None,
+                                             "unet_256 | bicycle_unet_128 | bicycle_unet_256 (default: read "
+                                             "from the tensors).")] = None,
     norm: Annotated[str | None, typer.Option("--norm", help="instance | batch | none (default: read from "
                                              "the tensors).")] = None,
+    encoder: Annotated[Path | None, typer.Option("--encoder", help="BicycleGAN: its latest_net_E.pth too, for "
+                                                 "`translate run --style`.")] = None,
 ) -> None:
-    """Convert a pytorch-CycleGAN-and-pix2pix generator checkpoint to our safetensors weights.
+    """Convert a pytorch-CycleGAN-and-pix2pix, CUT or BicycleGAN generator checkpoint to our safetensors weights.
 
     The file is read with torch.load(weights_only=True): nothing in it is unpickled as code.
     """
@@ -153,9 +157,21 @@ def import_cmd(
     from translate.reference import import_reference
 
     net, spec = import_reference(checkpoint, arch=arch, norm=norm)
-    save_weights(output, {"G": net}, {"G": spec}, "", {"source": f"reference:{checkpoint.name}"})
+    nets, specs = {"G": net}, {"G": spec}
+    if encoder is not None:
+        from translate.reference import import_encoder
+
+        nets["E"], specs["E"] = import_encoder(encoder, spec)
+    save_weights(output, nets, specs, "", {"source": f"reference:{checkpoint.name}"})
     k = spec["kwargs"]
-    say(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}{' dropout' if k.get('dropout') else ''}")
+    extras = [what for key, what in (("dropout", "dropout"), ("antialias", "anti-aliased down"),
+                                     ("antialias_up", "anti-aliased up")) if k.get(key)]
+    if "nz" in k:
+        extras.append(f"latent {k['nz']}")
+    if "E" in specs:
+        extras.append(f"encoder {specs['E']['net']} at {specs['E']['kwargs']['resolution']}x"
+                      f"{specs['E']['kwargs']['resolution']}")
+    say(f"wrote {output}: {spec['net']} ngf {k['ngf']} norm {k['norm']}{''.join(', ' + e for e in extras)}")
 
 
 @command("run")
@@ -193,6 +209,9 @@ def run_cmd(
                                          "(models with a latent code: bicyclegan).", min=1)] = RunOptions.samples,
     seed: Annotated[int | None, typer.Option(help="Seed of the latents: the same seed gives the same files "
                                              "(default: z = 0 for one sample, seed 0 for more).")] = RunOptions.seed,
+    style: Annotated[Path | None, typer.Option(help="An example output image: its code (BicycleGAN's encoder) is "
+                                               "the latent of every input, instead of z = 0 or --samples.")
+                     ] = RunOptions.style,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """Translate every image under IN into the same tree under OUT.
@@ -207,7 +226,7 @@ def run_cmd(
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
                       batch_size=batch_size, precision=precision, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
-                      device=device, samples=samples, seed=seed)
+                      device=device, samples=samples, seed=seed, style=style)
     with Progress(err, quiet=quiet) as progress:
         summary = run(in_dir, out_dir, opts, progress=progress)
     from translate.devices import is_main_process

@@ -158,8 +158,9 @@ class Precision:
         with torch.autocast(self.device.type, dtype=DTYPES[self.name]):
             yield
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """``retain_graph``: another backward through the same graph follows (BicycleGAN's latent loss)."""
+        (self.scaler.scale(loss) if self.scaler else loss).backward(retain_graph=retain_graph)
 
     def step(self, optimizer: torch.optim.Optimizer, scaled: bool = True) -> None:
         """``optimizer.step()``, noting whether its gradients were all finite (on the device: no wait).

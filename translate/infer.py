@@ -227,7 +227,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     dist = init_distributed(device)
     precision = resolve_precision(opts.precision, device)
     tr, multiple, _ = load_translator(opts.weights, opts.direction, device, precision, opts.compile)
-    zs = latents(tr, opts.samples, opts.seed)
+    zs = latents(tr, opts.samples, opts.seed, opts.style)
     start = time.perf_counter()
     if opts.batch_size is None:
         opts = dataclasses.replace(opts, batch_size=16 if device.type == "cuda" else 1)

@@ -89,10 +89,16 @@ class ImagePool:
 
 def patch_nce(q: Tensor, k: Tensor, t: float = 0.07) -> Tensor:
     """PatchNCE (Park et al. 2020): ``q`` and ``k`` are (N, P, D) unit vectors of the same P positions in
-    an output and its input. Each query's positive is its own key; the other P - 1 keys of the same image
-    are its negatives. Cross-entropy of picking the positive, temperature ``t``, mean over queries.
-    (The CUT code scores the positive once more, masked with -10 / t among the negatives: a difference
-    of e^-142.) Random unit vectors give about log P."""
-    logits = torch.bmm(q.float(), k.float().transpose(1, 2)) / t  # (N, P, P): row i, column i is the positive
-    target = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    an output and its input. Each query's positive is its own key; the other P - 1 keys of the same
+    image are its negatives. Returns each query's cross-entropy of picking the positive, temperature
+    ``t`` (N * P values; their mean is the loss). Laid out as the CUT code's PatchNCELoss: the
+    positive's logit first, then all P keys with the query's own masked to -10 (a weight of
+    e^(-10/t), nil), and no gradient through the keys: they are targets. Random unit vectors give
+    about log P."""
+    k = k.detach()
+    n, p, _ = q.shape
+    pos = torch.bmm(q.reshape(n * p, 1, -1), k.reshape(n * p, -1, 1)).reshape(n * p, 1)
+    neg = torch.bmm(q, k.transpose(1, 2))  # (N, P, P)
+    neg = neg.masked_fill(torch.eye(p, dtype=torch.bool, device=q.device)[None], -10.0).reshape(n * p, p)
+    logits = torch.cat([pos, neg], 1) / t
+    return F.cross_entropy(logits, torch.zeros(n * p, dtype=torch.long, device=q.device), reduction="none")

@@ -30,3 +30,4 @@ class RunOptions:
     device: str = "auto"
     samples: int = 1  # translations per input, from as many latents (models with one: BicycleGAN)
     seed: int | None = None  # of the latents; None: z = 0 (the prior's mean) for one sample, seed 0 for more
+    style: Path | None = None  # an example image: its code (BicycleGAN's E) is every input's latent

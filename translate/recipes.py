@@ -75,6 +75,9 @@ class DataConfig:
     max_dataset_size: int = at_least(0, 0)  # 0: no limit
     degrade: str = choice("none", "none", "downsample4", "downsample8", "mask_half")  # pairs from single images
     positive: str = ""  # classifiers (dbvae): the positive class's subfolder; "" the first in sorted order
+    # In the learning-rate decay epochs, resize straight to crop_size: whole images, no random crops
+    # (the CUT code's fine-tuning phase; its unaligned dataset does so after n_epochs).
+    whole_in_decay: bool = False
 
     def validate(self) -> None:
         if self.preprocess in ("resize_and_crop", "scale_width_and_crop") and self.load_size < self.crop_size:

@@ -1,9 +1,11 @@
-"""Import generators trained with the reference code (junyanz/pytorch-CycleGAN-and-pix2pix).
+"""Import generators trained with the reference code (junyanz/pytorch-CycleGAN-and-pix2pix) and
+with the CUT code (taesungp/contrastive-unpaired-translation), whose ResNet generator is the
+reference's, anti-aliased by default.
 
-The reference saves ``latest_net_G*.pth`` as a bare state dict. Our networks share its module
-layout, so importing is: read the file safely, work out which architecture the tensors describe,
-build that network and load the tensors under their own names. Only ``torch.load(...,
-weights_only=True)`` is used, so a checkpoint can never run code on load.
+Both save ``latest_net_G*.pth`` as a bare state dict. Our networks share their module layout, so
+importing is: read the file safely, work out which architecture the tensors describe, build that
+network and load the tensors under their own names. Only ``torch.load(..., weights_only=True)`` is
+used, so a checkpoint can never run code on load.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 MAX_LISTED_KEYS = 20
 
 _RESNET_BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
+_BLUR_KEY = re.compile(r"^model\.(\d+)\.filt$")  # the CUT code's anti-aliasing filters
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -90,7 +93,9 @@ def detect_arch(sd: dict[str, Tensor], arch: str | None = None, norm: str | None
         raise TranslateError(
             f"arch {arch!r} is not a reference generator; choose from: {', '.join(generators)}"
         )
-    if "model.model.0.weight" in sd:
+    if "model.down.0.weight" in sd:  # the BicycleGAN code's generator
+        spec, found_norm = _detect_bicycle_unet(sd, norm)
+    elif "model.model.0.weight" in sd:
         spec = _detect_unet(sd)
         found_norm = _detect_norm(sd, first_conv="model.model.0", first_norm="model.model.1.model.2")
     elif any(_RESNET_BLOCK_KEY.match(k) for k in sd) or "model.1.weight" in sd:
@@ -119,10 +124,18 @@ def _shape(sd: dict[str, Tensor], key: str) -> tuple[int, ...]:
 
 
 def _detect_resnet(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """The reference's ResNet generator, or the CUT code's: its anti-aliased downsamplings (a blur
+    buffer ``filt`` after each of the two down convs, the CUT code's default) push the blocks from
+    index 10 to 12; its anti-aliased upsamplings (``filt`` before each up conv) lengthen the tail."""
     blocks = sorted({int(m.group(1)) for k in sd if (m := _RESNET_BLOCK_KEY.match(k))})
     n_blocks = len(blocks)
-    # Stem (indices 0-3) and two downsamplings (4-9) come first, so blocks start at 10.
-    if blocks != list(range(10, 10 + n_blocks)):
+    blurs = sorted({int(m.group(1)) for k in sd if (m := _BLUR_KEY.match(k))})
+    first = blocks[0] if blocks else 10
+    antialias = any(i < first for i in blurs)
+    antialias_up = any(i > first for i in blurs)
+    # Stem (indices 0-3) and two downsamplings (3 slots each, 4 anti-aliased) come first.
+    start = 12 if antialias else 10
+    if blocks != list(range(start, start + n_blocks)):
         raise TranslateError(f"the checkpoint's resnet blocks sit at unexpected indices {blocks}")
     if n_blocks not in RESNET_BLOCKS:
         raise TranslateError(
@@ -130,13 +143,14 @@ def _detect_resnet(sd: dict[str, Tensor]) -> dict[str, Any]:
             f"only {', '.join(map(str, RESNET_BLOCKS))} are supported"
         )
     ngf, in_ch = _shape(sd, "model.1.weight")[:2]
-    # After the blocks: 2 x (convT, norm, relu), then pad, the output conv, tanh.
-    out_ch = _shape(sd, f"model.{10 + n_blocks + 7}.weight")[0]
+    # After the blocks: 2 x (convT, norm, relu) or 2 x (blur, conv, norm, relu), then pad, the output conv, tanh.
+    out_ch = _shape(sd, f"model.{start + n_blocks + (8 if antialias_up else 6) + 1}.weight")[0]
     # Dropout sits between the two convs of a block and pushes the second one from 5 to 6. Without
     # dropout, slot 6 may still hold a (1-D) batch-norm weight, so look for a conv's 4-D one.
-    second = sd.get("model.10.conv_block.6.weight")
+    second = sd.get(f"model.{start}.conv_block.6.weight")
     dropout = second is not None and second.dim() == 4
     kwargs = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "dropout": dropout}
+    kwargs.update({k: True for k, on in (("antialias", antialias), ("antialias_up", antialias_up)) if on})
     return {"net": RESNET_BLOCKS[n_blocks], "kwargs": kwargs}
 
 
@@ -180,10 +194,6 @@ def import_reference(
     """
     name = os.fspath(path)
     sd = load_reference_state_dict(name)
-    if any(k.endswith(".filt") for k in sd):
-        raise TranslateError(f"{name}: a generator with anti-aliased down/upsampling (its blur 'filt' buffers: the "
-                             "CUT code's default); the reference's layout imports, e.g. CUT trained with "
-                             "--no_antialias --no_antialias_up")
     spec = detect_arch(sd, arch=arch, norm=norm)
     net: nn.Module = create_net(spec["net"], **spec["kwargs"])
     mapped = _map_keys(sd, net)
@@ -241,3 +251,70 @@ def _list_keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_LISTED_KEYS])
     more = len(keys) - MAX_LISTED_KEYS
     return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+# --------------------------------------------------------------------------------------------- BicycleGAN
+# The BicycleGAN code (junyanz/BicycleGAN) saves latest_net_G.pth and latest_net_E.pth as bare state
+# dicts of its G_Unet_add_all and E_ResNet; translate/nets/bicyclegan.py has their layout.
+
+BICYCLE_DEPTHS = {7: "bicycle_unet_128", 8: "bicycle_unet_256"}
+
+
+def _detect_bicycle_unet(sd: dict[str, Tensor], norm: str | None) -> tuple[dict[str, Any], str]:
+    """The BicycleGAN code's generator (z at every level): its levels nest as ``submodule``, its first
+    down conv takes the image and z, the innermost one 8 ngf and z. Every conv there has a bias
+    whatever the norm, so instance norm and none look alike (neither has parameters): ``norm`` says
+    which, instance (the code's default) when not given. Its activation (--nl) has no parameters
+    either: relu, the default; dropout is off at inference anyway."""
+    depth, inner = 1, "model."
+    while f"{inner}submodule.down.1.weight" in sd:
+        depth, inner = depth + 1, inner + "submodule."
+    if depth not in BICYCLE_DEPTHS:
+        raise TranslateError(f"the checkpoint holds a BicycleGAN U-Net with {depth} levels; only "
+                             f"{', '.join(map(str, BICYCLE_DEPTHS))} (its unet_128, unet_256) are supported")
+    ngf, in_and_z = _shape(sd, "model.down.0.weight")[:2]
+    nz = _shape(sd, f"{inner}down.1.weight")[1] - 8 * ngf
+    bilinear = "model.up.3.weight" in sd  # (Upsample, ReflectionPad2d, Conv2d) instead of a ConvTranspose2d
+    out_ch = _shape(sd, "model.up.3.weight")[0] if bilinear else _shape(sd, "model.up.1.weight")[1]
+    # Batch norm has an affine weight (the second level's down norm); instance and none have nothing.
+    found = "batch" if "model.submodule.down.2.weight" in sd else norm if norm in ("instance", "none") else "instance"
+    kwargs = {"in_ch": in_and_z - nz, "out_ch": out_ch, "nz": nz, "ngf": ngf, "dropout": False,
+              **({"upsample": "bilinear"} if bilinear else {})}
+    return {"net": BICYCLE_DEPTHS[depth], "kwargs": kwargs}, found
+
+
+def import_encoder(path: str | os.PathLike[str], generator: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """BicycleGAN's encoder E (the code's ``latest_net_E.pth``) for the imported ``generator`` spec:
+    our ``e_resnet``, its depth (so its resolution, 8 x 2^depth) and norm read from the tensors,
+    checked against the generator (its code size, E's channels those of G's output)."""
+    name = os.fspath(path)
+    g = generator["kwargs"]
+    if not NETS.info(generator["net"]).latent:
+        raise TranslateError(f"--encoder is for BicycleGAN generators; {generator['net']} takes no latent code")
+    sd = load_reference_state_dict(name)
+    if not {"fc.0.weight", "fcVar.0.weight", "conv.0.weight"} <= set(sd):
+        raise TranslateError(f"{name} does not look like the BicycleGAN code's encoder E (E_ResNet: fc, fcVar and "
+                             f"conv keys; first key: {next(iter(sd))!r})")
+    blocks = sum(f"conv.{i}.shortcut.1.weight" in sd for i in range(1, 64))
+    nef, in_ch = _shape(sd, "conv.0.weight")[:2]
+    nz = _shape(sd, "fc.0.weight")[0]
+    if "conv.1.conv.0.weight" in sd:  # a block's first layer: its norm, with an affine weight for batch norm
+        norm = "batch"
+    else:
+        second = sd.get("conv.1.conv.1.weight")  # without a norm, the block's first conv moves up to 1
+        norm = "none" if second is not None and second.dim() == 4 else "instance"
+    if nz != g["nz"] or in_ch != g["out_ch"]:
+        raise TranslateError(f"{name} encodes {in_ch}-channel images to {nz} numbers; the generator "
+                             f"takes {g['nz']} and makes {g['out_ch']}-channel images: not its encoder")
+    spec = {"net": "e_resnet", "kwargs": {"in_ch": in_ch, "nz": nz, "nef": nef, "resolution": 8 * 2 ** (blocks + 1),
+                                          "norm": norm}}
+    net: nn.Module = create_net(spec["net"], **spec["kwargs"])
+    mapped = _map_keys(sd, net)
+    expected = net.state_dict()
+    wrong = [k for k in expected if k not in mapped or mapped[k].shape != expected[k].shape]
+    extra = [k for k in mapped if k not in expected]
+    if wrong or extra:
+        raise TranslateError(f"{name} does not fit {spec['net']} {spec['kwargs']}: "
+                             f"{_list_keys(wrong + extra)}")
+    net.load_state_dict(mapped, strict=True)
+    return net.eval(), spec

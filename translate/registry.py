@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ ROLES = {
     "encoder": "image -> code, the first half of a composed translator",
     "decoder": "code -> image, the second half of a composed translator",
     "head": "features -> embeddings, a method's helper (CUT's projection heads)",
+    "style_encoder": "image -> the latent code a multimodal translator takes (BicycleGAN's E)",
 }
 
 CODES = {
@@ -101,6 +103,7 @@ class NetInfo:
     source: tuple[str, str, str] | None = None  # (zoo net, key prefix, recipe): weights it can start from
     parts: tuple[str, ...] = ()  # kwargs that are themselves net specs ({"net": ..., "kwargs": ...})
     recipe_init: bool = True  # model.init_type applies (False: it initialises itself, as StyleGAN2's)
+    latent: bool = False  # translators: forward(x, z) takes a latent z of size kwargs["nz"] beside the image
 
 
 class NetRegistry(Registry[Callable[..., Any]]):
@@ -152,6 +155,10 @@ class NetRegistry(Registry[Callable[..., Any]]):
                       if (role is None or i.role == role) and (family is None or i.family == family)
                       and (reference is None or i.reference == reference)
                       and (composite is None or bool(i.parts) == composite))
+
+    def accepts(self, name: str, option: str) -> bool:
+        """Whether the builder of ``name`` takes keyword ``option`` (e.g. ``antialias``)."""
+        return option in inspect.signature(self.get(name)).parameters
 
     def short_names(self, role: str) -> list[str]:
         """Encoders or decoders as a recipe names them: ``psp`` for ``psp_encoder``."""

@@ -457,6 +457,10 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self.epoch
+        data = self.recipe.data
+        if data.whole_in_decay and hasattr(self.dataset, "cfg"):  # read by the workers this epoch starts
+            decaying = self.epoch >= self.recipe.train.epochs
+            self.dataset.cfg = dataclasses.replace(data, load_size=data.crop_size) if decaying else data
         cuda = self.device.type == "cuda"
         with blocked():  # workers start here
             raws = iter(self._loader())

@@ -22,7 +22,7 @@ from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
 from translate.devices import DTYPES
 from translate.errors import TranslateError
-from translate.images import LUMA, to_signed, to_u8
+from translate.images import LUMA, read_rgb, resize_u8, to_gray, to_signed, to_u8
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
 
@@ -81,13 +81,15 @@ class Translator:
     What the net's weights fix is met here, so callers pass any RGB batch: ``resolution`` (a net that
     works at one size, as a StyleGAN2 decoder): images are resized to it and the outputs back;
     ``in_ch`` / ``out_ch`` 1: grayscale in (ITU-R 601 luma, as training's), gray repeated out;
-    ``nz`` > 0: the net takes a latent z (BicycleGAN), zeros unless one is given.
+    ``nz`` > 0: the net takes a latent z (BicycleGAN), zeros unless one is given; ``encoder``: the
+    net that gives an example image's z (BicycleGAN's E, for ``--style``), kept in fp32.
     """
 
     def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
                  channels_last: bool = False, winograd: bool | None = None, resolution: int | None = None,
-                 in_ch: int = 3, out_ch: int = 3) -> None:
+                 in_ch: int = 3, out_ch: int = 3, encoder: nn.Module | None = None) -> None:
         self.device, self.precision = device, precision
+        self.encoder = encoder.to(device).eval().requires_grad_(False) if encoder is not None else None
         self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
         self.nz = int(getattr(net, "nz", 0))
         self.dtype = DTYPES[precision]
@@ -140,14 +142,29 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     net = wf.build(name)
     multiple, fixed = input_size(wf.arch[name])
     in_ch, out_ch = io_channels(wf.arch[name])
-    tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch, **prepare)
+    tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
+                    encoder=_style_encoder(wf), **prepare)
     return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
 
 
-def latents(tr: Translator, samples: int, seed: int | None) -> list[Tensor | None]:
+def _style_encoder(wf: WeightsFile) -> nn.Module | None:
+    """The weights' encoder of example images (BicycleGAN's E), if they carry one."""
+    from translate.registry import NETS
+
+    names = [n for n in wf.nets if wf.arch[n]["net"] in NETS and NETS.info(wf.arch[n]["net"]).role == "style_encoder"]
+    return wf.build(names[0]) if names else None
+
+
+def latents(tr: Translator, samples: int, seed: int | None, style: Path | None = None) -> list[Tensor | None]:
     """One latent per output of each image: the same ``samples`` latents for every image, so the
     k-th outputs share a style and a rerun with the seed gives the same files. One sample without a
-    seed: z = 0, the prior's mean. A model without a latent: [None]."""
+    seed: z = 0, the prior's mean. ``style``: the one latent of that example image (:func:`style_code`).
+    A model without a latent: [None]."""
+    if style is not None:
+        if samples > 1 or seed is not None:
+            raise TranslateError("--style gives one latent, the example's code: drop --samples and --seed "
+                                 "(or drop --style to draw latents)")
+        return [style_code(tr, style)]
     if not tr.nz:
         if samples > 1 or seed is not None:
             raise TranslateError(f"--samples and --seed need a model with a latent code; this one gives one "
@@ -156,6 +173,27 @@ def latents(tr: Translator, samples: int, seed: int | None) -> list[Tensor | Non
     if samples == 1 and seed is None:
         return [torch.zeros(tr.nz)]
     return list(torch.randn(samples, tr.nz, generator=torch.Generator().manual_seed(seed or 0)))
+
+
+@torch.inference_mode()
+def style_code(tr: Translator, example: Path) -> Tensor:
+    """The code of an example image for every input (BicycleGAN's E, its mean: the BicycleGAN code's
+    encode mode): the image as training read its targets (gray if E takes one channel), resized to
+    E's resolution (bicubic, antialiased, as data.load_size resizes), in fp32."""
+    if not tr.nz:
+        raise TranslateError(f"--style needs a model with a latent code; this one gives one translation per input "
+                             f"(recipes with one: {', '.join(latent_recipes())})")
+    E = tr.encoder
+    if E is None:
+        raise TranslateError("--style needs the model's encoder E, which these weights do not hold (weights of "
+                             "`translate train --recipe bicyclegan` do; an import needs `--encoder latest_net_E.pth`)")
+    try:
+        rgb = read_rgb(example)
+    except (OSError, ValueError) as e:
+        raise TranslateError(f"--style: cannot read {example}: {e}") from None
+    img = to_gray(rgb) if E.in_ch == 1 else rgb
+    x = to_signed(resize_u8(img, (E.resolution, E.resolution)))[None].to(tr.device)
+    return E(x)[0][0].float()
 
 
 def latent_recipes() -> list[str]:

@@ -45,6 +45,8 @@ class TranslatorModel(recipes.ModelConfig):
     init_type: str = choice("normal", "normal", "xavier", "kaiming", "orthogonal")
     init_gain: float = at_least(0.02, 0.0)
     dropout: bool = False
+    antialias: bool = False  # blur-pool downsampling in G and D (the CUT code's default; not the reference's)
+    antialias_up: bool = False  # blur upsampling + conv in G, instead of transposed convs
     input_nc: int = at_least(3, 1)
     output_nc: int = at_least(3, 1)
     encoder: str = registered("", role="encoder", short=True)  # "" with decoder "": model.generator
@@ -168,7 +170,13 @@ class Method(Generic[ModelT, LossT]):
     def build_discriminator(self, name: str, in_ch: int) -> nn.Module:
         """The recipe's discriminator (``model.discriminator``) for ``in_ch``-channel images."""
         cfg = cast(TranslatorModel, self.recipe.model)
-        return self.build(name, cfg.discriminator, in_ch=in_ch, ndf=cfg.ndf, n_layers=cfg.n_layers_D, norm=cfg.norm)
+        antialias = {"antialias": True} if cfg.antialias else {}
+        if antialias and not NETS.accepts(cfg.discriminator, "antialias"):
+            has = [n for n in NETS.names(role="discriminator", family="image") if NETS.accepts(n, "antialias")]
+            raise TranslateError(f"model.antialias needs a discriminator that has it ({', '.join(has)}); "
+                                 f"model.discriminator {cfg.discriminator} has not")
+        return self.build(name, cfg.discriminator, in_ch=in_ch, ndf=cfg.ndf, n_layers=cfg.n_layers_D, norm=cfg.norm,
+                          **antialias)
 
     def adam(self, *names: str, lazy: int = 0) -> torch.optim.Optimizer:
         """Adam over the nets ``names``. The fused kernel: on the CPU PyTorch's default is a per-tensor

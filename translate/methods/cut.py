@@ -9,7 +9,14 @@ projected by a two-layer MLP per layer and compared with a temperature ``loss.nc
 
 CUT adds the same loss on B images through the generator (``loss.nce_idt``, an identity term) with
 ``lambda_nce`` 1; FastCUT drops it for ``lambda_nce`` 10 and flip-equivariance: half of the steps
-flip the input, and the output's features are flipped back before they are compared.
+flip the generator's input, and the output's features are flipped back before they are compared
+with those of the unflipped input.
+
+The networks are the CUT code's defaults: anti-aliased down- and upsampling in G and D
+(``model.antialias``, ``model.antialias_up``), with which ``nce_layers`` 0, 4, 8, 12, 16 are the
+padded input, the first two downsampling convs (full and half resolution) and residual blocks 1
+and 5. tests/test_parity.py checks the steps against the CUT code's; docs/fidelity.md lists what
+differs and why.
 """
 
 from __future__ import annotations
@@ -73,7 +80,9 @@ class CUT(Method[CUTModel, CUTLoss]):
         self.gan = GANLoss(self.loss_cfg.gan_mode)
 
     def nce(self, src: Tensor, tgt: Tensor, flipped: bool) -> Tensor:
-        """PatchNCE between ``src`` and its translation ``tgt``, averaged over the layers."""
+        """PatchNCE between ``src`` and its translation ``tgt`` times ``lambda_nce``, averaged over the
+        layers (summed in the CUT code's order); ``flipped``: ``tgt`` was made from ``src`` mirrored,
+        so its features are mirrored back to line up."""
         cfg, G, F_ = self.cfg, self.nets["G"], self.nets["F"]
         feat_q = G(tgt, layers=cfg.nce_layers)
         if flipped:  # FastCUT: the output's features back in the input's orientation
@@ -81,18 +90,20 @@ class CUT(Method[CUTModel, CUTLoss]):
         feat_k = G(src, layers=cfg.nce_layers)
         k, ids = F_(feat_k, cfg.num_patches)
         q, _ = F_(feat_q, cfg.num_patches, ids)
-        return torch.stack([patch_nce(qi, ki, self.loss_cfg.nce_t) for qi, ki in zip(q, k, strict=True)]).mean()
+        lam, t = self.loss_cfg.lambda_nce, self.loss_cfg.nce_t
+        return sum((patch_nce(qi, ki, t) * lam).mean() for qi, ki in zip(q, k, strict=True)) / len(q)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
         loss_cfg = self.loss_cfg
         real_a, real_b = batch["A"], batch["B"]
-        flipped = loss_cfg.flip_equivariance and bool(torch.rand(()) < 0.5)
-        if flipped:
-            real_a, real_b = real_a.flip(3), real_b.flip(3)
         n = real_a.shape[0]
-        with self.amp.autocast():  # one pass for both, as the CUT code
-            fakes = G(torch.cat([real_a, real_b]) if loss_cfg.nce_idt else real_a)
+        real = torch.cat([real_a, real_b]) if loss_cfg.nce_idt else real_a  # one pass for both, as the CUT code
+        flipped = loss_cfg.flip_equivariance and bool(torch.rand(()) < 0.5)
+        if flipped:  # FastCUT: only G's input; D's real B and the NCE keys stay as they are
+            real = real.flip(3)
+        with self.amp.autocast():
+            fakes = G(real)
         fake_b, idt_b = fakes[:n], fakes[n:]  # (idt_b empty without nce_idt)
 
         set_requires_grad([D], True)
@@ -111,7 +122,7 @@ class CUT(Method[CUTModel, CUTLoss]):
             nce = self.nce(real_a, fake_b, flipped)
             nce_y = self.nce(real_b, idt_b, flipped) if loss_cfg.nce_idt else None
         nce_both = (nce + nce_y) * 0.5 if nce_y is not None else nce
-        self.amp.backward(g_gan + nce_both * loss_cfg.lambda_nce)
+        self.amp.backward(g_gan + nce_both)
         self.hold_frozen()
         self.amp.step(self.optimizers["G"])
         self.amp.step(self.optimizers["F"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.registry import NETS
@@ -30,9 +29,17 @@ class PatchSampleMLP(nn.Module):
                 idx = torch.randperm(flat.shape[1], device=flat.device)[: min(num_patches, flat.shape[1])]
             else:
                 idx = patch_ids[k]
-            out.append(F.normalize(mlp(flat[:, idx]), dim=-1))
+            out.append(_unit(mlp(flat[:, idx])))
             ids.append(idx)
         return out, ids
+
+
+def _unit(x: Tensor) -> Tensor:
+    """Each row over its L2 norm + 1e-7, as the CUT code's ``Normalize(2)``, to the last bit. One
+    change: the squared norm is clamped at 1e-30, where the CUT code takes the square root of 0 for a
+    row of zeros (every ReLU of the head off) and its gradient is NaN (seen here in a FastCUT test);
+    no value above the clamp changes."""
+    return x / (x.pow(2).sum(-1, keepdim=True).clamp_min(1e-30).pow(0.5) + 1e-7)
 
 
 @NETS.register("patch_mlp", role="head", family="image")

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.errors import TranslateError
@@ -56,10 +57,61 @@ class ReflectionPad2d(nn.ReflectionPad2d):
         return x.index_select(-2, rows).index_select(-1, cols)
 
 
+class ReplicationPad2d(nn.ReplicationPad2d):
+    """``nn.ReplicationPad2d``, as index_selects where CUDA's deterministic mode needs them (as
+    :class:`ReflectionPad2d`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled()):
+            return super().forward(x)
+        left, right, top, bottom = self.padding
+        rows = torch.arange(-top, x.shape[-2] + bottom, device=x.device).clamp(0, x.shape[-2] - 1)
+        cols = torch.arange(-left, x.shape[-1] + right, device=x.device).clamp(0, x.shape[-1] - 1)
+        return x.index_select(-2, rows).index_select(-1, cols)
+
+
 def _reflect_index(n: int, before: int, after: int, device: torch.device) -> Tensor:
     """Source index of each padded position: ``[before..1] + [0..n-1] + [n-2..n-1-after]``."""
     i = torch.arange(-before, n + after, device=device).abs()
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def _binomial(taps: list[float], channels: int) -> Tensor:
+    """The separable filter ``taps`` x ``taps``, summing to 1, once per channel: (C, 1, k, k)."""
+    a = torch.tensor(taps)
+    filt = a[:, None] * a[None, :]
+    return (filt / filt.sum()).expand(channels, 1, -1, -1).clone()
+
+
+class BlurDown(nn.Module):
+    """Anti-aliased 2x downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
+    Again"), as the CUT code's ``Downsample``: reflect-pad 1, blur each channel with [1, 2, 1] x
+    [1, 2, 1] / 16, keep every second pixel. A stride-1 conv in front of it replaces a strided one.
+    The filter is a buffer named ``filt``, as there, so the CUT code's checkpoints load as they are."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pad = ReflectionPad2d(1)
+        self.register_buffer("filt", _binomial([1.0, 2.0, 1.0], channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(self.pad(x), self.filt, stride=2, groups=x.shape[1])
+
+
+class BlurUp(nn.Module):
+    """Anti-aliased 2x upsampling, as the CUT code's ``Upsample``: replicate-pad 1, a transposed
+    conv of stride 2 with [1, 3, 3, 1] x [1, 3, 3, 1] / 64 x 4 per channel (each output pixel a
+    weighted mean of its neighbours), the padding's rows and columns cropped. A stride-1 conv after
+    it replaces a transposed one. Its buffer is ``filt`` too."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pad = ReplicationPad2d(1)
+        self.register_buffer("filt", _binomial([1.0, 3.0, 3.0, 1.0], channels) * 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv_transpose2d(self.pad(x), self.filt, stride=2, padding=2, groups=x.shape[1])
+        return y[:, :, 1:-1, 1:-1]  # 2H + 2 -> 2H
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -4,6 +4,12 @@ The layer order is part of the contract: state-dict keys such as ``model.1.weigh
 ``model.10.conv_block.1.weight`` are indices into ``nn.Sequential`` containers, so the reference's
 checkpoints load here without renaming. Parameter-free layers (padding, ReLU, norm "none") still
 occupy their slots for that reason.
+
+``antialias`` / ``antialias_up`` give the CUT code's default layout (its ``--no_antialias`` and
+``--no_antialias_up`` off): each strided conv becomes a stride-1 conv followed by a blur-pool, each
+transposed conv a blur-upsampling followed by a conv (layers.BlurDown, layers.BlurUp). The extra
+slots shift the indices after them, as there, so CUT's ``nce_layers`` name the same layers and its
+checkpoints load as they are.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from translate.nets.layers import ReflectionPad2d, norm_layer, uses_bias
+from translate.nets.layers import BlurDown, BlurUp, ReflectionPad2d, norm_layer, uses_bias
 from translate.registry import NETS
 
 N_DOWNSAMPLING = 2
@@ -44,8 +50,8 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-def _down(in_ch: int, ngf: int, norm: str) -> list[nn.Module]:
-    """7x7 stem and two stride-2 convs: ``in_ch`` x H x W -> 4 ngf x H/4 x W/4."""
+def _down(in_ch: int, ngf: int, norm: str, antialias: bool = False) -> list[nn.Module]:
+    """7x7 stem and two 2x downsamplings: ``in_ch`` x H x W -> 4 ngf x H/4 x W/4."""
     make_norm, bias = norm_layer(norm), uses_bias(norm)
     layers: list[nn.Module] = [
         ReflectionPad2d(3),
@@ -55,10 +61,12 @@ def _down(in_ch: int, ngf: int, norm: str) -> list[nn.Module]:
     ]
     for i in range(N_DOWNSAMPLING):
         ch = ngf * 2**i
+        stride = 1 if antialias else 2
         layers += [
-            nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+            nn.Conv2d(ch, ch * 2, kernel_size=3, stride=stride, padding=1, bias=bias),
             make_norm(ch * 2),
             nn.ReLU(True),
+            *([BlurDown(ch * 2)] if antialias else []),
         ]
     return layers
 
@@ -69,23 +77,25 @@ def _blocks(ngf: int, norm: str, dropout: bool, n_blocks: int) -> list[nn.Module
     return [ResnetBlock(ngf * 2**N_DOWNSAMPLING, norm=norm, dropout=dropout) for _ in range(n_blocks)]
 
 
-def _up(out_ch: int, ngf: int, norm: str) -> list[nn.Module]:
-    """Two stride-2 transposed convs and a 7x7 output conv (always biased: no norm follows) with tanh."""
+def _up(out_ch: int, ngf: int, norm: str, antialias_up: bool = False) -> list[nn.Module]:
+    """Two 2x upsamplings and a 7x7 output conv (always biased: no norm follows) with tanh."""
     make_norm, bias = norm_layer(norm), uses_bias(norm)
     layers: list[nn.Module] = []
     for i in range(N_DOWNSAMPLING):
         ch = ngf * 2 ** (N_DOWNSAMPLING - i)
-        layers += [
-            nn.ConvTranspose2d(ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias),
-            make_norm(ch // 2),
-            nn.ReLU(True),
-        ]
+        if antialias_up:
+            layers += [BlurUp(ch), nn.Conv2d(ch, ch // 2, kernel_size=3, stride=1, padding=1, bias=bias)]
+        else:
+            layers += [nn.ConvTranspose2d(ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1,
+                                          bias=bias)]
+        layers += [make_norm(ch // 2), nn.ReLU(True)]
     return [*layers, ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, kernel_size=7, padding=0), nn.Tanh()]
 
 
 class ResnetGenerator(nn.Module):
-    """7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks, two transposed-conv
-    upsamplings and a 7x7 output conv with tanh. Input sides must be multiples of 4."""
+    """7x7 stem, two 2x downsamplings (strided convs, or anti-aliased), ``n_blocks`` residual blocks,
+    two 2x upsamplings (transposed convs, or anti-aliased) and a 7x7 output conv with tanh. Input
+    sides must be multiples of 4."""
 
     def __init__(
         self,
@@ -95,10 +105,13 @@ class ResnetGenerator(nn.Module):
         norm: str = "instance",
         dropout: bool = False,
         n_blocks: int = 9,
+        antialias: bool = False,
+        antialias_up: bool = False,
     ) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.ngf = in_ch, out_ch, ngf
-        layers = [*_down(in_ch, ngf, norm), *_blocks(ngf, norm, dropout, n_blocks), *_up(out_ch, ngf, norm)]
+        layers = [*_down(in_ch, ngf, norm, antialias), *_blocks(ngf, norm, dropout, n_blocks),
+                  *_up(out_ch, ngf, norm, antialias_up)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, layers: list[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -142,18 +155,22 @@ class ResnetDecoder(nn.Module):
 
 @NETS.register("resnet_9blocks", role="translator", family="image", size_multiple=4, reference=True)
 def resnet_9blocks(
-    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
+    antialias: bool = False, antialias_up: bool = False,
 ) -> nn.Module:
-    """The reference's default CycleGAN generator (256x256 training)."""
-    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=9)
+    """The reference's default CycleGAN generator (256x256 training); anti-aliased, CUT's."""
+    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=9, antialias=antialias,
+                           antialias_up=antialias_up)
 
 
 @NETS.register("resnet_6blocks", role="translator", family="image", size_multiple=4, reference=True)
 def resnet_6blocks(
-    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False
+    in_ch: int = 3, out_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
+    antialias: bool = False, antialias_up: bool = False,
 ) -> nn.Module:
     """The lighter variant the CycleGAN paper uses for 128x128 images."""
-    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=6)
+    return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=6, antialias=antialias,
+                           antialias_up=antialias_up)
 
 
 @NETS.register("resnet_encoder", role="encoder", family="image", size_multiple=4, gives="features",
