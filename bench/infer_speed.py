@@ -4,11 +4,14 @@ Prints, for the current device:
 1. images/s through ``translate.infer.run`` (decode, batch, translate, encode, write; model
    load excluded) for batch sizes 1..32 (64 on CUDA), in fp32 and bf16, and the fraction of the
    device's measured matmul FLOP/s that the network reaches;
-2. whole-command wall time, start-up included, of `translate run` against a reference-style
-   pipeline (what pytorch-CycleGAN-and-pix2pix's test.py does per image: torch.load of a .pth,
-   PIL decode, ToTensor/Normalize, batch 1, eager fp32, PIL encode), both as fresh processes on
-   the same images and weights. That pipeline is written here from the reference's behaviour;
-   the reference itself is not installed.
+2. whole-command wall time, start-up included, of `translate run` (each engine: torch, and on the
+   CPU OpenVINO, engines.py) against a reference-style pipeline (what pytorch-CycleGAN-and-pix2pix's
+   test.py does per image: torch.load of a .pth, PIL decode, ToTensor/Normalize, batch 1, eager
+   fp32, PIL encode), both as fresh processes on the same images and weights. That pipeline is
+   written here from the reference's behaviour; ../shared/tools/vs-reference runs the reference
+   itself;
+3. start-up: the whole command for one image, by engine: torch, OpenVINO with its model already
+   compiled and cached (the second run of a weights file), and OpenVINO compiling it (the first).
 
     .venv/bin/python bench/infer_speed.py [--n 20] [--device auto] [--batches 1,2,4,8,16,32]
 """
@@ -16,6 +19,7 @@ Prints, for the current device:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from translate.checkpoints import save_weights  # noqa: E402
 from translate.devices import bf16_native, cpu_name, pick_device  # noqa: E402
+from translate.engines import openvino_version  # noqa: E402
 from translate.infer import RunOptions, run  # noqa: E402
 from translate.nets import init_weights  # noqa: E402
 from translate.registry import create_net  # noqa: E402
@@ -137,16 +142,20 @@ def main() -> None:
         batches = [int(b) for b in args.batches.split(",")] if args.batches else (
             [1, 2, 4, 8, 16, 32, 64] if device.type == "cuda" else [1, 2, 4, 8, 16, 32])
 
-        print(f"\n{'precision':<10}{'batch':>6}{'img/s':>10}{'s/img':>9}{'% of matmul peak':>18}")
-        for prec in precisions:
-            for b in batches:
-                out = tmp / f"out_{prec}_{b}"
-                opts = RunOptions(weights=weights, precision=prec, batch_size=b, device=str(device),
-                                  skip_existing=False)
-                run(src, out, opts)  # warm-up (also checks the run works)
-                s = run(src, out, opts)
-                frac = s.images_per_s * flops / peaks[prec] * 100
-                print(f"{prec:<10}{b:>6}{s.images_per_s:>10.2f}{1 / s.images_per_s:>9.3f}{frac:>17.1f}%")
+        os.environ["TRANSLATE_CACHE"] = str(tmp / "cache")  # (OpenVINO's compiled models)
+        engines = ["torch", *(["openvino"] if device.type == "cpu" and openvino_version() else [])]
+        print(f"\n{'engine':<10}{'precision':<10}{'batch':>6}{'img/s':>10}{'s/img':>9}{'% of matmul peak':>18}")
+        for engine in engines:
+            for prec in precisions:
+                for b in batches:
+                    out = tmp / f"out_{engine}_{prec}_{b}"
+                    opts = RunOptions(weights=weights, precision=prec, batch_size=b, device=str(device),
+                                      skip_existing=False, engine=engine)
+                    run(src, out, opts)  # warm-up (also checks the run works, and compiles)
+                    s = run(src, out, opts)
+                    frac = s.images_per_s * flops / peaks[prec] * 100
+                    print(f"{engine:<10}{prec:<10}{b:>6}{s.images_per_s:>10.2f}{1 / s.images_per_s:>9.3f}"
+                          f"{frac:>17.1f}%")
 
         if args.skip_e2e:
             return
@@ -155,10 +164,11 @@ def main() -> None:
         translate_bin = Path(sys.executable).parent / "translate"
         commands = {"reference-style test.py pipeline (fp32, batch 1)": [
             sys.executable, "-c", REFERENCE_STYLE, str(src), "{out}", str(tmp / "latest_net_G.pth"), str(ROOT)]}
-        for prec in ["auto", "fp32"]:
-            commands[f"translate run --precision {prec}"] = [
-                str(translate_bin), "run", str(src), "{out}", "--weights", str(weights), "--precision", prec,
-                "--quiet", "--device", str(device)]
+        for engine in engines:
+            for prec in ["auto", "fp32"]:
+                commands[f"translate run --engine {engine} --precision {prec}"] = [
+                    str(translate_bin), "run", str(src), "{out}", "--weights", str(weights), "--precision", prec,
+                    "--engine", engine, "--quiet", "--device", str(device)]
         best = {label: float("inf") for label in commands}
         for r in range(args.repeat):
             for i, (label, cmd) in enumerate(commands.items()):
@@ -168,9 +178,30 @@ def main() -> None:
                 best[label] = min(best[label], time.perf_counter() - t)
         ref = best["reference-style test.py pipeline (fp32, batch 1)"]
         rows = list(best.items())
-        print(f"{'pipeline':<52}{'seconds':>9}{'img/s':>9}{'vs reference-style':>20}")
+        print(f"{'pipeline':<60}{'seconds':>9}{'img/s':>9}{'vs reference-style':>20}")
         for label, sec in rows:
-            print(f"{label:<52}{sec:>9.2f}{len(files) / sec:>9.2f}{ref / sec:>19.2f}x")
+            print(f"{label:<60}{sec:>9.2f}{len(files) / sec:>9.2f}{ref / sec:>19.2f}x")
+
+        print(f"\n# start-up: the whole command for one image, best of {args.repeat}")
+        one = tmp / "one"
+        one.mkdir()
+        shutil.copy(files[0], one / files[0].name)
+        start_up = {}
+        for engine in engines:
+            cases = [("", None)] if engine == "torch" else [(", compiled model cached", None), (", compiling", "cold")]
+            for note, cold in cases:
+                times = []
+                for r in range(args.repeat):
+                    if cold:
+                        shutil.rmtree(tmp / "cache", ignore_errors=True)
+                    t = time.perf_counter()
+                    subprocess.run([str(translate_bin), "run", str(one), str(tmp / f"one_{engine}{cold}{r}"),
+                                    "--weights", str(weights), "--engine", engine, "--quiet", "--device",
+                                    str(device)], check=True)
+                    times.append(time.perf_counter() - t)
+                start_up[f"translate run --engine {engine}{note}"] = min(times)
+        for label, sec in start_up.items():
+            print(f"{label:<60}{sec:>9.2f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,20 @@ def copy_first(src: Path, dst: Path, n: int) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in src.iterdir() if p.is_file())[:n]
     return [Path(shutil.copy(p, dst / p.name)) for p in files]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Iterator[Path]:
+    """OpenVINO's compiled models (translate/engines.py) in a folder of the test session's, not the
+    user's ~/.cache; commands the tests start inherit it."""
+    root = tmp_path_factory.mktemp("engine-cache")
+    before = os.environ.get("TRANSLATE_CACHE")
+    os.environ["TRANSLATE_CACHE"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("TRANSLATE_CACHE", None)
+    else:
+        os.environ["TRANSLATE_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,22 @@ def test_score_ranks_other_sources_above_held_out_digits(digit_vae, mix, tmp_pat
     assert [(r["file"], r["score"]) for r in rows(again)] == [(r["file"], r["score"]) for r in table]
 
 
+def test_score_is_the_same_with_either_engine(digit_vae, mix, tmp_path):
+    """`translate score` by OpenVINO (its encoder and decoder compiled; translate/engines.py) gives
+    torch's scores in fp32: the same importance samples, the sums to within 1e-4 of their size."""
+    root, _ = mix
+    found = {}
+    for engine in ("torch", "openvino"):
+        out = tmp_path / f"{engine}.csv"
+        res = runner.invoke(app, ["score", str(root), "-w", str(digit_vae), "-o", str(out), "--samples", "4",
+                                  "--engine", engine, "--precision", "fp32", "-q"])
+        assert res.exit_code == 0, res.output
+        found[engine] = {r["file"]: (float(r["score"]), float(r["kl"])) for r in rows(out)}
+    assert found["torch"].keys() == found["openvino"].keys()
+    for f, (score, kl) in found["torch"].items():
+        assert found["openvino"][f] == pytest.approx((score, kl), rel=1e-4, abs=1e-3), f
+
+
 def test_score_names_and_skips_bad_files(digit_vae, tmp_path):
     root = tmp_path / "in"
     copy_first(shared("mnist", "test", "3"), root, 3)
@@ -198,6 +214,17 @@ def test_dbvae_draws_the_rare_kind_more_and_classifies_it_no_worse(faces, tmp_pa
     res = runner.invoke(app, ["classify", str(faces / "train"), "-w", str(runs["debiased"]), "-o",
                               str(tmp_path / "all.csv")])
     assert res.exit_code == 0 and "face: accuracy" in res.output and "nonface: accuracy" in res.output
+
+    # the same probabilities from either engine (translate/engines.py), in fp32
+    by_engine = {}
+    for engine in ("torch", "openvino"):
+        csv_path = tmp_path / f"{engine}.csv"
+        res = runner.invoke(app, ["classify", str(faces / "rare"), "-w", str(runs["debiased"]), "-o", str(csv_path),
+                                  "--engine", engine, "--precision", "fp32", "-q"])
+        assert res.exit_code == 0, res.output
+        by_engine[engine] = {r["file"]: float(r["probability"]) for r in rows(csv_path)}
+    assert by_engine["torch"].keys() == by_engine["openvino"].keys()
+    assert all(abs(p - by_engine["openvino"][f]) < 1e-4 for f, p in by_engine["torch"].items())
 
 
 def test_classify_and_debias_need_dbvae_weights(digit_vae, tmp_path):

@@ -76,6 +76,16 @@ def test_eval_gives_the_metrics_of_the_written_outputs(split_pairs, tmp_path):
         assert abs(float(r["ssim"]) - float(structural_similarity_index_measure(y, t, data_range=1.0))) < 1e-4
         assert abs(float(r["l1"]) - float((y - t).abs().mean())) < 1e-4
 
+    # either engine (translate/engines.py), fp32: the same metrics
+    by_engine = {}
+    for engine in ("torch", "openvino"):
+        res = runner.invoke(app, ["eval", "-w", str(weights), "--data", str(split_pairs), "-o",
+                                  str(tmp_path / f"{engine}.csv"), "--engine", engine, "--precision", "fp32", "-q"])
+        assert res.exit_code == 0, res.output
+        by_engine[engine] = rows(tmp_path / f"{engine}.csv")
+    for a, b in zip(by_engine["torch"], by_engine["openvino"], strict=True):
+        assert a["file"] == b["file"] and abs(float(a["l1"]) - float(b["l1"])) < 1e-4, (a, b)
+
 
 def test_eval_every_logs_metrics_and_keeps_the_best(split_pairs, tmp_path):
     over = [f"data.path={split_pairs}", "train.epochs=2", "train.epochs_decay=0", "train.eval_every=1", *SMALL]

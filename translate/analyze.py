@@ -109,6 +109,31 @@ def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bo
     return wf, net
 
 
+def _prepared(net: nn.Module, weights: str | Path, device: torch.device, precision: str, engine: str, encode: str,
+              decode: bool = True) -> tuple[Any, torch.dtype]:
+    """The model as ``engine`` runs it (engines.pick_engine), and the dtype its inputs take: torch's
+    in ``precision``; or OpenVINO's, its ``encode`` method (and ``decode``, fed ``encode``'s first
+    output) compiled, fed fp32 and computing in ``precision``."""
+    from translate.devices import DTYPES
+    from translate.engines import OpenVinoMethods, file_hash, pick_engine
+
+    if pick_engine(engine, device, precision) == "torch":
+        return net.to(DTYPES[precision]), DTYPES[precision]
+    x = torch.zeros(1, net.channels, net.resolution, net.resolution)
+    examples: dict[str, tuple[Tensor, ...]] = {encode: (x,)}
+    if decode:
+        with torch.no_grad():
+            code = getattr(net, encode)(x)
+        examples["decode"] = (code[0] if isinstance(code, tuple) else code,)
+    try:
+        return OpenVinoMethods(net, examples, file_hash(Path(weights)), precision), torch.float32
+    except Exception as e:  # (OpenVINO's converter raises many kinds) picked by auto: torch runs it
+        if engine != "auto":
+            raise TranslateError(f"OpenVINO cannot compile this model ({type(e).__name__}); use --engine torch") \
+                from None
+        return net.to(DTYPES[precision]), DTYPES[precision]
+
+
 def recon_kind(wf: WeightsFile) -> str:
     try:
         return json.loads(wf.recipe_json)["loss"].get("recon", "l2")
@@ -176,10 +201,10 @@ class ScoreSummary(PartialFailures):
 def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, samples: int = 16, top: int | None = None,
           quantile: float | None = None, copy_to: str | Path | None = None, sheet: str | Path | None = None,
           labels: str | Path | None = None, batch_size: int = 64, device: str = "auto", precision: str = "auto",
-          seed: int = 0, progress: Progress | None = None) -> ScoreSummary:
+          engine: str = "auto", seed: int = 0, progress: Progress | None = None) -> ScoreSummary:
     """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
-    those above the ``quantile`` of the scores (0.99 when neither is given)."""
-    from translate.devices import DTYPES, pick_device, resolve_precision
+    those above the ``quantile`` of the scores (0.99 when neither is given). ``engine``: engines.py."""
+    from translate.devices import pick_device, resolve_precision
     from translate.images import to_u8
 
     if top is not None and quantile is not None:
@@ -192,12 +217,12 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     reading = folder(in_dir)
     truth = _labels(labels, reading) if labels else None
     prec = resolve_precision(precision, dev)
-    net = net.to(DTYPES[prec])
+    net, dtype = _prepared(net, weights, dev, prec, engine, "encode_dist" if hasattr(net, "encode_dist") else "encode")
     gen = torch.Generator().manual_seed(seed)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     found: dict[int, dict[str, float]] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
-        s = scores(net, x.to(DTYPES[prec]), kind, samples, gen)
+        s = scores(net, x.to(dtype), kind, samples, gen)
         for j, i in enumerate(idx):
             found[i] = {k: float(v[j]) for k, v in s.items()}
     order = sorted(found, key=lambda i: -found[i]["score"])
@@ -224,7 +249,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     if worst:
         sheet = Path(sheet) if sheet else Path(out_csv).with_suffix(".png")
         images = torch.stack([model_input(reading.files[i], net.channels, net.resolution) for i in worst])
-        x = to_signed(images.to(dev)).to(DTYPES[prec])
+        x = to_signed(images.to(dev)).to(dtype)
         with torch.no_grad():
             code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
             recon = net.decode(code).float()
@@ -320,13 +345,16 @@ class ClassifySummary(PartialFailures):
 
 
 def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, batch_size: int = 64,
-             device: str = "auto", progress: Progress | None = None) -> ClassifySummary:
+             device: str = "auto", precision: str = "auto", engine: str = "auto",
+             progress: Progress | None = None) -> ClassifySummary:
     """The positive class's probability for every image under ``in_dir``. Where the first folder of a
-    path names one of the model's classes, that is its truth, and accuracy is counted per folder."""
-    from translate.devices import pick_device
+    path names one of the model's classes, that is its truth, and accuracy is counted per folder.
+    ``engine``: engines.py."""
+    from translate.devices import pick_device, resolve_precision
 
     dev = pick_device(device)
     wf, net, positive = _classifier(weights, "classify", dev)
+    net, dtype = _prepared(net, weights, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
     try:
         classes = list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
     except json.JSONDecodeError:
@@ -336,7 +364,7 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     probs: dict[int, float] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():
-            p = torch.sigmoid(net.classify(x).float()).cpu()
+            p = torch.sigmoid(net.classify(x.to(dtype)).float()).cpu()
         probs.update({i: float(v) for i, v in zip(idx, p, strict=True)})
     rows, by_folder = [], {}
     for i in sorted(probs):

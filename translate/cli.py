@@ -136,6 +136,13 @@ def _size(n: int) -> str:
     return ""
 
 
+Weights = Annotated[Path, typer.Option("--weights", "-w", help="A .safetensors weights file.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]
+Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
+Engine = Annotated[str, typer.Option(help="auto | torch | openvino. auto: OpenVINO on CPUs with native bf16 (faster "
+                                          "there: bench/engines.py), else torch.")]
+
+
 @command("import")
 def import_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A latest_net_G*.pth state dict of the reference, the CUT "
@@ -193,6 +200,7 @@ def run_cmd(
                                                    min=1)] = RunOptions.batch_size,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16. auto: bf16 where the device "
                                            "runs it natively, else fp32.")] = RunOptions.precision,
+    engine: Engine = RunOptions.engine,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on "
                                            "large jobs).")] = RunOptions.compile,
     fmt: Annotated[str, typer.Option("--format", help="keep | png | jpg | webp.")] = RunOptions.format,
@@ -224,7 +232,8 @@ def run_cmd(
     from translate.progress import Progress
 
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
-                      batch_size=batch_size, precision=precision, compile=compile_, format=fmt.lower(),
+                      batch_size=batch_size, precision=precision, engine=engine, compile=compile_,
+                      format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
                       device=device, samples=samples, seed=seed, style=style)
     with Progress(err, quiet=quiet) as progress:
@@ -234,11 +243,6 @@ def run_cmd(
     if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
         say(summary.line())
     raise typer.Exit(summary.exit_code)
-
-
-Weights = Annotated[Path, typer.Option("--weights", "-w", help="A .safetensors weights file.")]
-Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]
-Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
 
 
 @command("sample")
@@ -327,6 +331,7 @@ def score_cmd(
                                                 "average precision.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    engine: Engine = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the importance samples.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
@@ -338,7 +343,7 @@ def score_cmd(
 
     with Progress(err, "scoring", quiet=quiet) as progress:
         s = score(weights, in_dir, output, samples=samples, top=top, quantile=quantile, copy_to=copy_to, sheet=sheet,
-                  labels=labels, batch_size=batch_size, device=device, precision=precision, seed=seed,
+                  labels=labels, batch_size=batch_size, device=device, precision=precision, engine=engine, seed=seed,
                   progress=progress)
     copied = f", copied to {copy_to}" if copy_to else ""
     say(f"scored {s.scored} images ({len(s.failed)} failed); {len(s.outliers)} marked as outliers{copied}; "
@@ -356,6 +361,8 @@ def classify_cmd(
     weights: Weights,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of probabilities.")] = Path("predictions.csv"),
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    engine: Engine = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
@@ -365,7 +372,8 @@ def classify_cmd(
     from translate.progress import Progress
 
     with Progress(err, "classifying", quiet=quiet) as progress:
-        s = classify(weights, in_dir, output, batch_size=batch_size, device=device, progress=progress)
+        s = classify(weights, in_dir, output, batch_size=batch_size, device=device, precision=precision,
+                     engine=engine, progress=progress)
     for group, (right, total) in sorted(s.by_folder.items()):
         out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})")
     say(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}")
@@ -418,6 +426,7 @@ def eval_cmd(
     kid_subset_size: Annotated[int, typer.Option(help="KID: images per subset (at most the folders' sizes).",
                                                  min=2)] = 1000,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    engine: Engine = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, failures and errors.")] = False,
 ) -> None:
@@ -444,7 +453,7 @@ def eval_cmd(
         return
     with Progress(err, "evaluating", quiet=quiet) as progress:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
-                     progress=progress, lpips=lpips)
+                     progress=progress, lpips=lpips, engine=engine)
     table = Table("metric", "mean", "median", title=f"{len(s.rows)} {s.split} pairs of {data}")
     for k in s.metrics:
         table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")

@@ -101,9 +101,10 @@ def test_config(wf: Any, data: Path, direction: str) -> Any:
 
 def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, split: str = "test",
              direction: str = "AtoB", device: str = "auto", precision: str = "auto", progress: Progress | None = None,
-             translator: Any = None, lpips: str | Path | None = None) -> EvalSummary:
+             translator: Any = None, lpips: str | Path | None = None, engine: str = "auto") -> EvalSummary:
     """Metrics of every pair in ``data``'s ``split`` (aligned ``test/`` or ``A/test`` + ``B/test``), one CSV row
-    per pair. ``translator``: an already prepared (Translator, multiple), e.g. the net being trained."""
+    per pair. ``translator``: an already prepared (Translator, multiple), e.g. the net being trained.
+    ``engine``: engines.py."""
     from translate.analyze import write_csv
     from translate.checkpoints import read_weights
     from translate.data import open_dataset
@@ -116,7 +117,8 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     wf = read_weights(weights)
     if translator is None:
         dev = pick_device(device)
-        tr, multiple, _ = load_translator(Path(weights), direction, dev, resolve_precision(precision, dev))
+        prec = resolve_precision(precision, dev)
+        tr, multiple, _ = load_translator(Path(weights), direction, dev, prec, engine=engine)
     else:
         tr, multiple = translator
     dataset = open_dataset(test_config(wf, data, direction), "paired", split=split)

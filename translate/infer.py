@@ -55,6 +55,7 @@ class RunSummary:
     seconds: float = 0.0
     precision: str = ""
     device: str = ""
+    engine: str = "torch"
     failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
     interrupted: int | None = None  # the signal that stopped the run early
     out_dir: Path | None = None
@@ -79,7 +80,7 @@ class RunSummary:
         peak = f", peak GPU memory {self.peak_gpu_bytes / 2**30:.2f} GiB" if self.peak_gpu_bytes else ""
         text = (f"translated {self.translated}, skipped {self.skipped} (already there), failed {self.n_failed} of "
                 f"{self.found} images in {self.seconds:.1f}s ({self.images_per_s:.2f} img/s, {self.precision} "
-                f"on {self.device}{peak})")
+                f"on {self.device}{', OpenVINO' if self.engine == 'openvino' else ''}{peak})")
         if self.interrupted is not None:
             return (f"interrupted by {signal.Signals(self.interrupted).name}: {text}; outputs in {self.out_dir}; "
                     "run the same command again to translate the rest")
@@ -226,8 +227,14 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     device = pick_device(opts.device)
     dist = init_distributed(device)
     precision = resolve_precision(opts.precision, device)
-    tr, multiple, _ = load_translator(opts.weights, opts.direction, device, precision, opts.compile)
+    loading = time.perf_counter()
+    tr, multiple, _ = load_translator(opts.weights, opts.direction, device, precision, opts.compile, opts.engine)
     zs = latents(tr, opts.samples, opts.seed, opts.style)
+    if tr.note:
+        progress.say(f"note: {tr.note}")
+    if getattr(tr.net, "converted", False):
+        progress.say(f"compiled the network for OpenVINO in {time.perf_counter() - loading:.1f}s (once for these "
+                     f"weights: kept in {tr.net.cache.dir.parent.parent})")
     start = time.perf_counter()
     if opts.batch_size is None:
         opts = dataclasses.replace(opts, batch_size=16 if device.type == "cuda" else 1)
@@ -235,6 +242,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
         opts = dataclasses.replace(opts, max_pixels=2**62)
     jobs, summary = plan(in_dir, out_dir, opts, dist.rank, dist.world_size, files)
     summary.precision, summary.device, summary.out_dir = precision, str(device), out_dir
+    summary.engine = tr.engine
     progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
     for path, reason in summary.failed:
         progress.fail(path, reason)
@@ -277,7 +285,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                 continue
             first = batch["stacked"] if batch["stacked"] is not None else good[0]["rgb"]
             if first.shape[-2] * first.shape[-1] > opts.max_pixels:
-                launched = [Launched(translate_tiled(tr, good[0]["rgb"], multiple, opts, z)[None],
+                launched = [Launched(translate_tiled(tr.eager(), good[0]["rgb"], multiple, opts, z)[None],
                                      [tuple(first.shape[-2:])]) for z in zs]
             else:
                 rgbs = batch["stacked"] if batch["stacked"] is not None else [it["rgb"] for it in good]

@@ -21,6 +21,7 @@ class RunOptions:
     overlap: int = 128
     batch_size: int | None = None  # None: 16 on CUDA, 1 on the CPU (larger batches only thrash its caches)
     precision: str = "auto"
+    engine: str = "auto"  # auto | torch | openvino (engines.py: auto is OpenVINO on CPUs with native bf16)
     compile: bool = False
     format: str = "keep"  # keep | png | jpg | webp
     quality: int = 95

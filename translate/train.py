@@ -40,6 +40,7 @@ from translate.devices import (
     init_distributed,
     peak_gpu_bytes,
     pick_device,
+    precision_reason,
     resolve_precision,
     unwrap,
 )
@@ -187,7 +188,7 @@ class Trainer:
         torch.manual_seed(t.seed + self.dist.rank)  # per-rank augmentation and dropout streams
         cls = get_method(recipe.method)
         self.dataset = open_dataset(recipe.data, cls.data_kind, seed=t.seed)
-        self.precision = Precision(resolve_precision(t.precision, self.device, training=True), self.device)
+        self.precision = Precision(resolve_precision(t.precision, self.device), self.device)
         info = {"classes": list(getattr(self.dataset, "classes", []))}
         self.method = cls(self._startable(recipe, resume), self.device, self.precision, info)
         self.method.world_size = self.dist.world_size
@@ -351,8 +352,10 @@ class Trainer:
         from translate.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
 
         t = self.recipe.train
+        # torch, not a compiled engine: these weights are new at every evaluation, compiling them costs more
         result = evaluate(self.paths.weights, self.recipe.data.path, self.paths.root / "eval" /
-                          f"epoch_{self.epoch:03d}.csv", split=self.eval_split, device=str(self.device))
+                          f"epoch_{self.epoch:03d}.csv", split=self.eval_split, device=str(self.device),
+                          engine="torch")
         means = {k: result.mean(k) for k in METRICS}
         value = means[t.eval_metric]
         better = self.best is None or (value > self.best if HIGHER_IS_BETTER[t.eval_metric] else value < self.best)
@@ -552,7 +555,8 @@ class Trainer:
         what = "resuming" if self.step else "training"
         self.progress.say(
             f"{what} {r.method} on {len(self.dataset)} images from {r.data.path} | device {self.device} | "
-            f"precision {self.precision.name} | {self.dist.world_size} process(es) x batch {self.local_batch} "
+            f"precision {self.precision.name} ({precision_reason(t.precision, self.device)}) | "
+            f"{self.dist.world_size} process(es) x batch {self.local_batch} "
             f"= global batch {self.global_batch} | lr {t.lr * self.lr_factor:g} (train.lr {t.lr:g}, "
             f"lr_scale {t.lr_scale}: {LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
             f"run {self.paths.root}")

@@ -83,17 +83,41 @@ class Translator:
     ``in_ch`` / ``out_ch`` 1: grayscale in (ITU-R 601 luma, as training's), gray repeated out;
     ``nz`` > 0: the net takes a latent z (BicycleGAN), zeros unless one is given; ``encoder``: the
     net that gives an example image's z (BicycleGAN's E, for ``--style``), kept in fp32.
+
+    ``engine`` ``openvino``: the net compiled by OpenVINO for the CPU (engines.py; ``weights_id``
+    keys its cache, ``example`` is a size it takes), which then takes fp32 inputs and computes in
+    ``precision``; a net it cannot convert falls back to torch with a ``note`` when ``fallback``
+    (an engine picked by auto), else is one line. Tiles, which patch the net's InstanceNorm
+    layers, run on the same net in torch (:meth:`eager`).
     """
 
     def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
                  channels_last: bool = False, winograd: bool | None = None, resolution: int | None = None,
-                 in_ch: int = 3, out_ch: int = 3, encoder: nn.Module | None = None) -> None:
-        self.device, self.precision = device, precision
+                 in_ch: int = 3, out_ch: int = 3, encoder: nn.Module | None = None, engine: str = "torch",
+                 weights_id: str = "", example: int = 64, fallback: bool = False) -> None:
+        self.device, self.precision, self.engine, self.note = device, precision, engine, ""
         self.encoder = encoder.to(device).eval().requires_grad_(False) if encoder is not None else None
         self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
         self.nz = int(getattr(net, "nz", 0))
-        self.dtype = DTYPES[precision]
         self.channels_last = channels_last
+        self._eager: Translator | None = None
+        self._settings = {"channels_last": channels_last, "winograd": winograd, "resolution": resolution,
+                          "in_ch": in_ch, "out_ch": out_ch}
+        if engine == "openvino":
+            from translate.engines import OpenVinoNet
+
+            self.dtype, self.winograd, self.module = torch.float32, False, net.eval().requires_grad_(False)
+            try:
+                self.net: Any = OpenVinoNet(net, weights_id, precision, nz=self.nz, in_ch=in_ch, size=example,
+                                            fixed_size=resolution is not None)
+                return
+            except Exception as e:  # (OpenVINO's converter raises many kinds)
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                if not fallback:
+                    raise TranslateError(f"OpenVINO cannot compile this network ({reason}); use --engine torch") \
+                        from None
+                self.engine, self.note = "torch", f"OpenVINO cannot compile this network ({reason}): torch runs it"
+        self.dtype = DTYPES[precision]
         from translate.nets.winograd import use_winograd, winograd_pays
 
         self.winograd = winograd_pays(device, self.dtype) if winograd is None else winograd
@@ -103,7 +127,17 @@ class Translator:
             net = net.to(memory_format=torch.channels_last)
         if self.winograd:
             use_winograd(net)
+        self.module = net
         self.net = torch.compile(net) if compile else net
+
+    def eager(self) -> Translator:
+        """This translator run by torch (itself, or, for another engine, one made once from its net)."""
+        if self.engine == "torch":
+            return self
+        if self._eager is None:
+            self._eager = Translator(self.module, self.device, self.precision, **self._settings)
+            self._eager.encoder = self.encoder
+        return self._eager
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, z: Tensor | None = None) -> Tensor:
@@ -127,8 +161,12 @@ class Translator:
 
 
 def load_translator(weights: Path | None, direction: str, device: torch.device, precision: str,
-                    compile: bool = False, **prepare: bool) -> tuple[Translator, int, str]:
-    """Weights file -> (Translator, size multiple, net name)."""
+                    compile: bool = False, engine: str = "torch", **prepare: bool) -> tuple[Translator, int, str]:
+    """Weights file -> (Translator, size multiple, net name). ``engine``: auto, torch or openvino
+    (engines.pick_engine decides auto; a net OpenVINO cannot take then falls back to torch)."""
+    from translate.engines import pick_engine
+
+    asked, engine = engine, pick_engine(engine, device, precision, compile=compile)
     path = weights or DEFAULT_WEIGHTS
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
@@ -142,8 +180,14 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     net = wf.build(name)
     multiple, fixed = input_size(wf.arch[name])
     in_ch, out_ch = io_channels(wf.arch[name])
+    weights_id = ""
+    if engine != "torch":
+        from translate.engines import file_hash
+
+        weights_id = f"{file_hash(path)}:{name}"
     tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
-                    encoder=_style_encoder(wf), **prepare)
+                    encoder=_style_encoder(wf), engine=engine, weights_id=weights_id,
+                    example=fixed or max(64, multiple), fallback=asked == "auto", **prepare)
     return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
 
 
