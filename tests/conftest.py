@@ -12,14 +12,30 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI=true the real data must be there: without it a third of the suite would skip and
+    CI pass hollow."""
+    if IN_CI and not SHARED.is_dir():
+        pytest.exit(f"CI=true but the real image data is missing: {SHARED} (../shared/data beside the "
+                    "repository); the tests that need it would all be skipped", returncode=2)
 
 
 def shared(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with the reason."""
+    """A path under ../shared/data, or skip the test with the reason (fail it under CI=true)."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"needs the real image data at {p} (../shared/data beside the repository)")
+        missing(f"needs the real image data at {p} (../shared/data beside the repository)")
     return p
+
+
+def missing(why: str) -> None:
+    """Skip the test for want of something from ../shared; under CI=true, fail it."""
+    if IN_CI:
+        pytest.fail(f"CI=true: {why}")
+    pytest.skip(why)
 
 
 def copy_first(src: Path, dst: Path, n: int) -> list[Path]:

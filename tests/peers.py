@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, shared
+from conftest import SHARED, missing, shared
 from PIL import Image
 from torch import Tensor, nn
 
@@ -47,7 +47,7 @@ def official(peer: str) -> Iterator[Path]:
     """``import models...`` inside the block reads ../shared/peers/``peer``; the modules are gone after."""
     root = PEERS / peer
     if not (root / "models").is_dir():
-        pytest.skip(f"needs the official code at {root} (../shared/peers beside the repository)")
+        missing(f"needs the official code at {root} (../shared/peers beside the repository)")
     _purge()
     sys.path.insert(0, str(root))
     try:
@@ -63,7 +63,7 @@ def run_official(peer: str, script: str, args: list[str], timeout: float = 600) 
     dependency); its output, or the test fails with it."""
     root = PEERS / peer
     if not (root / script).is_file():
-        pytest.skip(f"needs the official code at {root} (../shared/peers beside the repository)")
+        missing(f"needs the official code at {root} (../shared/peers beside the repository)")
     shims = SHARED.parent / "tools" / "peer" / "shims"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shims), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}

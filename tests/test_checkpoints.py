@@ -132,12 +132,12 @@ def test_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
     save_weights(path, {"G": make_net(0)}, {"G": SPEC})
     before = path.read_bytes()
 
-    def broken_save_file(tensors, filename, metadata=None):
+    def broken_write(filename, data):
         with open(filename, "wb") as f:
             f.write(b"\x00" * 100)  # a partial write, then the disk "fills up"
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", broken_save_file)
+    monkeypatch.setattr(ckpt, "_write_bytes", broken_write)
     with pytest.raises(OSError, match="No space left"):
         save_weights(path, {"G": make_net(1)}, {"G": SPEC})
     assert path.read_bytes() == before

@@ -162,7 +162,8 @@ def shapes(calls: list[tuple[str, torch.Tensor]], kind: str) -> list[tuple[int, 
 
 
 def opts(weights: Path, **kw) -> RunOptions:
-    return RunOptions(weights=weights, precision="fp32", format="png", workers=0, **kw)
+    # torch's fp32 forward is the expectation, so torch runs it (OpenVINO against torch: test_engines.py)
+    return RunOptions(weights=weights, precision="fp32", format="png", workers=0, engine="torch", **kw)
 
 
 # --- the tests ------------------------------------------------------------------------------------------
@@ -248,7 +249,8 @@ def test_cli_run_writes_g_of_each_input(cyclegan, tmp_path, calls):
     weights, nets = cyclegan
     imgs = {f"{p}.png": put(tmp_path / "in" / f"{p}.png", photo(p), (96, 64)) for p in PHOTOS[:5]}
     res = CliRunner().invoke(app, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(weights),
-                                   "--format", "png", "--precision", "fp32", "--batch-size", "4"])
+                                   "--format", "png", "--precision", "fp32", "--batch-size", "4",
+                                   "--engine", "torch"])
     assert res.exit_code == 0, res.output
     assert "translated 5" in res.output
     assert shapes(calls, "batch") == [(4, 3, 64, 96), (1, 3, 64, 96)]

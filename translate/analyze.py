@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
 from translate.errors import PartialFailures, TranslateError
-from translate.images import image_files, read_rgb, resize_u8, to_gray, to_signed
+from translate.images import NotRegularFile, check_regular, image_files, read_rgb, resize_u8, to_gray, to_signed
 from translate.methods.ae import recon_error
 from translate.methods.vae import kl_per_image
 from translate.progress import Progress
@@ -61,21 +61,35 @@ class _Read(Dataset):
 
 @dataclass
 class Reading:
-    """What reading a folder found: the files, and those that failed with their reasons."""
+    """What reading a folder found: the files, those skipped unopened (FIFOs, sockets, devices) and
+    those that failed, with their reasons."""
 
     root: Path
     files: list[Path]
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def folder(in_dir: str | Path) -> Reading:
-    return Reading(Path(in_dir), image_files(in_dir))
+    reading = Reading(Path(in_dir), [])
+    for path in image_files(in_dir):
+        try:
+            check_regular(path)
+        except NotRegularFile as e:
+            reading.skipped.append((str(path), str(e)))
+            continue
+        except OSError:
+            pass  # (a broken link): it fails when read, with its reason
+        reading.files.append(path)
+    return reading
 
 
 def batches(reading: Reading, channels: int, resolution: int, batch_size: int, device: torch.device,
             progress: Progress | None = None) -> Iterator[tuple[list[int], Tensor]]:
     """(file indices, float [-1, 1] batch on ``device``) over the readable files; failures recorded."""
     progress = progress or Progress.silent()
+    for path, reason in reading.skipped:
+        progress.say(f"skipped {path}: {reason}")
     cuda = device.type == "cuda"
     loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
                         num_workers=4 if cuda else 0, pin_memory=cuda)
@@ -109,15 +123,15 @@ def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bo
     return wf, net
 
 
-def _prepared(net: nn.Module, weights: str | Path, device: torch.device, precision: str, engine: str, encode: str,
-              decode: bool = True) -> tuple[Any, torch.dtype]:
+def _prepared(net: nn.Module, device: torch.device, precision: str, engine: str, encode: str, decode: bool = True
+              ) -> tuple[Any, torch.dtype]:
     """The model as ``engine`` runs it (engines.pick_engine), and the dtype its inputs take: torch's
     in ``precision``; or OpenVINO's, its ``encode`` method (and ``decode``, fed ``encode``'s first
     output) compiled, fed fp32 and computing in ``precision``."""
     from translate.devices import DTYPES
-    from translate.engines import OpenVinoMethods, file_hash, pick_engine
+    from translate.engines import OpenVinoMethods, net_id, pick_engine
 
-    if pick_engine(engine, device, precision) == "torch":
+    if pick_engine(engine, device, precision, net=net) == "torch":
         return net.to(DTYPES[precision]), DTYPES[precision]
     x = torch.zeros(1, net.channels, net.resolution, net.resolution)
     examples: dict[str, tuple[Tensor, ...]] = {encode: (x,)}
@@ -126,7 +140,7 @@ def _prepared(net: nn.Module, weights: str | Path, device: torch.device, precisi
             code = getattr(net, encode)(x)
         examples["decode"] = (code[0] if isinstance(code, tuple) else code,)
     try:
-        return OpenVinoMethods(net, examples, file_hash(Path(weights)), precision), torch.float32
+        return OpenVinoMethods(net, examples, net_id(net), precision), torch.float32
     except Exception as e:  # (OpenVINO's converter raises many kinds) picked by auto: torch runs it
         if engine != "auto":
             raise TranslateError(f"OpenVINO cannot compile this model ({type(e).__name__}); use --engine torch") \
@@ -204,7 +218,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
           engine: str = "auto", seed: int = 0, progress: Progress | None = None) -> ScoreSummary:
     """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
     those above the ``quantile`` of the scores (0.99 when neither is given). ``engine``: engines.py."""
-    from translate.devices import pick_device, resolve_precision
+    from translate.devices import fitting, pick_device, resolve_precision
     from translate.images import to_u8
 
     if top is not None and quantile is not None:
@@ -217,12 +231,12 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     reading = folder(in_dir)
     truth = _labels(labels, reading) if labels else None
     prec = resolve_precision(precision, dev)
-    net, dtype = _prepared(net, weights, dev, prec, engine, "encode_dist" if hasattr(net, "encode_dist") else "encode")
+    net, dtype = _prepared(net, dev, prec, engine, "encode_dist" if hasattr(net, "encode_dist") else "encode")
     gen = torch.Generator().manual_seed(seed)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     found: dict[int, dict[str, float]] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
-        s = scores(net, x.to(dtype), kind, samples, gen)
+        s = fitting(lambda x: scores(net, x, kind, samples, gen), x.to(dtype), progress.say)
         for j, i in enumerate(idx):
             found[i] = {k: float(v[j]) for k, v in s.items()}
     order = sorted(found, key=lambda i: -found[i]["score"])
@@ -350,11 +364,11 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     """The positive class's probability for every image under ``in_dir``. Where the first folder of a
     path names one of the model's classes, that is its truth, and accuracy is counted per folder.
     ``engine``: engines.py."""
-    from translate.devices import pick_device, resolve_precision
+    from translate.devices import fitting, pick_device, resolve_precision
 
     dev = pick_device(device)
     wf, net, positive = _classifier(weights, "classify", dev)
-    net, dtype = _prepared(net, weights, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
+    net, dtype = _prepared(net, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
     try:
         classes = list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
     except json.JSONDecodeError:
@@ -364,7 +378,7 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     probs: dict[int, float] = {}
     for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():
-            p = torch.sigmoid(net.classify(x.to(dtype)).float()).cpu()
+            p = torch.sigmoid(fitting(net.classify, x.to(dtype), progress.say).float()).cpu()
         probs.update({i: float(v) for i, v in zip(idx, p, strict=True)})
     rows, by_folder = [], {}
     for i in sorted(probs):

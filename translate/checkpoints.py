@@ -10,14 +10,21 @@ A weights file holds the nets inference needs, under ``<net>.<param>`` keys, and
 So a weights file alone is enough to run a model. Training state (optimizers, schedulers, RNG,
 image pool, step) lives beside it in ``<name>.state.pt``, written with torch.save and read with
 ``weights_only=True``, so nothing is ever unpickled.
+
+A training run saves the two as one pair (:func:`save_checkpoint`): both written to temporary
+names and read back, then the state renamed into place, then the weights. Both carry one
+``save_id``; a kill between the two renames leaves a new state beside older weights, which
+``--resume`` sees (:func:`pair_matches`) and mends by writing the weights again from the state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from translate.devices import unwrap
@@ -40,7 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -49,6 +56,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """``.NAME.``, cut to fit the folder's name limit with mkstemp's 8 random characters and the
+    suffix: a legal 250-byte name would otherwise give an illegal 264-byte temporary one. Cut at a
+    character boundary, so a name of multi-byte characters stays valid UTF-8."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - 8 - len(TMP_SUFFIX)
+    prefix = f".{path.name}.".encode(errors="surrogateescape")
+    if len(prefix) <= room:
+        return f".{path.name}."
+    return prefix[: room - 1].decode(errors="ignore") + "."
 
 
 def _umask() -> int:
@@ -60,6 +85,13 @@ def _umask() -> int:
 def save_weights(path: str | Path, nets: dict[str, nn.Module], arch: dict[str, dict[str, Any]],
                  recipe_json: str = "", extra: dict[str, str] | None = None) -> Path:
     """Write ``nets`` to one safetensors file with the metadata that rebuilds them."""
+    with atomic_path(path) as tmp:
+        _write_weights(tmp, nets, arch, recipe_json, extra)
+    return Path(path)
+
+
+def _write_weights(path: Path, nets: dict[str, nn.Module], arch: dict[str, dict[str, Any]], recipe_json: str,
+                   extra: dict[str, str] | None) -> None:
     tensors: dict[str, Tensor] = {}
     for name, net in nets.items():
         net = unwrap(net)
@@ -68,9 +100,83 @@ def save_weights(path: str | Path, nets: dict[str, nn.Module], arch: dict[str, d
     meta = {"format": FORMAT, "arch": json.dumps({n: arch[n] for n in nets}), "recipe": recipe_json,
             "nets": json.dumps(list(nets))}
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    _write_bytes(path, safetensors_bytes(tensors, metadata=meta))
+
+
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write and flush to the disk. The libraries' own writers report a full disk as a RuntimeError
+    ("unexpected pos 2935424 vs 2935316", torch.save) or a SafetensorError; serialised in memory
+    first, a full disk is the OSError it is (errno ENOSPC), which the callers name."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _torch_bytes(obj: Any) -> memoryview:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def between_files(stage: str) -> None:
+    """Called between the steps of :func:`save_checkpoint`; tests replace it to kill a process there."""
+
+
+def save_checkpoint(weights: Path, state_path: Path, nets: dict[str, nn.Module], arch: dict[str, dict[str, Any]],
+                    recipe_json: str, meta: dict[str, str], state: dict[str, Any]) -> None:
+    """Weights and training state as one pair (see the module's text). Raises OSError as the
+    filesystem does (a full disk, no permission); the pair in place before is then untouched."""
+    save_id = uuid.uuid4().hex
+    with atomic_path(weights) as weights_tmp:
+        with atomic_path(state_path) as state_tmp:
+            _write_weights(weights_tmp, nets, arch, recipe_json, {**meta, "save_id": save_id})
+            between_files("weights written")
+            _write_bytes(state_tmp, _torch_bytes({**state, "save_id": save_id}))
+            between_files("state written")
+            # Read both back before either replaces the last good pair (a short write shows here).
+            if weights_save_id(weights_tmp) != save_id or _state_save_id(state_tmp) != save_id:
+                raise OSError(f"the checkpoint written to {weights.parent} does not read back")
+        between_files("state renamed")  # a kill here: new state, older weights (mended on --resume)
+
+
+def weights_save_id(path: Path) -> str | None:
+    """The ``save_id`` in a weights file's metadata, read without its tensors (None if unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("save_id")
+    except Exception:
+        return None
+
+
+def _state_save_id(path: Path) -> str | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("save_id")
+    except Exception:
+        return None
+
+
+def pair_matches(weights: Path, state: dict[str, Any]) -> bool:
+    """Whether ``weights`` was saved with ``state`` (true for a state from before save ids)."""
+    return "save_id" not in state or (weights.is_file() and weights_save_id(weights) == state["save_id"])
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in nested dicts, lists and tuples: about what saving them writes."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed save left (``.latest.safetensors.x8k2j1q0.tmp`` ...)."""
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 @dataclass
@@ -137,7 +243,7 @@ def read_weights(path: str | Path) -> WeightsFile:
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Training state for --resume (plain tensors, numbers, strings, lists and dicts only)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        _write_bytes(tmp, _torch_bytes(state))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from translate.errors import Interrupted, TranslateError, exit_code
+from translate.errors import EXIT_ERROR, Interrupted, TranslateError, exit_code
 from translate.options import RunOptions  # torch-free: the defaults `translate run --help` shows
 
 app = typer.Typer(
@@ -52,6 +52,10 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
             except TranslateError as e:
                 say(f"[bold red]error:[/] {escape(str(e))}")  # a message may hold [brackets]: not markup
                 raise typer.Exit(e.exit_code) from None
+            except OSError as e:  # the machine's, not ours (a full disk, no permission): one line too
+                where = f" ({e.filename})" if e.filename else ""
+                say(f"[bold red]error:[/] {escape(f'{e.strerror or e}{where}')}")
+                raise typer.Exit(EXIT_ERROR) from None
 
         app.command(name)(boundary)
         return boundary
@@ -139,8 +143,8 @@ def _size(n: int) -> str:
 Weights = Annotated[Path, typer.Option("--weights", "-w", help="A .safetensors weights file.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]
 Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
-Engine = Annotated[str, typer.Option(help="auto | torch | openvino. auto: OpenVINO on CPUs with native bf16 (faster "
-                                          "there: bench/engines.py), else torch.")]
+Engine = Annotated[str, typer.Option(help="auto | torch | openvino. auto: OpenVINO on the CPU where it is faster "
+                                          "(bench/engines.py), torch on CUDA.")]
 
 
 @command("import")

@@ -9,10 +9,10 @@ picked there by ``auto``.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -200,15 +200,20 @@ class Precision:
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A bool tensor: no element of ``tensors`` is NaN or inf. One fused pass per device and dtype
-    (their max-norms), read only when the caller wants: checking every gradient of a CycleGAN step
-    this way costs a few ms on a CPU step of seconds, and on CUDA no wait at all."""
+    """A bool tensor: no element of ``tensors`` is NaN or inf, read only when the caller wants (on
+    CUDA, no wait). One fused pass per device and dtype: the check GradScaler makes (it multiplies by
+    1, exactly). On pix2pix's 54M gradients on a 2-core Zen5 it takes 8 ms, where the max-norm took
+    80 ms, 12% of a bf16 step."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
-    if not groups:
+    oks = []
+    for (device, _), ts in groups.items():
+        found = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(ts, found, torch.ones(1, device=device))
+        oks.append(found[0] == 0)
+    if not oks:
         return torch.tensor(True)
-    oks = [torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all() for ts in groups.values()]
     return oks[0] if len(oks) == 1 else torch.stack([ok.cpu() for ok in oks]).all()
 
 
@@ -284,3 +289,26 @@ def init_distributed(device: torch.device) -> Dist:
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                 device if device.type == "cuda" else torch.device("cpu"))
+
+
+def fitting(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, note: Callable[[str], None] = lambda _: None) -> Any:
+    """``fn(x)``; where CUDA runs out of memory, ``fn`` of each half of the batch, joined (tensors, or
+    dicts, tuples and lists of them, along the batch), down to one image. ``note`` hears each halving."""
+    try:
+        return fn(x)
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            raise
+    if x.is_cuda:
+        torch.cuda.empty_cache()
+    half = len(x) // 2
+    note(f"out of GPU memory with {len(x)} images in a batch: trying {half} at a time")
+    return _join(fitting(fn, x[:half], note), fitting(fn, x[half:], note))
+
+
+def _join(a: Any, b: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, dict):
+        return {k: _join(a[k], b[k]) for k in a}
+    return type(a)(_join(u, v) for u, v in zip(a, b, strict=True))

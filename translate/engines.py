@@ -1,23 +1,29 @@
 """Who runs a network over images: torch (eager), or OpenVINO's CPU compiler.
 
 A :class:`translate.translator.Translator` calls ``engine(x[, z]) -> y`` on float tensors; here is
-what the engine may be. ``auto`` picks, per device and CPU, the faster one as measured in
-bench/engines.py:
+what the engine may be. ``auto`` picks the faster one as measured by bench/engines.py (2-core AMD
+EPYC Zen5, batch 1, 256x256, fastest of 12 calls; AVX2 rows with oneDNN, MKL and ATen capped to AVX2):
 
-- CUDA: torch (bf16 weights, cuDNN);
-- a CPU with native bf16 (AVX512-BF16, AMX): OpenVINO in bf16. resnet_9blocks at 256x256, batch 1,
-  2-core Zen5: 134 ms against torch bf16's 166 ms and fp32's 333 ms;
-- a CPU without (AVX2): torch, whose fp32 Winograd convolutions (nets/winograd.py) ran 356 ms
-  against OpenVINO f32's 442 ms on the same CPU capped to AVX2.
+| CPU | net | torch | OpenVINO |
+|---|---|---|---|
+| AVX512-BF16, bf16 | resnet_9blocks | 163 ms | 131 ms |
+| AVX512-BF16, bf16 | unet_256 | 58 ms | 42 ms |
+| AVX512-BF16, fp32 | resnet_9blocks | 322 ms | 255 ms |
+| AVX512-BF16, fp32 | unet_256 | 101 ms | 51 ms |
+| AVX2, fp32 | resnet_9blocks | 385 ms with our Winograd convs (616 without) | 469 ms |
+| AVX2, fp32 | unet_256 | 137 ms (no conv Winograd takes) | 73 ms |
 
-OpenVINO gets the network from torch's tracing (``openvino.convert_model``, 6 s for
-resnet_9blocks), with dynamic batch and image size, so one compiled model serves every size
-`translate run` meets. The converted model is kept on disk, keyed by the weights' content, the
-net's name and the versions of torch and OpenVINO (:class:`EngineCache`), and OpenVINO keeps its
-compiled blobs beside it (its ``CACHE_DIR``): the second run of the same weights starts without
-tracing or compiling. An entry is written under a temporary name with a manifest of its files'
-hashes, renamed into place, and checked before use; a corrupted, stale or half-written entry is
-rebuilt, never used.
+So: CUDA: torch. A CPU: OpenVINO, except where our Winograd convolutions apply (fp32 on a CPU
+without native bf16, a net with 3x3 convs of 128+ channels: the ResNet generators), and torch
+where OpenVINO is not installed or the precision is fp16.
+
+OpenVINO gets the network from torch's tracing (``openvino.convert_model``, 2-6 s), with dynamic
+batch and image size, so one compiled model serves every size `translate run` meets. The converted
+model is kept on disk, keyed by the weights' content, the net's name and the versions of torch and
+OpenVINO (:class:`EngineCache`), and OpenVINO keeps its compiled blobs beside it (its
+``CACHE_DIR``): the second run of the same weights starts without tracing or compiling. An entry is
+written under a temporary name with a manifest of its files' hashes, renamed into place, and
+checked before use; a corrupted, stale or half-written entry is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -54,9 +60,10 @@ def openvino_version() -> str | None:
     return str(openvino.__version__)
 
 
-def pick_engine(name: str, device: torch.device, precision: str, compile: bool = False) -> str:
-    """``auto`` -> the faster engine for ``device`` (see the module's text); a named one is checked.
-    ``compile`` (torch.compile) is torch's: auto then picks torch."""
+def pick_engine(name: str, device: torch.device, precision: str, compile: bool = False,
+                net: nn.Module | None = None) -> str:
+    """``auto`` -> the faster engine for ``device``, ``precision`` and ``net`` (see the module's
+    text); a named one is checked. ``compile`` (torch.compile) is torch's: auto then picks torch."""
     if name not in ENGINES:
         raise TranslateError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if name == "openvino" and compile:
@@ -69,12 +76,16 @@ def pick_engine(name: str, device: torch.device, precision: str, compile: bool =
         if openvino_version() is None:
             raise TranslateError("--engine openvino needs the openvino package: pip install openvino")
         return name
-    if name == "torch" or compile:
+    if name == "torch" or compile or device.type != "cpu" or precision not in ("fp32", "bf16"):
         return "torch"
-    from translate.devices import cpu_bf16_native
+    if openvino_version() is None:
+        return "torch"
+    from translate.devices import DTYPES
+    from translate.nets.winograd import winograd_convs, winograd_pays
 
-    native_bf16 = device.type == "cpu" and cpu_bf16_native() and precision == "bf16"
-    return "openvino" if native_bf16 and openvino_version() is not None else "torch"
+    if net is not None and winograd_pays(device, DTYPES[precision]) and winograd_convs(net):
+        return "torch"
+    return "openvino"
 
 
 def cache_root() -> Path:
@@ -82,6 +93,18 @@ def cache_root() -> Path:
     if os.environ.get("TRANSLATE_CACHE"):
         return Path(os.environ["TRANSLATE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "translate"
+
+
+def net_id(net: nn.Module, name: str = "") -> str:
+    """A hash of what ``net`` computes with: its class, every parameter and buffer (names, dtypes,
+    shapes, bytes), and ``name``. Not the weights file's bytes: safetensors writes its metadata in no
+    fixed order, so the same weights saved twice differ (and a cache keyed by the file missed)."""
+    h = hashlib.sha256(f"{type(net).__module__}.{type(net).__qualname__}:{name}".encode())
+    for key, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def file_hash(path: Path) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from translate.errors import PartialFailures, TranslateError
-from translate.images import to_signed
+from translate.images import NOT_A_FILE, to_signed
 from translate.progress import Progress
 
 METRICS = ("psnr", "ssim", "l1")
@@ -109,7 +109,8 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     from translate.checkpoints import read_weights
     from translate.data import open_dataset
     from translate.devices import pick_device, resolve_precision
-    from translate.translator import load_translator, translate_batch
+    from translate.tiling import launch_fitting
+    from translate.translator import load_translator
 
     data = Path(data)
     if not data.is_dir():
@@ -127,12 +128,16 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     rows, failed = [], []
     for i in range(len(dataset)):
         item = dataset[i]
+        if "error" in item and NOT_A_FILE in item["error"]:  # a FIFO named x.png: skipped unopened
+            progress.say(f"skipped {item['error']}")
+            progress.advance()
+            continue
         if "error" in item:
             failed.append((item["path"], item["error"]))
             progress.fail(item["path"], item["error"])
             continue
         a, b = item["A"], item["B"]
-        y = translate_batch(tr, [a.expand(3, -1, -1) if a.shape[0] == 1 else a], multiple)[0]
+        y = launch_fitting(tr, [a.expand(3, -1, -1) if a.shape[0] == 1 else a], multiple, note=progress.say).result()[0]
         y = y[:1] if b.shape[0] == 1 else y
         name = str(Path(item["path"]).relative_to(data)) if Path(item["path"]).is_relative_to(data) else item["path"]
         metrics = pair_metrics(y, b)

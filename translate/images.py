@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,24 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+class NotRegularFile(OSError):
+    """A path named like an image that is a FIFO, socket or device: never opened, as opening a FIFO
+    blocks until something writes to it (a `translate run` once hung there for good)."""
+
+
+NOT_A_FILE = "not an image file"  # how every such path is reported (and recognised: evaluate.py)
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def check_regular(path: str | Path) -> None:
+    """Raise :class:`NotRegularFile` unless ``path`` is (a link to) a regular file; stat only, no open."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise NotRegularFile(f"{kind}, {NOT_A_FILE}")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -132,8 +151,9 @@ def read_rgb(path: str | Path) -> Tensor:
     """Decode a file to a (3, H, W) uint8 tensor, EXIF orientation applied.
 
     Raises OSError (or PIL's subclasses) for unreadable or truncated files: callers decide
-    whether to skip.
+    whether to skip (:class:`NotRegularFile` for a FIFO, socket or device, which is not opened).
     """
+    check_regular(path)
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as im:
         return _pillow_decode(im, data, with_alpha=False)[0]
@@ -294,6 +314,7 @@ class Decoded:
 
 def probe_size(path: str | Path) -> tuple[int, int]:
     """(height, width) as displayed (EXIF rotation applied), from the header only."""
+    check_regular(path)
     with Image.open(path) as im:
         w, h = im.size
         if im.format == "TIFF":  # Pillow 11+ gives a TIFF's upright size here, 10.x the stored one
@@ -316,6 +337,7 @@ def decode(path: str | Path) -> Decoded:
     JPEG) but importing torchvision takes 2.7 s (it pulls in torch._dynamo; 2-core EPYC, torch
     2.14), more than a CPU run of a few images spends decoding, and on a GPU machine the decoding
     processes keep up either way."""
+    check_regular(path)
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as im:
         exif = im.getexif()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import signal
 import time
@@ -38,12 +39,12 @@ from translate.devices import (
     resolve_precision,
 )
 from translate.errors import EXIT_PARTIAL, TranslateError, exit_code
-from translate.images import FORMATS, decode, encode_atomic, image_files, probe_size, resize_u8
+from translate.images import FORMATS, NotRegularFile, decode, encode_atomic, image_files, probe_size, resize_u8
 from translate.options import RunOptions
 from translate.progress import Progress
 from translate.signals import StopSignals, blocked, ignore_in_worker
-from translate.tiling import translate_tiled
-from translate.translator import Launched, latents, launch_batch, load_translator, padded
+from translate.tiling import launch_fitting, translate_tiled
+from translate.translator import Launched, latents, load_translator, padded
 
 
 @dataclass
@@ -58,6 +59,8 @@ class RunSummary:
     engine: str = "torch"
     failed_elsewhere: int = 0  # failures met by other ranks (they list their own)
     interrupted: int | None = None  # the signal that stopped the run early
+    not_files: list[tuple[str, str]] = field(default_factory=list)  # FIFOs, sockets, devices: skipped
+    stopped: str = ""  # why writing stopped early (a full disk, a read-only or vanished folder)
     out_dir: Path | None = None
     peak_gpu_bytes: int = 0  # most GPU memory this process's tensors held at once (CUDA only)
 
@@ -73,14 +76,20 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return exit_code(self.interrupted)
-        return EXIT_PARTIAL if self.n_failed else 0
+        return EXIT_PARTIAL if self.n_failed or self.stopped else 0
 
     def line(self) -> str:
         """The one-line summary `translate run` prints last."""
         peak = f", peak GPU memory {self.peak_gpu_bytes / 2**30:.2f} GiB" if self.peak_gpu_bytes else ""
-        text = (f"translated {self.translated}, skipped {self.skipped} (already there), failed {self.n_failed} of "
-                f"{self.found} images in {self.seconds:.1f}s ({self.images_per_s:.2f} img/s, {self.precision} "
-                f"on {self.device}{', OpenVINO' if self.engine == 'openvino' else ''}{peak})")
+        why = f"{self.skipped} already there, {len(self.not_files)} not image files" if self.not_files else \
+            "already there"
+        text = (f"translated {self.translated}, skipped {self.skipped + len(self.not_files)} ({why}), failed "
+                f"{self.n_failed} of {self.found} images in {self.seconds:.1f}s "
+                f"({self.images_per_s:.2f} img/s, {self.precision} on {self.device}"
+                f"{', OpenVINO' if self.engine == 'openvino' else ''}{peak})")
+        if self.stopped:
+            return (f"{self.stopped} after {self.translated} outputs: {text}; make room and run the same command "
+                    "again to translate the rest")
         if self.interrupted is not None:
             return (f"interrupted by {signal.Signals(self.interrupted).name}: {text}; outputs in {self.out_dir}; "
                     "run the same command again to translate the rest")
@@ -135,6 +144,9 @@ def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: in
             continue
         try:
             h, w = probe_size(src)
+        except NotRegularFile as e:  # a FIFO named x.jpg: skipped unopened (opening it blocks for ever)
+            summary.not_files.append((str(src), str(e)))
+            continue
         except Exception as e:  # any header problem is this file's failure, not the run's
             summary.failed.append((str(src), _reason(e)))
             continue
@@ -244,6 +256,8 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     summary.precision, summary.device, summary.out_dir = precision, str(device), out_dir
     summary.engine = tr.engine
     progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
+    for path, reason in summary.not_files:
+        progress.say(f"skipped {path}: {reason}")
     for path, reason in summary.failed:
         progress.fail(path, reason)
     cuda = device.type == "cuda"
@@ -266,6 +280,13 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
             pending.append(submit(_write, jobs[it["index"]], ys, alpha, it, opts.quality))
         pending = _drain(pending, summary, progress, limit=max(16, 4 * opts.batch_size))
 
+    noted: set[str] = set()
+
+    def note_once(text: str) -> None:  # (out of memory: each kind of retreat once, not per batch)
+        if text not in noted:
+            noted.add(text)
+            progress.say(f"note: {text}")
+
     def on_signal(signum: int) -> None:
         progress.say(f"{signal.Signals(signum).name}: finishing the images in flight, then stopping ...")
 
@@ -275,7 +296,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
         with blocked():  # decoding workers start here
             batches = iter(loader)
         for batch in batches:
-            if signals.stop is not None:
+            if signals.stop is not None or summary.stopped:
                 break
             good = [it for it in batch["items"] if "error" not in it]
             for it in batch["items"]:
@@ -289,7 +310,7 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                                      [tuple(first.shape[-2:])]) for z in zs]
             else:
                 rgbs = batch["stacked"] if batch["stacked"] is not None else [it["rgb"] for it in good]
-                launched = [launch_batch(tr, rgbs, multiple, z) for z in zs]
+                launched = [launch_fitting(tr, rgbs, multiple, z, opts, note_once) for z in zs]
             if in_flight is not None:
                 hand_over(*in_flight)
                 in_flight = None
@@ -343,12 +364,23 @@ def _writer(threads: int) -> Iterator[Any]:
     yield now
 
 
+# Write errors that every later write would meet too: the run stops at the first (a full disk once
+# made 59 images decode, translate and fail one by one for 58 s).
+_STOP_WRITING = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "output on a "
+                 "read-only filesystem", errno.EACCES: "output folder not writable", errno.EPERM:
+                 "output folder not writable", errno.ENOENT: "output folder vanished", errno.EIO: "I/O error"}
+
+
 def _write(job: Job, rgbs: tuple[Tensor, ...], alpha: Tensor | None, item: dict[str, Any], quality: int
            ) -> tuple[Job, str | None]:
     try:
         for dst, rgb in zip(job.outputs, rgbs, strict=True):
             encode_atomic(dst, rgb, alpha, item["icc"], item["exif"], quality)
-    except Exception as e:  # e.g. a full disk or a read-only folder: this file fails, the run goes on
+    except OSError as e:
+        if e.errno in _STOP_WRITING:
+            return job, f"stop: {_STOP_WRITING[e.errno]}"
+        return job, f"write failed: {_reason(e)}"
+    except Exception as e:  # this file fails, the run goes on
         return job, f"write failed: {_reason(e)}"
     return job, None
 
@@ -362,6 +394,10 @@ def _drain(pending: list[Future], summary: RunSummary, progress: Progress, limit
             if error is None:
                 summary.translated += 1
                 progress.advance()
+            elif error.startswith("stop: "):  # not this file's failure: the rerun writes it
+                if not summary.stopped:
+                    summary.stopped = error.removeprefix("stop: ")
+                    progress.say(f"{summary.stopped}: stopping after the {summary.translated} outputs written ...")
             else:
                 summary.failed.append((str(job.src), error))
                 progress.fail(str(job.src), error)

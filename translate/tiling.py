@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from torch import Tensor, nn
 
 from translate.images import to_signed, to_u8
 from translate.options import RunOptions
-from translate.translator import Translator, pad_to, padded
+from translate.translator import Launched, Translator, launch_batch, pad_to, padded
 
 
 @contextlib.contextmanager
@@ -120,3 +122,49 @@ def translate_tiled(tr: Translator, rgb: Tensor, multiple: int, opts: RunOptions
                 out[:, top : top + ph, left : left + pw] += y * wt
                 weight[:, top : top + ph, left : left + pw] += wt
     return to_u8(out[:, :h, :w] / weight[:, :h, :w]).cpu()
+
+
+@dataclasses.dataclass
+class Joined:
+    """The parts of a batch that was split to fit in memory, read as one :class:`Launched`."""
+
+    parts: list[Launched | Joined]
+
+    @property
+    def done(self) -> Any:
+        return self.parts[-1].done
+
+    def result(self) -> list[Tensor]:
+        return [img for part in self.parts for img in part.result()]
+
+
+def launch_fitting(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int, z: Tensor | None = None,
+                   opts: RunOptions | None = None, note: Callable[[str], None] = lambda _: None
+                   ) -> Launched | Joined:
+    """:func:`launch_batch`, but where the device runs out of memory the batch is halved and tried
+    again, down to one image, and that one image in ever smaller tiles; ``note`` hears each retreat.
+    Out of memory is CUDA's (``torch.cuda.OutOfMemoryError``); a CPU that runs out is stopped by
+    the kernel before Python sees it."""
+    try:
+        return launch_batch(tr, rgbs, multiple, z)
+    except torch.cuda.OutOfMemoryError:
+        pass  # (outside the handler: the failed attempt's tensors are freed before the retry)
+    if tr.device.type == "cuda":
+        torch.cuda.empty_cache()
+    n = len(rgbs)
+    if n > 1:
+        note(f"out of GPU memory with {n} images in a batch: trying {n // 2} at a time")
+        return Joined([launch_fitting(tr, rgbs[: n // 2], multiple, z, opts, note),
+                       launch_fitting(tr, rgbs[n // 2 :], multiple, z, opts, note)])
+    opts = opts or RunOptions()
+    rgb = rgbs[0]
+    h, w = rgb.shape[-2:]
+    tile = min(opts.tile, max(h, w)) // 2
+    while tile >= 4 * multiple:
+        note(f"out of GPU memory with one {w}x{h} image: translating it in tiles of {tile}x{tile}")
+        smaller = dataclasses.replace(opts, tile=tile, max_pixels=min(opts.max_pixels, tile * tile))
+        try:
+            return Launched(translate_tiled(tr.eager(), rgb, multiple, smaller, z)[None], [(h, w)])
+        except torch.cuda.OutOfMemoryError:
+            tile //= 2
+    raise torch.cuda.OutOfMemoryError(f"a {w}x{h} image does not fit in GPU memory even in {4 * multiple}px tiles")

@@ -13,13 +13,16 @@ with the same next loss, as one that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
+import shutil
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,16 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from translate.checkpoints import load_state, save_state, save_weights
+from translate.checkpoints import (
+    load_state,
+    pair_matches,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_state,
+    save_weights,
+    tensor_bytes,
+    weights_save_id,
+)
 from translate.data import Augment, collate, open_dataset
 from translate.data.sampler import Indexed, ResumableSampler
 from translate.devices import (
@@ -102,6 +114,7 @@ class NanGuard:
 
     def __init__(self, weights: Path, precision: Precision, nets: dict[str, torch.nn.Module]) -> None:
         self.weights = weights  # the last good checkpoint, named in the message
+        self.good_step: int | None = None  # its step, once this process saved or resumed one
         self.precision, self.nets = precision, nets
         self.ok: torch.Tensor | None = None  # all losses finite since step ``since`` (not read yet)
         self.grads_ok: torch.Tensor | None = None  # all gradients stepped since then finite
@@ -135,7 +148,7 @@ class NanGuard:
             bad = {k: v for k, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)}
             what = f"loss {', '.join(bad)} became {next(iter(bad.values()))}" if bad else "a loss became nan or inf"
             what = f"{what} {when}"
-        raise TranslateError(f"{what}: training diverged (try a lower train.lr); {self._kept()}")
+        raise TranslateError(f"{what}: training diverged (try a lower train.lr); {self.kept()}")
 
     def check_weights(self, step: int) -> None:
         """Before a save: every weight and buffer finite, else one line naming the first that is not."""
@@ -144,7 +157,7 @@ class NanGuard:
         if bool(all_finite(tensors.values())):
             return
         name, key = next(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
-        raise TranslateError(f"weight {key} of {name} became nan or inf by step {step}: not saved; {self._kept()}")
+        raise TranslateError(f"weight {key} of {name} became nan or inf by step {step}: not saved; {self.kept()}")
 
     def _bad_gradient(self) -> str:
         """The first parameter whose gradient is still held and not finite (read at once on the CPU,
@@ -156,9 +169,11 @@ class NanGuard:
                     return f"a gradient of {name} ({key}) became {value}"
         return "a gradient became nan or inf"
 
-    def _kept(self) -> str:
+    def kept(self) -> str:
+        """What the run still has: the last good checkpoint and its step, or none."""
         if self.weights.exists():
-            return f"the last good checkpoint is kept at {self.weights}"
+            at = f" (step {self.good_step})" if self.good_step is not None else ""
+            return f"the last good checkpoint{at} is kept at {self.weights}; resume from it with --resume"
         return "no checkpoint was written yet"
 
 
@@ -211,7 +226,16 @@ class Trainer:
         self.eval_split = self._eval_split(cls) if t.eval_every else ""
         self.best: float | None = None  # the best evaluation so far (train.eval_metric)
         if resume:
-            self._load(load_state(self.paths.state))
+            remove_stale_temporaries(self.paths.root)  # what a killed save left
+            state = load_state(self.paths.state)
+            self._load(state)
+            self.guard.good_step = self.step
+            if not pair_matches(self.paths.weights, state) and self.dist.is_main:
+                # killed between the state's rename and the weights': the state is the newer half
+                self.progress.say(f"{self.paths.weights.name} is not from step {self.step} (a save was cut short): "
+                                  "writing it again from the training state")
+                self._saved_step = -1
+                self.save()
 
     # --- set-up --------------------------------------------------------------------------------
     def _eval_split(self, cls: type) -> str:
@@ -322,8 +346,9 @@ class Trainer:
         self.paths.log.write_text("".join(f"{line}\n" for line in keep))
 
     def save(self, numbered: bool = False, evaluate: bool = False) -> None:
-        """Write weights (for inference) and state (for resume); rank 0 only. ``evaluate``: score the
-        new weights on the held-out pairs first, and keep them as best.safetensors if they are."""
+        """Write weights (for inference) and state (for resume) as one pair; rank 0 only.
+        ``evaluate``: then score the new weights on the held-out pairs, and keep them as
+        best.safetensors if they are the best. A failed write is one line naming the last good pair."""
         self.guard.read(self.step)
         self.guard.check_weights(self.step)
         self._saved_step = self.step
@@ -334,20 +359,42 @@ class Trainer:
         exported = method.export()
         meta = {"step": str(self.step), "epoch": str(self.epoch), "method": self.recipe.method,
                 "info": json.dumps(method.info)}
-        save_weights(self.paths.weights, exported, arch, self.recipe.to_json(), meta)
-        if evaluate:
-            self._evaluate()
-        save_state(self.paths.state, self._state())
-        if numbered:
-            save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
-                         self.recipe.to_json(), meta)
-            self._prune_numbered()
+        state = self._state()
+        self._check_room()
+        try:
+            save_checkpoint(self.paths.weights, self.paths.state, exported, arch, self.recipe.to_json(), meta, state)
+            self.guard.good_step = self.step
+            if evaluate:
+                best = self.best
+                self._evaluate()
+                if self.best != best:  # the state carries the best score: write it again with it
+                    save_state(self.paths.state, {**self._state(), "save_id": weights_save_id(self.paths.weights)})
+            if numbered:
+                save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
+                             self.recipe.to_json(), meta)
+                self._prune_numbered()
+        except OSError as e:
+            raise TranslateError(self._save_failed(e, state, exported)) from None
+
+    def _check_room(self) -> None:
+        """One warning line when the free space is less than the last save took (the new pair is
+        written beside the old one before it replaces it)."""
+        last = sum(p.stat().st_size for p in (self.paths.weights, self.paths.state) if p.is_file())
+        free = shutil.disk_usage(self.paths.root).free
+        if last and free < last:
+            self.progress.say(f"warning: {free / 2**20:.0f} MB free on the disk of {self.paths.root}, and the last "
+                              f"checkpoint took {last / 2**20:.0f} MB: this save may not fit")
+
+    def _save_failed(self, e: OSError, state: dict[str, Any], exported: dict[str, torch.nn.Module]) -> str:
+        need = tensor_bytes(state) + tensor_bytes({n: unwrap(net).state_dict() for n, net in exported.items()})
+        free = shutil.disk_usage(self.paths.root).free if self.paths.root.is_dir() else 0
+        what = f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+        return (f"saving step {self.step} failed: {what}; it needs about {need / 2**20:.0f} MB, "
+                f"{free / 2**20:.0f} MB are free; {self.guard.kept()}")
 
     def _evaluate(self) -> None:
         """PSNR/SSIM/L1 of the just-written weights on the held-out pairs (translate/evaluate.py): a CSV
         in eval/, a line in the log, and best.safetensors when ``train.eval_metric`` improves."""
-        import shutil
-
         from translate.checkpoints import atomic_path
         from translate.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
 
@@ -390,7 +437,8 @@ class Trainer:
         self._announce()
         self._start_step, self._start_time = self.step, time.perf_counter()
         self.losses: dict[str, float] = {}
-        with self.signals, deterministic(t.deterministic), self.progress.start(self.total_steps, self.step):
+        with self.signals, deterministic(t.deterministic), self.progress.start(self.total_steps, self.step), \
+                self._out_of_memory():
             while not self._done() and self.stopped is None:
                 # An epoch: this epoch's remaining batches, on the device and augmented.
                 for batch in self._epoch_batches():
@@ -420,6 +468,18 @@ class Trainer:
         return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
                            done * self.global_batch / seconds if seconds > 0 else 0.0, self.skipped, self.losses,
                            _folder_bytes(paths.root), peak_gpu_bytes(self.device))
+
+    @contextlib.contextmanager
+    def _out_of_memory(self) -> Iterator[None]:
+        """CUDA out of memory in a step: one line naming the sizes that did not fit; the last save stays."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            t, d = self.recipe.train, self.recipe.data
+            raise TranslateError(
+                f"out of GPU memory at step {self.step + 1}: train.batch_size={t.batch_size} of data.crop_size="
+                f"{d.crop_size} images does not fit on {self.device}; try --set train.batch_size="
+                f"{max(1, t.batch_size // 2)} or a smaller data.crop_size; {self.guard.kept()}") from None
 
     def _done(self) -> bool:
         t = self.recipe.train

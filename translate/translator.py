@@ -166,7 +166,6 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     (engines.pick_engine decides auto; a net OpenVINO cannot take then falls back to torch)."""
     from translate.engines import pick_engine
 
-    asked, engine = engine, pick_engine(engine, device, precision, compile=compile)
     path = weights or DEFAULT_WEIGHTS
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
@@ -178,13 +177,14 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
                              f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
     name = pick_generator(wf, direction)
     net = wf.build(name)
+    asked, engine = engine, pick_engine(engine, device, precision, compile=compile, net=net)
     multiple, fixed = input_size(wf.arch[name])
     in_ch, out_ch = io_channels(wf.arch[name])
     weights_id = ""
     if engine != "torch":
-        from translate.engines import file_hash
+        from translate.engines import net_id
 
-        weights_id = f"{file_hash(path)}:{name}"
+        weights_id = net_id(net, str(wf.arch[name]))
     tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
                     encoder=_style_encoder(wf), engine=engine, weights_id=weights_id,
                     example=fixed or max(64, multiple), fallback=asked == "auto", **prepare)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from translate.errors import TranslateError
-from translate.images import list_images, read_rgb, resize_u8, to_gray
+from translate.images import NotRegularFile, list_images, read_rgb, resize_u8, to_gray
 from translate.recipes import DataConfig
 
 Item = dict[str, Any]
@@ -64,6 +64,8 @@ def prepare(img: Tensor, cfg: DataConfig) -> tuple[Tensor, str | None]:
 def _load(path: Path, cfg: DataConfig) -> tuple[Tensor | None, list[str]]:
     try:
         img = read_rgb(path)
+    except NotRegularFile as e:  # a FIFO named x.jpg: never opened
+        return None, [f"{path}: {e}"]
     except Exception as e:  # PIL raises many types for bad files; each is a skip, not a crash
         return None, [f"{path}: unreadable ({type(e).__name__}: {e})"]
     if cfg.channels == 1:

@@ -351,6 +351,11 @@ class WinogradConv2d(nn.Module):
         return y.squeeze(0) if unbatched else y
 
 
+def winograd_convs(net: nn.Module, min_channels: int = 128) -> int:
+    """How many convs below ``net`` :func:`use_winograd` would replace."""
+    return sum(_eligible(m) and min(m.in_channels, m.out_channels) >= min_channels for m in net.modules())
+
+
 def use_winograd(net: nn.Module, min_channels: int = 128) -> int:
     """Replace, in place, every eligible ``nn.Conv2d`` below ``net`` whose in and out channels are
     both >= ``min_channels`` by a :class:`WinogradConv2d` (same parameters); return how many.
