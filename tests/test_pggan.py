@@ -102,11 +102,30 @@ def test_exported_generator_rebuilds_at_the_last_phase(full_run):
     with torch.no_grad():
         out = G(z)
         assert out.shape == (3, 1, 32, 32) and out.min() >= -1 and out.max() <= 1
-        trained = full_run["trainer"].method.nets["G"].eval()
-        torch.testing.assert_close(out, trained(z))
+        nets = full_run["trainer"].method.nets
+        torch.testing.assert_close(out, nets["G_ema"](z))  # the moving average is what ships
+        assert not torch.allclose(out, nets["G"].eval()(z))
         same = G(z, truncation=0.0)
     torch.testing.assert_close(same[0], same[1])
     torch.testing.assert_close(same[0], same[2])
+
+
+def test_g_ema_is_the_official_moving_average_of_g(digits, tmp_path):
+    """After a step, G_ema = beta G_ema + (1 - beta) G, with G's phase; beta is 0.999 by default (the
+    official Gs, G_smoothing 0.999), 0.9 here so that one step moves it well above rounding."""
+    assert tiny_recipe(digits, 1).loss.ema_beta == 0.999
+    recipe = load_recipe("pggan", [f"data.path={digits}", "train.max_steps=1", *TINY, "loss.ema_beta=0.9"])
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    nets = trainer.method.nets
+    start = {k: v.clone() for k, v in nets["G_ema"].state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in nets["G"].state_dict().items())
+    trainer.fit()
+    G, G_ema = nets["G"].state_dict(), nets["G_ema"].state_dict()
+    weights = [k for k in G if k.endswith("weight")]
+    assert weights and any(not torch.equal(G[k], start[k]) for k in weights)  # G moved (its 4x4 layers)
+    for k in weights:
+        torch.testing.assert_close(G_ema[k], 0.9 * start[k] + 0.1 * G[k], rtol=0, atol=1e-6)
+    assert (int(G_ema["level"]), float(G_ema["alpha"])) == (int(G["level"]), float(G["alpha"]))
 
 
 def test_resume_mid_fade_in_equals_uninterrupted_run(full_run, digits, tmp_path):

@@ -159,3 +159,31 @@ def test_shipped_recipe_loads():
     recipe = load_recipe("stylegan2")
     assert recipe.method == "stylegan2" and recipe.data.crop_size == 32 and recipe.description
     assert (recipe.train.lr, recipe.train.beta1, recipe.train.beta2) == (0.002, 0.0, 0.99)
+
+
+def test_discriminator_down_conv_blurs_then_strides_as_the_official_layer():
+    """stylegan2-ada's conv2d_resample for a 3x3 conv with down=2: upfirdn2d pads by k // 2 + the
+    filter's (1 + 1 = 2 each side) and blurs at full size, then the conv runs with stride 2; a 1x1
+    conv: blur with pad 1 and keep every second pixel, then the conv. Written out here with pad and
+    unfold, so a conv moved after the halving (ours once) fails."""
+    from translate.nets.blocks import EqualConv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    f = torch.outer(f, f) / 64
+
+    def blur(t, pad):  # upfirdn2d(up=1, down=1): zero padding, then the (symmetric) FIR, per channel
+        t = torch.nn.functional.pad(t, (pad,) * 4)
+        patches = t.unfold(2, 4, 1).unfold(3, 4, 1)  # (N, C, H', W', 4, 4)
+        return (patches * f).sum((-1, -2))
+
+    conv3 = EqualConv2d(3, 5, 3, down=True)
+    conv3.bias.data.normal_()
+    w3 = conv3.weight * conv3.scale
+    want3 = torch.nn.functional.conv2d(blur(x, 2), w3, conv3.bias, stride=2)
+    torch.testing.assert_close(conv3(x), want3, rtol=1e-5, atol=1e-5)
+
+    conv1 = EqualConv2d(3, 5, 1, bias=False, down=True)
+    want1 = torch.nn.functional.conv2d(blur(x, 1)[..., ::2, ::2], conv1.weight * conv1.scale)
+    torch.testing.assert_close(conv1(x), want1, rtol=1e-5, atol=1e-5)

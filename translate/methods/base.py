@@ -243,6 +243,26 @@ class Method(Generic[ModelT, LossT]):
                 self.nets[name] = fn(net)
 
 
+def make_average(G: nn.Module, average: nn.Module) -> nn.Module:
+    """``average`` (the same architecture) made a copy of ``G`` that only :func:`update_average`
+    changes: G's weights, eval mode, no gradients (so Method.wrap leaves it out of DDP)."""
+    average.load_state_dict(G.state_dict())
+    average.eval()
+    set_requires_grad([average], False)
+    return average
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, G: nn.Module, beta: float) -> None:
+    """average <- beta * average + (1 - beta) * G for the parameters; buffers (a phase, w_avg, fixed
+    noise) copied: the exponential moving average of the generator that PGGAN and StyleGAN2 sample
+    and export."""
+    for p_avg, p in zip(average.parameters(), G.parameters(), strict=True):
+        p_avg.copy_(torch.lerp(p, p_avg, beta))
+    for b_avg, b in zip(average.buffers(), G.buffers(), strict=True):
+        b_avg.copy_(b)
+
+
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     """Freeze discriminators while the generator steps (saves their parameter gradients)."""
     for net in nets:

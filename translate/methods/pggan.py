@@ -11,6 +11,10 @@ Loss: WGAN-GP as in the paper (one D step per G step, gradient penalty ``lambda_
 ``epsilon_drift * D(real)^2`` to keep the critic's scores near 0), with Adam betas (0, 0.99) set in
 the recipe. The step counter is in ``extra_state``; the phase is a function of it (and is also
 kept in the nets' buffers), so ``--resume`` goes on at the same size and alpha.
+
+Samples, export and `translate sample` use ``G_ema``, the exponential moving average of G's
+weights (``loss.ema_beta`` 0.999 per step, the official code's ``G_smoothing``: its ``Gs``), as the
+paper's images were made.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from torch import Tensor, nn
 from translate.devices import Precision
 from translate.errors import TranslateError
 from translate.losses import gradient_penalty
-from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
+from translate.methods.base import (
+    SAMPLE_COLUMNS,
+    Method,
+    check_power_of_two,
+    in_rows,
+    make_average,
+    set_requires_grad,
+    update_average,
+)
 from translate.nets.pggan import num_levels
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
@@ -46,6 +58,7 @@ class PGGANModel(ModelConfig):
 class PGGANLoss(LossConfig):
     lambda_gp: float = at_least(10.0, 0.0)
     epsilon_drift: float = at_least(0.001, 0.0)
+    ema_beta: float = at_least(0.999, 0.0)  # G_ema <- beta G_ema + (1 - beta) G after every step
 
 
 def phase_at(step: int, start_level: int, last_level: int, fade: int, stable: int) -> tuple[int, float]:
@@ -62,7 +75,7 @@ def phase_at(step: int, start_level: int, last_level: int, fade: int, stable: in
 
 @METHODS.register("pggan")
 class PGGAN(Method[PGGANModel, PGGANLoss]):
-    """Unconditional progressive GAN on a folder of images. Exports ``G``."""
+    """Unconditional progressive GAN on a folder of images. Exports ``G`` (the moving average G_ema)."""
 
     ModelConfig = PGGANModel
     LossConfig = PGGANLoss
@@ -75,8 +88,9 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
         cfg, crop_size = self.cfg, recipe.data.crop_size
         sizes: dict[str, Any] = {"resolution": crop_size, "channels": recipe.data.channels,
                                  "fmap_base": cfg.fmap_base, "fmap_max": cfg.fmap_max}
-        self.build("G", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes)
+        G = self.build("G", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes)
         self.build("D", "pggan_d", init=False, **sizes)
+        make_average(G, self.build("G_ema", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes))
         self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
         self.levels = (num_levels(cfg.start_resolution) - 1, num_levels(crop_size) - 1)
         self.step = 0
@@ -138,6 +152,7 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
         self.amp.backward(loss_g)
         self.amp.step(opt_G)
         self.amp.update()
+        update_average(self.nets["G_ema"], G, self.loss_cfg.ema_beta)
         self.step += 1
         phase = torch.tensor([4.0 * 2**level, alpha], device=real.device)
         return {"G": loss_g.detach(), "D": loss_d.detach(), "W_dist": (d_real.mean() - d_fake.mean()).detach(),
@@ -147,9 +162,13 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """``n_samples`` rows of ``SAMPLE_COLUMNS`` images from fixed noise, at the current size
         upsampled to ``crop_size``."""
-        with self.evaluating("G") as (G,):
-            images = G(self.fixed_z).float()
+        with self.amp.autocast():  # (G_ema is always in eval mode)
+            images = self.nets["G_ema"](self.fixed_z).float()
         return in_rows(images)
+
+    def export(self) -> dict[str, nn.Module]:
+        """The averaged generator, under the name inference looks for."""
+        return {"G": self.nets["G_ema"]}
 
     def extra_state(self) -> dict[str, Any]:
         return {"step": self.step}

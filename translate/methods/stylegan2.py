@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.devices import Precision
-from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
+from translate.methods.base import (
+    SAMPLE_COLUMNS,
+    Method,
+    check_power_of_two,
+    in_rows,
+    make_average,
+    set_requires_grad,
+    update_average,
+)
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
 from translate.registry import METHODS
 
@@ -70,10 +78,8 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         g_kwargs = {"z_dim": cfg.z_dim, "w_dim": cfg.w_dim, **sizes, "mapping_layers": cfg.mapping_layers}
         G = self.build("G", "stylegan2_g", init=False, **g_kwargs)
         self.build("D", "stylegan2_d", init=False, **sizes, mbstd_group=cfg.mbstd_group)
-        G_ema = self.build("G_ema", "stylegan2_g", init=False, **g_kwargs)
-        G_ema.load_state_dict(G.state_dict())
-        G_ema.eval()  # never trained: no w_avg tracking of its own, clamped output
-        set_requires_grad([G_ema], False)  # so Method.wrap leaves it out of DDP too
+        # never trained: no w_avg tracking of its own, clamped output
+        make_average(G, self.build("G_ema", "stylegan2_g", init=False, **g_kwargs))
         # lazy regularisation: Adam corrected for the regulariser's extra step every k steps
         self.optimizers = {"G": self.adam("G", lazy=loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0),
                            "D": self.adam("D", lazy=loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0)}
@@ -172,11 +178,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         if loss_cfg.ema_rampup > 0:
             ema_nimg = min(ema_nimg, self.step * batch * loss_cfg.ema_rampup)
         beta = 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
-        G, G_ema = self.net("G"), self.nets["G_ema"]
-        for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-            p_ema.copy_(torch.lerp(p, p_ema, beta))
-        for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-            b_ema.copy_(b)
+        update_average(self.nets["G_ema"], self.net("G"), beta)
 
     # --- export, samples, state ----------------------------------------------------------------
     def export(self) -> dict[str, nn.Module]:

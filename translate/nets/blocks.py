@@ -49,7 +49,8 @@ def downsample2x(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 class EqualConv2d(nn.Module):
-    """Same-padded conv with the equalised learning rate. ``down``: blur and halve first;
+    """Same-padded conv with the equalised learning rate. ``down``: blurred and halved as StyleGAN2's
+    official layers are (a kxk conv: blur, then the conv with stride 2; 1x1: blur and halve, then it);
     ``activation``: :func:`lrelu` after; ``out_gain``: the output's factor (StyleGAN2's residual halves)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = 1.0, bias: bool = True,
@@ -62,9 +63,17 @@ class EqualConv2d(nn.Module):
         self.register_buffer("fir", fir_kernel() if down else None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.down:
-            x = downsample2x(x, self.fir)
-        x = F.conv2d(x, self.weight * self.scale, self.bias, padding=self.weight.shape[-1] // 2)
+        k = self.weight.shape[-1]
+        if self.down and k > 1:
+            # As StyleGAN2's official conv2d_resample: blur at full size (padded by k // 2 + 1), then
+            # the kxk conv with stride 2; a conv after halving would see a coarser grid.
+            c = x.shape[1]
+            x = F.conv2d(x, self.fir.to(x.dtype).repeat(c, 1, 1, 1), padding=k // 2 + 1, groups=c)
+            x = F.conv2d(x, self.weight * self.scale, self.bias, stride=2)
+        else:
+            if self.down:  # a 1x1 conv: blur and halve first (the official fast path), then the conv
+                x = downsample2x(x, self.fir)
+            x = F.conv2d(x, self.weight * self.scale, self.bias, padding=k // 2)
         if self.activation:
             return lrelu(x, self.out_gain)
         return x if self.out_gain == 1.0 else x * self.out_gain
