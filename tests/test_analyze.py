@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,71 @@ def test_score_is_the_same_with_either_engine(digit_vae, mix, tmp_path):
     assert found["torch"].keys() == found["openvino"].keys()
     for f, (score, kl) in found["torch"].items():
         assert found["openvino"][f] == pytest.approx((score, kl), rel=1e-4, abs=1e-3), f
+
+
+def test_score_is_burdas_estimate_one_sample_is_the_elbo_and_more_samples_tighten_it(digit_vae, single_thread):
+    """`scores` on the trained VAE and held-out digits: K = 1 is a one-sample negative ELBO (its mean
+    over draws matches E_q[-log p(x|z)] + KL computed here with the analytic KL), and K samples are
+    the log-mean-exp of the K one-sample estimates on the same draws (Burda et al.), so the K = 64
+    estimate lies below their mean (Jensen). recon + kl is not the ELBO (recon is at the mean code,
+    below E_q's error: 106.5 against 115.2 nats here), so it bounds nothing."""
+    from translate.analyze import model_input, recon_kind, scores
+    from translate.images import to_signed
+
+    wf = read_weights(digit_vae)
+    net = wf.build("AE", torch.device("cpu")).float().eval()
+    assert recon_kind(wf) == "l2" and hasattr(net, "encode_dist")
+    files = [p for d in range(10) for p in sorted(shared("mnist", "test", str(d)).iterdir())[:3]]
+    x = to_signed(torch.stack([model_input(f, net.channels, net.resolution) for f in files]))
+    K = 64
+    many = scores(net, x, "l2", K, torch.Generator().manual_seed(0))["score"]
+    g = torch.Generator().manual_seed(0)  # the same draws, one at a time
+    ones = torch.stack([scores(net, x, "l2", 1, g)["score"] for _ in range(K)])  # (K, N)
+    assert ones.std(0).min() > 0.1  # the draws differ
+    iwae = -(torch.logsumexp(-ones, 0) - math.log(K))
+    assert torch.allclose(many, iwae, rtol=1e-5, atol=1e-3)
+    assert (many <= ones.mean(0) + 1e-3).all()
+    assert many.mean() < ones.mean(0).mean() - 2  # measured: 103.9 against 115.5 nats
+
+    with torch.no_grad():  # the negative ELBO, independently: Monte Carlo error, analytic KL
+        mu, logvar = net.encode_dist(x)
+        std, gen = torch.exp(0.5 * logvar), torch.Generator().manual_seed(1)
+        err = torch.stack([(net.decode(mu + std * torch.randn(mu.shape, generator=gen)) - x).square().flatten(1).sum(1)
+                           for _ in range(K)]).mean(0)
+        neg_elbo = err + 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
+    assert ones.mean() == pytest.approx(neg_elbo.mean().item(), rel=0.02)  # measured: 115.2 and 115.5
+
+
+def test_score_more_samples_lower_the_estimate_and_quantile_marks_that_share(digit_vae, mix, tmp_path, single_thread):
+    """`translate score`: the mean estimate with --samples 64 is below that with --samples 1; the
+    per-image columns recon and kl do not depend on K; --quantile 0.9 marks the images above the 0.9
+    quantile of the scores (about 10%), the worst rows of the CSV, and copies exactly those."""
+    root, _ = mix
+    found = {}
+    for k in (1, 64):
+        out = tmp_path / f"k{k}.csv"
+        res = runner.invoke(app, ["score", str(root), "-w", str(digit_vae), "-o", str(out), "--samples", str(k),
+                                  "--quantile", "0.9", "--copy-to", str(tmp_path / f"out{k}"), "--engine", "torch",
+                                  "--precision", "fp32", "-q"])
+        assert res.exit_code == 0, res.output
+        found[k] = rows(out)
+    for k, table in found.items():
+        n = len(table)
+        assert n == 46
+        scores_ = [float(r["score"]) for r in table]
+        marked = [r for r in table if r["outlier"] == "1"]
+        assert abs(len(marked) - 0.1 * n) <= 1, (k, len(marked))
+        assert marked == table[:len(marked)]  # the worst first
+        cut = float(np.quantile(scores_, 0.9))
+        assert all(float(r["score"]) > cut for r in marked) and all(s <= cut for s in scores_[len(marked):])
+        copied = sorted(str(p.relative_to(tmp_path / f"out{k}")) for p in (tmp_path / f"out{k}").rglob("*.*"))
+        assert copied == sorted(r["file"] for r in marked)
+    by_file = {k: {r["file"]: r for r in table} for k, table in found.items()}
+    assert by_file[1].keys() == by_file[64].keys()
+    for f, r in by_file[1].items():
+        assert (r["recon"], r["kl"]) == (by_file[64][f]["recon"], by_file[64][f]["kl"]), f
+    mean = {k: np.mean([float(r["score"]) for r in table]) for k, table in found.items()}
+    assert mean[64] < mean[1] - 2, mean
 
 
 def test_score_names_and_skips_bad_files(digit_vae, tmp_path):

@@ -454,3 +454,49 @@ def test_psp_with_a_frozen_decoder_and_bicyclegan_train_with_two_processes(pairs
     decoder = {k.removeprefix("decoder."): v for k, v in read_weights(tmp_path / "psp" / "latest.safetensors")
                .tensors["G"].items() if k.startswith("decoder.")}
     assert all(torch.equal(decoder[k], v) for k, v in read_weights(sg).tensors["G"].items())
+
+
+def test_psp_perceptual_term_and_random_noise_in_training(pairs4, tmp_path):
+    """pSp's LPIPS(alex) term (x 0.8) enters the loss and the update when a local AlexNet file is given,
+    with one start-up note when it is not; the StyleGAN2 decoder draws random noise while the
+    translator trains (pSp's randomize_noise) and constant noise when it translates."""
+    import copy
+
+    import torchvision
+    from conftest import tiny
+
+    alex = tmp_path / "alexnet-random.pth"  # the real torchvision file is not on these machines
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), alex)
+    over = [f"data.path={pairs4}", *tiny("psp", ["model.freeze_decoder=false"])]
+    device, precision = torch.device("cpu"), Precision("fp32", torch.device("cpu"))
+    methods, batch = {}, None
+    for name, extra in (("off", []), ("on", [f"loss.lpips_weights={alex}"])):
+        recipe = load_recipe("psp", [*over, *extra])
+        torch.manual_seed(1)
+        methods[name] = get_method("psp")(recipe, device, precision)
+        if batch is None:
+            torch.manual_seed(2)
+            cfg, size = recipe.model, recipe.data.crop_size
+            batch = {"A": torch.rand(2, cfg.input_nc, size, size) * 2 - 1,
+                     "B": torch.rand(2, cfg.output_nc, size, size) * 2 - 1}
+    assert methods["off"].notes and "loss.lpips_weights" in methods["off"].notes[0]
+    assert methods["on"].notes == []
+    G = copy.deepcopy(methods["on"].nets["G"])
+    assert G.decoder.random_noise  # the whole trains
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.1)  # (a trained generator's; they start at 0)
+        assert not torch.equal(G(batch["A"]), G(batch["A"]))  # random noise
+        G.eval()
+        assert torch.equal(G(batch["A"]), G(batch["A"])) and not G.decoder.random_noise
+        G.train()
+    losses = {}
+    for name, method in methods.items():
+        torch.manual_seed(3)
+        losses[name] = method.train_step(batch)
+    assert "LPIPS" not in losses["off"] and float(losses["on"]["LPIPS"]) > 0
+    assert losses["on"]["L2"] == losses["off"]["L2"]  # same start, same draws: only the term differs
+    after = {n: m.nets["G"].encoder.state_dict() for n, m in methods.items()}
+    assert any(not torch.equal(after["on"][k], after["off"][k]) for k in after["on"])  # and it moved the update

@@ -6,6 +6,7 @@ import inspect
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -149,9 +150,11 @@ def test_translators_keep_any_size_that_is_a_multiple_of_their_registered_one(na
             assert net(torch.randn(1, 3, h, w)).shape == (1, 3, h, w), (name, h, w)
 
 
-def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path) -> None:
+def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path, pairs4, single_thread) -> None:
     """A translator registered at run time (as a new file in nets/ would) is accepted by recipes,
-    sets the training size check and the padding of `translate run`, and is listed by the zoo."""
+    sets the training size check and the padding of `translate run`, is listed by the zoo, trains
+    (one pix2pix step on real pairs changes its weights) and translates (`translate run` pads a
+    62x45 photo to its multiple of 8 and crops the output back)."""
     from typer.testing import CliRunner
 
     from translate.cli import app
@@ -181,6 +184,37 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path) -> None:
         load_recipe("pix2pix", ["model.discriminator=stylegan2_d"])
     res = CliRunner().invoke(app, ["zoo"])
     assert res.exit_code == 0 and "toy_translator" in res.output and "smallest translator" in res.output
+
+    from PIL import Image
+
+    from translate.train import Trainer
+
+    over = [f"data.path={pairs4}", "model.generator=toy_translator", "data.load_size=64", "data.crop_size=64",
+            "model.ndf=4", "train.max_steps=1", "train.batch_size=2", "data.num_workers=0", "train.sample_every=0",
+            "train.log_every=1", "train.save_every=0", "train.device=cpu"]
+    trainer = Trainer(load_recipe("pix2pix", over), tmp_path / "run", quiet=True)
+    G = trainer.method.nets["G"]
+    assert type(G) is nn.Conv2d  # the toy itself, not a stand-in
+    before = {k: v.detach().clone() for k, v in G.state_dict().items()}
+    result = trainer.fit()
+    assert result.step == 1
+    wf = read_weights(result.weights)
+    assert wf.arch["G"]["net"] == "toy_translator"
+    after = wf.tensors["G"]
+    assert after.keys() == before.keys() == {"weight", "bias"}
+    for k, v in before.items():
+        assert after[k].shape == v.shape and not torch.equal(after[k], v), k  # one Adam step moved each
+    assert type(wf.build("G")) is nn.Conv2d  # the weights file alone rebuilds it
+
+    src = tmp_path / "in"
+    src.mkdir()
+    photo = sorted((pairs4 / "train").iterdir())[0]
+    Image.open(photo).resize((62, 45)).save(src / "x.png")
+    res = CliRunner().invoke(app, ["run", str(src), str(tmp_path / "out"), "-w", str(result.weights), "-q"])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "out" / "x.png") as y:
+        assert (y.size, y.mode) == ((62, 45), "RGB")
+        assert not np.array_equal(np.asarray(y), np.asarray(Image.open(src / "x.png")))  # translated, not copied
 
 
 @pytest.mark.parametrize("norm", NORMS)

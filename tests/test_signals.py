@@ -180,3 +180,100 @@ def test_run_stopped_by_group_signal_finishes_in_flight_and_rerun_completes(slow
     again = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len([p for p in out.rglob("*") if p.is_file()]) == 12
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def test_a_second_sigint_stops_run_at_once(slow_weights, tmp_path):
+    """Ctrl-C twice (signals.py: a process on its own takes a second signal as "stop now"): the first
+    makes `translate run` finish the image in flight, the second stops it there, so that image is
+    never written and the run's summary never printed: exit 130, no traceback, no temporary file,
+    the outputs written before whole. The first signal is sent once the network has spent half a CPU
+    second past an output (an image costs several here), so an image is surely in flight; a graceful
+    stop would write it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in copy_first(shared("horse2zebra", "testA"), tmp_path / "jpg", 6):
+        # 768 px: an image takes seconds even on an idle machine (at 256 px, 0.5 s: the image in flight
+        # could finish between the two signals, and the run then stopped gracefully)
+        Image.open(p).resize((768, 768)).save(src / f"{p.stem}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "translate", "run", str(src), str(out), "--weights", str(slow_weights),
+           "--workers", "1", "--device", "cpu", "--engine", "torch", "--precision", "fp32"]
+    proc, err = start(cmd, tmp_path)
+    try:
+        wait_for(proc, err, lambda: len(list(out.rglob("*.png"))) >= 1, "an output")
+        busy = cpu_seconds(proc.pid) + 0.5
+        wait_for(proc, err, lambda: cpu_seconds(proc.pid) > busy, "work on the next image")
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_for(proc, err, lambda: "SIGINT: finishing the images in flight" in err.read_text(), "first signal noted")
+        before = len(list(out.rglob("*.png")))  # written before the first signal; one more is in flight
+    except BaseException:
+        stop_group(proc, signal.SIGKILL)
+        raise
+    rc = stop_group(proc, signal.SIGINT, timeout=60)
+    text = ANSI.sub("", err.read_text())
+    assert rc == 130, text[-3000:]
+    assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]
+    assert "interrupted by SIGINT: translated" not in text, text[-3000:]  # the graceful stop's summary
+    written = sorted(out.rglob("*"))
+    assert not [p for p in written if p.name.endswith(".tmp")]
+    outputs = [p for p in written if p.is_file()]
+    assert 1 <= len(outputs) == before < 6, outputs  # the image in flight was not finished
+    for p in outputs:
+        with Image.open(p) as im:
+            im.load()
+            assert im.size == (768, 768)
+
+
+@pytest.mark.parametrize("launched", [False, True], ids=["alone", "under-launcher"])
+def test_a_second_sigint_stops_training_at_once_unless_a_launcher_repeats_it(h2z4, tmp_path, monkeypatch,
+                                                                            single_thread, launched):
+    """README: "A second Ctrl-C stops at once" (signals.py: "stop now, without saving"). Both signals
+    arrive inside step 2 (raised in this process, so each is handled before the next line runs): alone,
+    the second raises KeyboardInterrupt there (`translate` exits 130 on it, as the run test above
+    shows), the step is left unfinished and nothing is saved; under a launcher, which passes the
+    group's signal on once more, the repeat is ignored and training stops after step 2 and saves."""
+    from translate.train import TrainingInterrupted
+
+    if launched:
+        monkeypatch.setenv("TRANSLATE_LAUNCHER", "1")
+    else:
+        monkeypatch.delenv("TRANSLATE_LAUNCHER", raising=False)
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    run = tmp_path / "run"
+    recipe = load_recipe("cyclegan", [f"data.path={h2z4}", *TINY, "data.num_workers=0", "train.max_steps=100"])
+    trainer = Trainer(recipe, run, quiet=True)
+    step, finished, noted = trainer.method.train_step, [], []
+
+    def step_with_two_sigints(batch):
+        if trainer.step == 1:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: noted, the step goes on
+            noted.append(trainer.signals.stop)
+            signal.raise_signal(signal.SIGINT)  # the second
+        losses = step(batch)
+        finished.append(trainer.step + 1)
+        return losses
+
+    monkeypatch.setattr(trainer.method, "train_step", step_with_two_sigints)
+    before = signal.getsignal(signal.SIGINT)
+    if launched:
+        try:
+            with pytest.raises(TrainingInterrupted, match="interrupted by SIGINT; saved"):
+                trainer.fit()
+        except KeyboardInterrupt:  # (not left to end the test session)
+            pytest.fail("under a launcher the repeated SIGINT stopped training at once")
+        assert finished == [1, 2]
+        assert int(read_weights(run / "latest.safetensors").meta["step"]) == 2
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert finished == [1]  # step 2 was cut short
+        assert not (run / "latest.safetensors").exists() and not (run / "latest.state.pt").exists()
+        assert [r["step"] for r in read_log(run)] == [1]
+    assert noted == [signal.SIGINT]  # the first signal was recorded, not raised
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back either way

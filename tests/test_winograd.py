@@ -240,5 +240,24 @@ def test_use_winograd_min_channels() -> None:
     assert use_winograd(net, min_channels=3) == 2
 
 
-def test_winograd_pays_is_a_bool() -> None:
-    assert isinstance(winograd_pays(), bool)
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_winograd_pays_for_fp32_on_cpus_without_native_bf16_only(monkeypatch, native_bf16: bool) -> None:
+    """The documented rule: fp32 on a CPU without native bf16 (AVX2); never another dtype or device,
+    nor a CPU with AVX512-BF16/AMX. The CPU's answer is faked both ways, so both CPUs are checked here."""
+    from translate import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert winograd_pays(cpu, torch.float32) is (not native_bf16)
+    assert winograd_pays() is (not native_bf16)  # the defaults: the CPU, fp32
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        assert winograd_pays(cpu, dtype) is False, dtype
+    for device in (torch.device("cuda"), torch.device("cuda", 1), torch.device("meta")):
+        for dtype in (torch.float32, torch.bfloat16):
+            assert winograd_pays(device, dtype) is False, (device, dtype)
+
+
+def test_winograd_pays_on_this_cpu_follows_its_bf16() -> None:
+    from translate.devices import cpu_bf16_native
+
+    assert winograd_pays(torch.device("cpu"), torch.float32) is (not cpu_bf16_native())

@@ -50,3 +50,19 @@ def scale_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float, schedu
     for sched in schedulers:
         sched.base_lrs = [lr * factor for lr in sched.base_lrs]
         sched._last_lr = [lr * factor for lr in sched._last_lr]
+
+
+def follow_schedules(schedulers: Iterable[Any]) -> None:
+    """Set the optimizers' rates to their schedules' values at the current epoch where they differ:
+    a run resumed with another schedule (``--resume --set train.epochs=N``) restores the rates the
+    old schedule had set, and would train its first resumed epoch at them (a finished run, at 0).
+    Equal rates are left as they are, so a plain resume stays exact to the bit."""
+    for sched in schedulers:
+        closed = getattr(sched, "_get_closed_form_lr", None)
+        lrs = closed() if closed is not None else sched.get_lr()
+        groups = sched.optimizer.param_groups
+        if all(math.isclose(g["lr"], lr, rel_tol=1e-6, abs_tol=1e-12) for g, lr in zip(groups, lrs, strict=True)):
+            continue
+        for group, lr in zip(groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = list(lrs)

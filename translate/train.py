@@ -61,7 +61,7 @@ from translate.images import save_png_atomic, to_unit
 from translate.methods import get_method
 from translate.progress import Progress
 from translate.recipes import Recipe, load_recipe
-from translate.schedules import LR_RULES, lr_factor, make_schedulers, scale_lr
+from translate.schedules import LR_RULES, follow_schedules, lr_factor, make_schedulers, scale_lr
 from translate.signals import StopSignals, blocked, ignore_in_worker
 
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
@@ -322,6 +322,7 @@ class Trainer:
         self.best = None if best != best else best  # NaN: no evaluation yet
         # The lr schedules were saved for the old number of processes; rescale them to this one's.
         scale_lr(method.optimizers, self.lr_factor / state.get("lr_factor", 1.0), self.schedulers.values())
+        follow_schedules(self.schedulers.values())  # the recipe may have changed the schedule (train.epochs)
         self.step, self.epoch = state["step"], state["epoch"]
         # (states before the per-process batch counted global batches of train.batch_size)
         self.samples_in_epoch = state.get("samples_in_epoch",
@@ -620,6 +621,8 @@ class Trainer:
             f"= global batch {self.global_batch} | lr {t.lr * self.lr_factor:g} (train.lr {t.lr:g}, "
             f"lr_scale {t.lr_scale}: {LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
             f"run {self.paths.root}")
+        for note in self.method.notes:
+            self.progress.say(f"note: {note}")
         old = self.resumed_from
         if old and (old["world_size"], old["global_batch"]) != (self.dist.world_size, self.global_batch):
             self.progress.say(f"note: this run trained with {old['world_size']} process(es), global batch "

@@ -90,6 +90,7 @@ class Method(Generic[ModelT, LossT]):
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.held: list[tuple[list[nn.Parameter], int]] = []  # (parameters, steps): see hold_frozen
+        self.notes: list[str] = []  # said once at the start of training (e.g. a loss term that is off, and why)
         self._arch: dict[str, dict[str, Any]] = {}
         self.check_size(recipe.data.crop_size)
 

@@ -33,6 +33,7 @@ class Composed(nn.Module):
         self.decoder = create_net(decoder["net"], **decoder.get("kwargs", {}))
         self.nz = nz
         self.frozen: set[str] = set()
+        self.train()  # (a decoder that draws noise while the whole trains learns it now)
 
     def forward(self, x: Tensor, z: Tensor | None = None, return_code: bool = False) -> Tensor | tuple[Tensor, Any]:
         """The translation of ``x`` (with latent ``z``); ``return_code``: also the encoder's code (one
@@ -59,6 +60,8 @@ class Composed(nn.Module):
         super().train(mode)
         for part in self.frozen:
             getattr(self, part).eval()
+        if hasattr(self.decoder, "random_noise"):  # StyleGAN2: random noise while the whole trains, as pSp's
+            self.decoder.random_noise = mode       # training does, frozen or not; constant when it translates
         return self
 
 

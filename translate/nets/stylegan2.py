@@ -226,7 +226,8 @@ def num_ws(resolution: int) -> int:
 
 
 class StyleDecoder(Generator):
-    """The generator as the decoder of a composed translator, deterministic (constant noise).
+    """The generator as the decoder of a composed translator: constant noise when it translates
+    (deterministic), random noise while the translator trains (as pSp's training draws it).
 
     It takes a ``vector`` code as z (through the mapping network) or a ``wplus`` code, one style
     offset per layer from the average w (pSp's encoders predict offsets, so an untrained encoder
@@ -234,12 +235,14 @@ class StyleDecoder(Generator):
     are, and the average w it was trained with (``mapping.w_avg``) is no longer updated.
     """
 
+    random_noise = False  # set by the composed translator: True while it trains (pSp's randomize_noise)
+
     def forward(self, code: Tensor) -> Tensor:  # type: ignore[override]
         if code.dim() == 2:
             ws = self.mapping(code).unsqueeze(1).repeat(1, self.num_ws, 1)
         else:
             ws = self.mapping.w_avg.to(code.dtype) + code
-        img = self.synthesis(ws, "const")
+        img = self.synthesis(ws, "random" if self.random_noise else "const")
         return img if self.training else img.clamp(-1, 1)
 
 
