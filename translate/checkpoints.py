@@ -124,9 +124,10 @@ def between_files(stage: str) -> None:
 
 
 def save_checkpoint(weights: Path, state_path: Path, nets: dict[str, nn.Module], arch: dict[str, dict[str, Any]],
-                    recipe_json: str, meta: dict[str, str], state: dict[str, Any]) -> None:
-    """Weights and training state as one pair (see the module's text). Raises OSError as the
-    filesystem does (a full disk, no permission); the pair in place before is then untouched."""
+                    recipe_json: str, meta: dict[str, str], state: dict[str, Any]) -> str:
+    """Weights and training state as one pair (see the module's text); returns their save id.
+    Raises OSError as the filesystem does (a full disk, no permission); the pair in place before is
+    then untouched."""
     save_id = uuid.uuid4().hex
     with atomic_path(weights) as weights_tmp:
         with atomic_path(state_path) as state_tmp:
@@ -138,6 +139,7 @@ def save_checkpoint(weights: Path, state_path: Path, nets: dict[str, nn.Module],
             if weights_save_id(weights_tmp) != save_id or _state_save_id(state_tmp) != save_id:
                 raise OSError(f"the checkpoint written to {weights.parent} does not read back")
         between_files("state renamed")  # a kill here: new state, older weights (mended on --resume)
+    return save_id
 
 
 def weights_save_id(path: Path) -> str | None:

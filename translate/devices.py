@@ -291,19 +291,23 @@ def init_distributed(device: torch.device) -> Dist:
                 device if device.type == "cuda" else torch.device("cpu"))
 
 
-def fitting(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, note: Callable[[str], None] = lambda _: None) -> Any:
-    """``fn(x)``; where CUDA runs out of memory, ``fn`` of each half of the batch, joined (tensors, or
-    dicts, tuples and lists of them, along the batch), down to one image. ``note`` hears each halving."""
+def fitting(fn: Callable[[Any], Any], x: Any, note: Callable[[str], None] = lambda _: None,
+            join: Callable[[Any, Any], Any] | None = None) -> Any:
+    """``fn(x)`` for a batch ``x`` (a tensor or a list of images); where CUDA runs out of memory,
+    ``fn`` of each half, joined by ``join`` (default: tensors, or dicts, tuples and lists of them,
+    concatenated along the batch), down to one image, whose error is ``fn``'s to handle or raise.
+    ``note`` hears each halving."""
     try:
         return fn(x)
     except torch.cuda.OutOfMemoryError:
         if len(x) == 1:
             raise
-    if x.is_cuda:
+    # (outside the handler: the failed attempt's tensors are freed before the retry)
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     half = len(x) // 2
     note(f"out of GPU memory with {len(x)} images in a batch: trying {half} at a time")
-    return _join(fitting(fn, x[:half], note), fitting(fn, x[half:], note))
+    return (join or _join)(fitting(fn, x[:half], note, join), fitting(fn, x[half:], note, join))
 
 
 def _join(a: Any, b: Any) -> Any:

@@ -209,7 +209,12 @@ class Compiled:
                 model = ov.convert_model(module.float().eval(), example_input=example, input=shapes)
             with self.cache.writing() as tmp:
                 ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        from translate.devices import cpu_bf16_native
+
+        # OpenVINO's CPU plugin computes bf16 only where the CPU does (AVX512-BF16, AMX); elsewhere the
+        # hint fails to compile (capped to AVX2: "Exception from core.cpp"), so it computes f32 there
+        bf16 = precision == "bf16" and cpu_bf16_native()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
                   "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         blobs = {"CACHE_DIR": str(self.cache.dir / "blobs")}  # OpenVINO's own cache of the compiled model
         try:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.devices import fitting
 from translate.images import to_signed, to_u8
 from translate.options import RunOptions
 from translate.translator import Launched, Translator, launch_batch, pad_to, padded
@@ -142,22 +143,27 @@ def launch_fitting(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int, z
                    opts: RunOptions | None = None, note: Callable[[str], None] = lambda _: None
                    ) -> Launched | Joined:
     """:func:`launch_batch`, but where the device runs out of memory the batch is halved and tried
-    again, down to one image, and that one image in ever smaller tiles; ``note`` hears each retreat.
-    Out of memory is CUDA's (``torch.cuda.OutOfMemoryError``); a CPU that runs out is stopped by
-    the kernel before Python sees it."""
-    try:
-        return launch_batch(tr, rgbs, multiple, z)
-    except torch.cuda.OutOfMemoryError:
-        pass  # (outside the handler: the failed attempt's tensors are freed before the retry)
-    if tr.device.type == "cuda":
-        torch.cuda.empty_cache()
-    n = len(rgbs)
-    if n > 1:
-        note(f"out of GPU memory with {n} images in a batch: trying {n // 2} at a time")
-        return Joined([launch_fitting(tr, rgbs[: n // 2], multiple, z, opts, note),
-                       launch_fitting(tr, rgbs[n // 2 :], multiple, z, opts, note)])
-    opts = opts or RunOptions()
-    rgb = rgbs[0]
+    again (``devices.fitting``), down to one image, and that one image in ever smaller tiles; ``note``
+    hears each retreat. Out of memory is CUDA's (``torch.cuda.OutOfMemoryError``); a CPU that runs
+    out is stopped by the kernel before Python sees it."""
+
+    def launch(part: list[Tensor] | Tensor) -> Launched | Joined:
+        if len(part) > 1:
+            return launch_batch(tr, part, multiple, z)
+        try:
+            return launch_batch(tr, part, multiple, z)
+        except torch.cuda.OutOfMemoryError:
+            pass  # (outside the handler: the failed attempt's tensors are freed first)
+        if tr.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return _tiled_to_fit(tr, part[0], multiple, z, opts or RunOptions(), note)
+
+    return fitting(launch, rgbs, note, join=lambda a, b: Joined([a, b]))
+
+
+def _tiled_to_fit(tr: Translator, rgb: Tensor, multiple: int, z: Tensor | None, opts: RunOptions,
+                  note: Callable[[str], None]) -> Launched:
+    """One image that does not fit whole, in tiles halved until they do."""
     h, w = rgb.shape[-2:]
     tile = min(opts.tile, max(h, w)) // 2
     while tile >= 4 * multiple:

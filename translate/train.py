@@ -39,7 +39,6 @@ from translate.checkpoints import (
     save_state,
     save_weights,
     tensor_bytes,
-    weights_save_id,
 )
 from translate.data import Augment, collate, open_dataset
 from translate.data.sampler import Indexed, ResumableSampler
@@ -363,13 +362,14 @@ class Trainer:
         state = self._state()
         self._check_room()
         try:
-            save_checkpoint(self.paths.weights, self.paths.state, exported, arch, self.recipe.to_json(), meta, state)
+            save_id = save_checkpoint(self.paths.weights, self.paths.state, exported, arch, self.recipe.to_json(),
+                                      meta, state)
             self.guard.good_step = self.step
             if evaluate:
                 best = self.best
                 self._evaluate()
                 if self.best != best:  # the state carries the best score: write it again with it
-                    save_state(self.paths.state, {**self._state(), "save_id": weights_save_id(self.paths.weights)})
+                    save_state(self.paths.state, {**self._state(), "save_id": save_id})
             if numbered:
                 save_weights(self.paths.root / f"epoch_{self.epoch:03d}.safetensors", exported, arch,
                              self.recipe.to_json(), meta)
