@@ -160,12 +160,11 @@ def test_eval_errors_are_one_line(split_pairs, weights, tmp_path):
     assert res.exit_code == 1 and "no holdout/ folder" in res.output
     res = runner.invoke(app, ["eval", "-w", str(weights), "--data", str(tmp_path / "nowhere")])
     assert res.exit_code == 1 and "data folder not found" in res.output
-    unpaired = tmp_path / "h2z"
-    copy_first(shared("horse2zebra", "trainA"), unpaired / "trainA", 2)
-    copy_first(shared("horse2zebra", "trainB"), unpaired / "trainB", 2)
-    res = runner.invoke(app, ["train", "--recipe", "cyclegan", "--data", str(unpaired), "-o", str(tmp_path / "c"),
+    digits = tmp_path / "digits"  # an autoencoder is neither a translator nor a generator FID could score
+    copy_first(shared("mnist", "train", "3"), digits, 2)
+    res = runner.invoke(app, ["train", "--recipe", "ae", "--data", str(digits), "-o", str(tmp_path / "c"),
                               "--set", "train.eval_every=1"])
-    assert res.exit_code == 1 and "train.eval_every evaluates paired translation" in res.output
+    assert res.exit_code == 1 and "train.eval_every evaluates translators and generators; ae trains AE" in res.output
 
 
 # --- export -------------------------------------------------------------------------------------------------
@@ -278,89 +277,6 @@ def test_export_a_zoo_generator_and_refuse_an_autoencoder(tmp_path):
     assert res.exit_code == 1 and "holds an autoencoder" in res.output
     res = runner.invoke(app, ["export", "-w", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.onnx")])
     assert res.exit_code == 1 and "weights file not found" in res.output
-
-
-# --- FID / KID ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory) -> Path:
-    """The FID network's layout with random weights, saved as the real file is (a state dict): the real
-    pt_inception weights are not on these machines."""
-    from translate.fid import FIDInception
-
-    torch.manual_seed(0)
-    net = FIDInception()
-    for m in net.modules():  # He init keeps the signal's scale through the 90-odd ReLU layers (the default
-        if isinstance(m, torch.nn.Conv2d):  # init shrinks the features towards 0)
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
-def shifted(src: Path, dst: Path, add: int) -> Path:
-    dst.mkdir(parents=True)
-    for p in sorted(src.iterdir()):
-        img = np.array(Image.open(p).convert("RGB")).astype(int) + add
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(dst / f"{p.stem}.png")
-    return dst
-
-
-def test_fid_is_zero_for_a_set_against_itself_and_grows_with_a_shift(inception_file, tmp_path):
-    from translate.fid import distances, folder_features, load_inception
-
-    base = tmp_path / "base"
-    copy_first(shared("fashion_mnist", "test", "0"), base, 4)
-    copy_first(shared("fashion_mnist", "test", "7"), base, 4)
-    same, near, far = (shifted(base, tmp_path / n, add) for n, add in (("same", 0), ("near", 30), ("far", 90)))
-    d_same = distances(same, base, inception_file, device="cpu", kid_subsets=5, kid_subset_size=6)
-    d_near = distances(near, base, inception_file, device="cpu", kid_subsets=5, kid_subset_size=6)
-    d_far = distances(far, base, inception_file, device="cpu", kid_subsets=5, kid_subset_size=6)
-    assert 0 < d_near.fid < d_far.fid and d_near.kid[0] < d_far.kid[0]
-    # a set against itself: the same features, and FID 0 up to the rounding of the eigenvalues of S1 S2
-    # (8 images in 2048 dimensions: 2040 of them are noise around 0; measured 4e-6 of the traces)
-    net, key = load_inception(inception_file, torch.device("cpu"))
-    fa, _ = folder_features(net, key, same, torch.device("cpu"))
-    fb, _ = folder_features(net, key, base, torch.device("cpu"))
-    assert torch.equal(fa, fb)
-    assert abs(d_same.fid) < 1e-4 * float(2 * torch.cov(fb.T).trace())
-    assert d_near.cached == (False, True)  # base's features were computed once, then read from its cache
-    assert distances(near, base, inception_file, device="cpu", kid_subsets=5, kid_subset_size=6).cached == (True, True)
-
-
-def test_fid_and_kid_match_torchmetrics_on_the_same_features(inception_file, tmp_path):
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    from translate.analyze import folder, model_input
-    from translate.fid import fid, folder_features, kid, load_inception
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    copy_first(shared("fashion_mnist", "test", "1"), a, 5)
-    copy_first(shared("fashion_mnist", "test", "8"), b, 5)
-    net, key = load_inception(inception_file, torch.device("cpu"))
-    fa, _ = folder_features(net, key, a, torch.device("cpu"))
-    fb, _ = folder_features(net, key, b, torch.device("cpu"))
-
-    def images(d: Path) -> torch.Tensor:  # what our reader feeds the network, as torchmetrics' input
-        return torch.stack([model_input(p, 3, 299) for p in folder(d).files]).float() / 255
-
-    tm_fid = FrechetInceptionDistance(feature=net, normalize=True).double()
-    tm_kid = KernelInceptionDistance(feature=net, normalize=True, subsets=1, subset_size=5)
-    for metric in (tm_fid, tm_kid):
-        metric.update(images(b), real=True)
-        metric.update(images(a), real=False)
-    assert abs(fid(fb, fa) - float(tm_fid.compute())) < 1e-3 * max(1.0, abs(fid(fb, fa)))
-    assert abs(kid(fb, fa, subsets=1, subset_size=5)[0] - float(tm_kid.compute()[0])) < 1e-4
-
-
-def test_fid_without_the_inception_file_says_what_to_pass(tmp_path):
-    folder_ = tmp_path / "x"
-    copy_first(shared("fashion_mnist", "test", "1"), folder_, 2)
-    res = runner.invoke(app, ["eval", "--images", str(folder_), "--ref", str(folder_)])
-    assert res.exit_code == 1 and "pt_inception-2015-12-05-6726825d.pth" in res.output and "--inception" in res.output
-    res = runner.invoke(app, ["eval", "--images", str(folder_)])
-    assert res.exit_code == 1 and "give both --images and --ref" in res.output
 
 
 def test_lpips_from_a_local_alexnet_file(split_pairs, tmp_path):

@@ -5,6 +5,12 @@ are drawn more often. For each latent dimension, a histogram of the codes' means
 estimates their density; an image's weight in that dimension is the inverse of its bin's smoothed
 density, and its sampling weight is the largest over the dimensions (the lab's rule), normalised
 to sum to 1. ``alpha`` smooths the histograms: the larger, the closer to uniform sampling.
+
+The lab's ``get_training_sample_probabilities`` step for step: ``np.histogram(density=True)``
+(counts / (N x bin width), so the density of a dimension whose codes spread little is large),
+``alpha`` added to that density (not to the bin's share of the codes: the same ``alpha`` then
+smooths every dimension as much relative to its spread), renormalised to sum 1 over the bins,
+1 / the code's bin, normalised over the codes; the elementwise maximum over the dimensions.
 """
 
 from __future__ import annotations
@@ -37,22 +43,26 @@ class Resampling:
 
 
 def resampling(mu: Tensor, bins: int = 10, alpha: float = 0.001) -> Resampling:
-    """Probabilities for the codes ``mu`` (N, z_dim): per dimension, a ``bins``-bin histogram of the
-    codes (density normalised, plus ``alpha``, renormalised); weight 1 / density of the code's bin;
-    the largest weight over the dimensions, normalised."""
-    mu = mu.detach().float().cpu()
-    n, dims = mu.shape
-    weight = torch.zeros(n)
-    density = torch.full((n,), math.inf)
-    for d in range(dims):
-        x = mu[:, d]
+    """Probabilities for the codes ``mu`` (N, z_dim): per dimension, a ``bins``-bin histogram density
+    of the codes plus ``alpha``, renormalised over the bins; weight 1 / that of the code's bin; the
+    largest weight over the dimensions, normalised. In float64, as the lab's numpy."""
+    n = mu.shape[0]
+    codes = mu.detach().double().cpu().t().contiguous()  # (z_dim, N): a dimension's codes side by side
+    p = torch.zeros(n, dtype=torch.float64)
+    density = torch.full((n,), math.inf, dtype=torch.float64)
+    for x in codes:
         lo, hi = float(x.min()), float(x.max())
-        span = max(hi - lo, 1e-12)  # a dimension the encoder does not use puts every code in one bin
-        idx = ((x - lo) / span * bins).long().clamp_(0, bins - 1)
-        counts = torch.bincount(idx, minlength=bins).float()
-        hist = counts / counts.sum() + alpha
+        if lo == hi:  # a dimension the encoder does not use: numpy's range for it
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = lo + torch.arange(bins + 1, dtype=torch.float64) * ((hi - lo) / bins)  # np.linspace's
+        edges[-1] = hi
+        # the lab's np.digitize against the edges with the outer two at -inf, +inf: bin i holds
+        # edges[i] <= x < edges[i+1], the last bin also its right edge, as np.histogram counts
+        idx = torch.bucketize(x, edges[1:-1], right=True)
+        counts = torch.bincount(idx, minlength=bins).double()
+        hist = counts / counts.sum() / edges.diff() + alpha  # np.histogram(density=True) + smoothing
         hist = hist / hist.sum()
         w = 1.0 / hist[idx]
-        weight = torch.maximum(weight, w / w.sum())
+        p = torch.maximum(p, w / w.sum())
         density = torch.minimum(density, hist[idx])
-    return Resampling(weight / weight.sum(), density)
+    return Resampling((p / p.sum()).float(), density.float())

@@ -2,22 +2,26 @@
 2019), as MIT 6.S191's debiasing lab trains it: a classifier that learns which kinds of images are
 rare in its data and sees them more often.
 
-One encoder gives the class logit and q(z|x); the decoder is a VAE's. The loss is the binary
-cross-entropy of the logit for every image plus, for images of the positive class only (the VAE
-models the positives: faces, not the non-faces), the VAE loss: the reconstruction error (mean
-absolute error per pixel, as the lab) plus ``kl_weight`` times the KL to N(0, I).
+One encoder gives the class logit and q(z|x) (``z_dim`` 100, the lab's latent_dim); the decoder is a
+VAE's. The loss is the binary cross-entropy of the logit for every image plus, for images of the
+positive class only (the VAE models the positives: faces, not the non-faces), the VAE loss: the
+reconstruction error (mean absolute error per pixel on [0, 1] pixels, as the lab) plus ``kl_weight``
+times the KL to N(0, I).
 
-Each epoch begins with the latent means of every positive image; their per-dimension histograms
-give each one a sampling probability that grows as its code gets rarer (translate/debias.py), and
-the epoch's positives are drawn with those probabilities (negatives stay uniform). The log carries
-how far the probabilities spread: ``p_max_min`` (most / least drawn) and ``p_entropy`` (1: uniform).
+Every batch is half positives, half negatives (the lab's ``get_batch``), whatever the folder's
+ratio. Each epoch begins with the latent means of every positive image; their per-dimension
+histograms give each one a sampling probability that grows as its code gets rarer
+(translate/debias.py), and the positive half of every batch is drawn with those probabilities (the
+negative half uniformly). The log carries how far the probabilities spread: ``p_max_min`` (most /
+least drawn) and ``p_entropy`` (1: uniform). ``debias.enabled=false`` is the lab's standard
+classifier beside it: the same balanced batches, drawn uniformly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +30,18 @@ from torch import Tensor
 from translate.debias import resampling
 from translate.devices import Precision
 from translate.errors import TranslateError
+from translate.losses import kl_per_image
 from translate.methods.base import Method, check_power_of_two, side_by_side
-from translate.methods.vae import kl_per_image
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
 from translate.registry import METHODS
+
+if TYPE_CHECKING:
+    from translate.nets import ExportedNet
 
 
 @dataclass
 class DBVAEModel(ModelConfig):
-    z_dim: int = at_least(32, 1)
+    z_dim: int = at_least(100, 1)  # the lab's latent_dim
     nf: int = at_least(32, 1)
 
 
@@ -45,9 +52,9 @@ class DBVAELoss(LossConfig):
 
 @dataclass
 class DebiasConfig:
-    enabled: bool = True  # false: a plain classifier (uniform sampling), for comparison
+    enabled: bool = True  # false: a plain classifier (balanced batches drawn uniformly), for comparison
     bins: int = at_least(10, 2)  # histogram bins per latent dimension
-    alpha: float = at_least(0.001, 0.0)  # histogram smoothing; larger is closer to uniform sampling
+    alpha: float = at_least(0.001, 0.0)  # the lab's smoothing_fac, added to the density; larger: nearer uniform
 
 
 @METHODS.register("dbvae")
@@ -74,11 +81,15 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
             raise TranslateError(f"data.positive {name!r} is not a subfolder of {data.path} "
                                  f"(found: {', '.join(classes)})")
         self.positive = classes.index(name)
+        if recipe.train.batch_size < 2:
+            raise TranslateError(f"dbvae fills half of every batch with each class: train.batch_size must be 2 or "
+                                 f"more (got {recipe.train.batch_size}; the lab's is 32)")
         self.info["positive"] = name
         self.build("AE", "conv_dbvae", init=False, channels=data.channels, resolution=data.crop_size,
                    z_dim=self.cfg.z_dim, nf=self.cfg.nf)
         self.optimizers = {"AE": self.adam("AE")}
         self.weights: Tensor | None = None  # this epoch's sampling weights over the dataset (None: uniform)
+        self.halves: Tensor | None = None  # per item: positive (the first half of every batch) or not
         self.spread = torch.ones(2)  # (max / min, entropy) of the positives' probabilities
 
     def check_size(self, size: int) -> None:
@@ -91,7 +102,8 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         with self.amp.autocast():
             x_hat, mu, logvar, logit = self.nets["AE"](x, sample=True)
         bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
-        recon = (x_hat.float() - x.float()).abs().flatten(1).mean(1)
+        # pixels in [-1, 1]: half their absolute error is the lab's, on [0, 1] pixels ((x + 1) / 2)
+        recon = (x_hat.float() - x.float()).abs().flatten(1).mean(1) / 2
         kl = kl_per_image(mu, logvar)
         vae = recon + self.loss_cfg.kl_weight * kl
         loss = (bce + y * vae).mean()
@@ -106,29 +118,34 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
 
     @torch.no_grad()
     def resample(self, batches: Iterable[tuple[list[int], dict[str, Tensor]]], n: int) -> None:
-        """The coming epoch's sampling weights over the ``n`` dataset items, from the latent means of
-        the positives (``batches``: every readable item in order, with its index)."""
-        if not self.recipe.debias.enabled:
-            return
-        net = self.net("AE")
+        """The coming epoch's sampling weights over the ``n`` dataset items and which are positives
+        (``batches``: every readable item in order, with its index): the positives weighted by the
+        rarity of their latent means (debias.enabled; else uniformly), the negatives uniformly, each
+        class filling half of every batch. Unreadable items are never drawn."""
+        net = cast("ExportedNet", self.net("AE"))
         net.eval()
         indices, means, labels = [], [], []
         for idx, batch in batches:  # not all under autocast: drawing a batch prepares it (train.py)
-            with self.amp.autocast():
-                means.append(net.encode(batch["A"]).float().cpu())
+            if self.recipe.debias.enabled:
+                with self.amp.autocast():
+                    means.append(net.encode(batch["A"]).float().cpu())
             indices += idx
             labels.append(batch["label"].cpu())
         net.train()
-        index, mu, label = torch.tensor(indices), torch.cat(means), torch.cat(labels)
+        if not indices:
+            return
+        index, label = torch.tensor(indices), torch.cat(labels)
         pos = label == self.positive
-        weights = torch.zeros(n, dtype=torch.float64)  # unreadable items: never drawn
-        neg_index = index[~pos]
-        weights[neg_index] = 1.0 / len(index)
-        if pos.any():
-            r = resampling(mu[pos], self.recipe.debias.bins, self.recipe.debias.alpha)
-            weights[index[pos]] = r.p.double() * (int(pos.sum()) / len(index))  # the positives' share, redistributed
+        weights = torch.zeros(n, dtype=torch.float64)
+        weights[index] = 1.0
+        if pos.any() and self.recipe.debias.enabled:
+            r = resampling(torch.cat(means)[pos], self.recipe.debias.bins, self.recipe.debias.alpha)
+            weights[index[pos]] = r.p.double()
             self.spread = torch.tensor([r.max_min, r.entropy])
         self.weights = weights
+        # both classes present: half of every batch each (the lab's get_batch); else the one there is
+        self.halves = torch.zeros(n, dtype=torch.bool).index_fill_(0, index[pos], True) \
+            if pos.any() and not pos.all() else None
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
@@ -138,9 +155,12 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         return side_by_side(batch["A"], x_hat)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"weights": self.weights if self.weights is not None else torch.zeros(0), "spread": self.spread}
+        return {"weights": self.weights if self.weights is not None else torch.zeros(0),
+                "halves": self.halves if self.halves is not None else torch.zeros(0, dtype=torch.bool),
+                "spread": self.spread}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        w = state.get("weights")
+        w, h = state.get("weights"), state.get("halves")
         self.weights = w if w is not None and w.numel() else None
+        self.halves = h if h is not None and h.numel() else None
         self.spread = state.get("spread", torch.ones(2))
