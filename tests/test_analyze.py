@@ -1,10 +1,9 @@
-"""Outlier detection (`translate score`) and debiasing (the dbvae recipe, `translate debias`,
-`translate classify`) on real images: MNIST digits against other sources, LFW faces with a rare kind."""
+"""Outlier detection (`translate score`) on real images: MNIST digits against other sources (the
+DB-VAE's `translate debias` and `translate classify`: tests/test_dbvae.py)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 from translate.checkpoints import read_weights, save_weights
 from translate.cli import app
-from translate.debias import resampling
 from translate.recipes import load_recipe
 from translate.registry import create_net
 from translate.train import Trainer
@@ -112,14 +110,14 @@ def test_score_is_burdas_estimate_one_sample_is_the_elbo_and_more_samples_tighte
     the log-mean-exp of the K one-sample estimates on the same draws (Burda et al.), so the K = 64
     estimate lies below their mean (Jensen). recon + kl is not the ELBO (recon is at the mean code,
     below E_q's error: 106.5 against 115.2 nats here), so it bounds nothing."""
-    from translate.analyze import model_input, recon_kind, scores
-    from translate.images import to_signed
+    from translate.analyze import recon_kind, scores
+    from translate.images import model_input, read_rgb, to_signed
 
     wf = read_weights(digit_vae)
     net = wf.build("AE", torch.device("cpu")).float().eval()
     assert recon_kind(wf) == "l2" and hasattr(net, "encode_dist")
     files = [p for d in range(10) for p in sorted(shared("mnist", "test", str(d)).iterdir())[:3]]
-    x = to_signed(torch.stack([model_input(f, net.channels, net.resolution) for f in files]))
+    x = to_signed(torch.stack([model_input(read_rgb(f), net.channels, net.resolution) for f in files]))
     K = 64
     many = scores(net, x, "l2", K, torch.Generator().manual_seed(0))["score"]
     g = torch.Generator().manual_seed(0)  # the same draws, one at a time
@@ -202,96 +200,7 @@ def test_score_with_an_autoencoder_and_the_wrong_model(weights, tmp_path):
     assert res.exit_code == 1 and "needs the columns file,is_outlier" in res.output
 
 
-# --- the DB-VAE --------------------------------------------------------------------------------------------
-
-def test_resampling_favours_rare_codes():
-    g = torch.Generator().manual_seed(0)
-    common = torch.randn(90, 4, generator=g) * 0.3
-    rare = torch.randn(10, 4, generator=g) * 0.3 + 3.0  # far from the rest in every dimension
-    r = resampling(torch.cat([common, rare]), bins=10, alpha=0.001)
-    assert torch.isclose(r.p.sum(), torch.tensor(1.0)) and float(r.p[90:].mean()) > 3 * float(r.p[:90].mean())
-    flat = resampling(torch.cat([common, rare]), bins=10, alpha=100.0)  # heavy smoothing: near uniform
-    assert flat.max_min < r.max_min and flat.entropy > r.entropy
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory) -> Path:
-    """LFW faces (positives, one in ten darkened: the rare kind) and non-faces; 80 of each for training,
-    the last 20 faces darkened as a held-out test of the rare kind."""
-    root = tmp_path_factory.mktemp("lfw")
-    face, nonface = sorted(shared("lfw", "face").iterdir()), sorted(shared("lfw", "nonface").iterdir())
-    for sub in ("train/face", "train/nonface", "rare"):
-        (root / sub).mkdir(parents=True)
-    for k, f in enumerate(face):
-        img = np.asarray(Image.open(f).convert("L"))
-        if k >= 80:
-            Image.fromarray((img * 0.3).astype(np.uint8)).save(root / "rare" / f.name)
-        elif k % 10 == 0:
-            Image.fromarray((img * 0.3).astype(np.uint8)).save(root / "train" / "face" / f"dark_{f.name}")
-        else:
-            Image.fromarray(img).save(root / "train" / "face" / f.name)
-    for f in nonface[:80]:
-        Image.open(f).convert("L").save(root / "train" / "nonface" / f.name)
-    return root
-
-
-DBVAE = ["data.channels=1", "data.load_size=32", "data.crop_size=32", "model.z_dim=16", "model.nf=16",
-         "train.epochs=6", "train.batch_size=32", *QUIET]
-
-
-def test_dbvae_draws_the_rare_kind_more_and_classifies_it_no_worse(faces, tmp_path):
-    runs = {}
-    for name, enabled in (("debiased", "true"), ("plain", "false")):
-        over = [f"data.path={faces / 'train'}", f"debias.enabled={enabled}", *DBVAE]
-        runs[name] = Trainer(load_recipe("dbvae", over), tmp_path / name, quiet=True).fit().weights
-    log = [json.loads(line) for line in (tmp_path / "debiased" / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["p_max_min"] > 1.5 and log[-1]["p_entropy"] < 1.0  # the sampling moved away from uniform
-    meta = json.loads(read_weights(runs["debiased"]).meta["info"])
-    assert meta["positive"] == "face" and meta["classes"] == ["face", "nonface"]
-
-    # the rare kind (darkened faces) gets a higher mean sampling probability than the common kind
-    out = tmp_path / "weights.csv"
-    res = runner.invoke(app, ["debias", str(faces / "train" / "face"), "-w", str(runs["debiased"]), "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    table = rows(out)
-    dark = [float(r["probability"]) for r in table if r["file"].startswith("dark_")]
-    common = [float(r["probability"]) for r in table if not r["file"].startswith("dark_")]
-    assert np.mean(dark) > np.mean(common), (np.mean(dark), np.mean(common))
-    assert Image.open(out.with_suffix(".png")).width > 0
-
-    # a bad file is named and skipped; the rest is weighed; exit 3
-    bad = tmp_path / "bad"
-    copy_first(faces / "rare", bad, 3)
-    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    res = runner.invoke(app, ["debias", str(bad), "-w", str(runs["debiased"]), "-o", str(tmp_path / "b.csv")])
-    assert res.exit_code == 3 and "broken.png" in res.output and "3 images (1 failed)" in res.output, res.output
-    assert len(rows(tmp_path / "b.csv")) == 3
-
-    # accuracy on held-out faces of the rare kind: at least the plain classifier's
-    accuracy = {}
-    for name, w in runs.items():
-        csv_path = tmp_path / f"{name}.csv"
-        res = runner.invoke(app, ["classify", str(faces / "rare"), "-w", str(w), "-o", str(csv_path), "-q"])
-        assert res.exit_code == 0, res.output
-        accuracy[name] = np.mean([r["predicted"] == "face" for r in rows(csv_path)])
-    assert accuracy["debiased"] >= accuracy["plain"], accuracy
-
-    # classify with the truth in the folder names: accuracy per class folder
-    res = runner.invoke(app, ["classify", str(faces / "train"), "-w", str(runs["debiased"]), "-o",
-                              str(tmp_path / "all.csv")])
-    assert res.exit_code == 0 and "face: accuracy" in res.output and "nonface: accuracy" in res.output
-
-    # the same probabilities from either engine (translate/engines.py), in fp32
-    by_engine = {}
-    for engine in ("torch", "openvino"):
-        csv_path = tmp_path / f"{engine}.csv"
-        res = runner.invoke(app, ["classify", str(faces / "rare"), "-w", str(runs["debiased"]), "-o", str(csv_path),
-                                  "--engine", engine, "--precision", "fp32", "-q"])
-        assert res.exit_code == 0, res.output
-        by_engine[engine] = {r["file"]: float(r["probability"]) for r in rows(csv_path)}
-    assert by_engine["torch"].keys() == by_engine["openvino"].keys()
-    assert all(abs(p - by_engine["openvino"][f]) < 1e-4 for f, p in by_engine["torch"].items())
-
+# --- the DB-VAE (its training, sampling and commands: tests/test_dbvae.py) ---------------------------------
 
 def test_classify_and_debias_need_dbvae_weights(digit_vae, tmp_path):
     root = tmp_path / "in"
@@ -299,18 +208,3 @@ def test_classify_and_debias_need_dbvae_weights(digit_vae, tmp_path):
     for command in ("classify", "debias"):
         res = runner.invoke(app, [command, str(root), "-w", str(digit_vae), "-o", str(tmp_path / "x.csv")])
         assert res.exit_code == 1 and "works with dbvae weights" in res.output and "holds a vae" in res.output
-
-
-def test_dbvae_trains_with_two_processes(faces, tmp_path):
-    """Under DDP every rank draws the epoch from rank 0's sampling weights."""
-    import os
-    import subprocess
-    import sys
-
-    sets = [f"--set={s}" for s in [*DBVAE, "train.epochs=2", "train.batch_size=16"]]
-    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", "--recipe=dbvae", f"--data={faces / 'train'}",
-           f"--out={tmp_path / 'run'}", *sets]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0 and "done: step 10" in res.stderr, res.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["p_max_min"] > 1.0

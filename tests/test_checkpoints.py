@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ from safetensors.torch import save_file
 import translate.checkpoints as ckpt
 from translate.checkpoints import FORMAT, load_state, read_weights, save_state, save_weights
 from translate.errors import TranslateError
+from translate.methods import get_method
 from translate.recipes import load_recipe, recipe_from_json
-from translate.registry import create_net
+from translate.registry import METHODS, create_net
 from translate.train import Trainer
 
 SPEC = {"net": "resnet_6blocks", "kwargs": {"in_ch": 3, "out_ch": 3, "ngf": 8, "norm": "instance",
@@ -87,6 +90,42 @@ def test_weights_from_a_training_run_rebuild_its_generators(h2z4, tmp_path):
     assert recipe_from_json(wf.recipe_json) == recipe
     for name in wf.nets:
         assert same_outputs(wf.build(name), trainer.method.nets[name])
+    assert wf.meta["kind"] == wf.kind == "translator"  # saved at training time, read without the methods
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_method_kind_is_what_its_old_files_were_told_by(method, tmp_path):
+    """Files written before the kind was saved are told by their nets and method; every method's
+    kind (saved in new files) agrees with that rule, so old and new files of a method open alike."""
+    cls = get_method(method)
+    nets = {n: make_net() for n in cls.export_names}
+    path = save_weights(tmp_path / "old.safetensors", nets, dict.fromkeys(nets, SPEC), "", {"method": method})
+    old = read_weights(path)
+    assert "kind" not in old.meta and old.kind == cls.model_kind()
+    assert cls.model_kind() in ckpt.KIND_COMMANDS
+
+
+def test_the_saved_kind_decides_and_a_wrong_command_is_one_line(tmp_path):
+    path = save_weights(tmp_path / "g.safetensors", {"G": make_net()}, {"G": SPEC}, "",
+                        {"method": "somenewgan", "kind": "generator"})
+    wf = read_weights(path)
+    assert wf.kind == "generator"  # the saved kind, not the method's name (unknown to the fallback)
+    with pytest.raises(TranslateError, match=r"`translate run` does not apply to g.safetensors: it holds a "
+                                             r"somenewgan generator \(use translate sample, translate interpolate\)"):
+        wf.check_kind("run")
+
+
+@pytest.mark.parametrize("module", ["translate.infer", "translate.export", "translate.analyze", "translate.generate",
+                                    "translate.evaluate"])
+def test_inference_imports_no_training_code(module):
+    """What runs, exports and analyses a weights file learns what it holds from the file (its kind
+    in the metadata), not from the training methods: importing it loads no method, network or trainer.
+    (The recipe schema may load: it names no method until a recipe is read.)"""
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('translate.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for training in ("translate.methods", "translate.train", "translate.nets", "translate.backbones",
+                     "translate.data"):
+        assert f"'{training}" not in loaded, f"{module} imports {training}: {loaded}"
 
 
 def test_missing_file(tmp_path):

@@ -262,7 +262,7 @@ def test_run_says_where_the_outputs_are_and_exits_0_when_all_are_there(weights, 
 
 
 def test_an_autoencoder_is_not_a_translator(tmp_path):
-    from translate.generate import with_article
+    from translate.checkpoints import with_article
 
     assert with_article("imported") == "an imported" and with_article("vae") == "a vae"
     assert with_article("ae") == "an ae"

@@ -24,26 +24,25 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from translate.checkpoints import WeightsFile, atomic_path, read_weights
-from translate.errors import PartialFailures, TranslateError
-from translate.images import NotRegularFile, check_regular, image_files, read_rgb, resize_u8, to_gray, to_signed
-from translate.methods.ae import recon_error
-from translate.methods.vae import kl_per_image
+from translate.checkpoints import WeightsFile, atomic_path, read_weights, with_article
+from translate.debias import resampling
+from translate.devices import DTYPES, fitting, pick_device, resolve_precision
+from translate.engines import OpenVinoMethods, net_id, pick_engine
+from translate.errors import PartialFailures, TranslateError, reason
+from translate.images import NotRegularFile, check_regular, image_files, model_input, read_rgb, to_signed, to_u8
+from translate.losses import kl_per_image, recon_error
 from translate.progress import Progress
 
+if TYPE_CHECKING:
+    from translate.nets import ExportedNet
+
 # --- reading folders -------------------------------------------------------------------------------
-
-def model_input(path: Path, channels: int, resolution: int) -> Tensor:
-    """A file as a (channels, resolution, resolution) uint8 model input."""
-    img = read_rgb(path)
-    return resize_u8(to_gray(img) if channels == 1 else img, (resolution, resolution))
-
 
 class _Read(Dataset):
     def __init__(self, files: list[Path], channels: int, resolution: int) -> None:
@@ -54,9 +53,9 @@ class _Read(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            return {"i": i, "x": model_input(self.files[i], self.channels, self.resolution)}
+            return {"i": i, "x": model_input(read_rgb(self.files[i]), self.channels, self.resolution)}
         except Exception as e:  # any unreadable file is that file's failure
-            return {"i": i, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+            return {"i": i, "error": reason(e)}
 
 
 @dataclass
@@ -88,8 +87,8 @@ def batches(reading: Reading, channels: int, resolution: int, batch_size: int, d
             progress: Progress | None = None) -> Iterator[tuple[list[int], Tensor]]:
     """(file indices, float [-1, 1] batch on ``device``) over the readable files; failures recorded."""
     progress = progress or Progress.silent()
-    for path, reason in reading.skipped:
-        progress.say(f"skipped {path}: {reason}")
+    for path, why in reading.skipped:
+        progress.say(f"skipped {path}: {why}")
     cuda = device.type == "cuda"
     loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
                         num_workers=4 if cuda else 0, pin_memory=cuda)
@@ -109,28 +108,23 @@ def batches(reading: Reading, channels: int, resolution: int, batch_size: int, d
 
 
 def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bool], what: str,
-               device: torch.device) -> tuple[WeightsFile, nn.Module]:
+               device: torch.device) -> tuple[WeightsFile, ExportedNet]:
     """The exported autoencoder ``AE`` of a weights file, if it can do what ``command`` needs."""
-    from translate.generate import model_kind, with_article
-
     wf = read_weights(weights)
-    kind = model_kind(wf)
+    kind = wf.kind
     net = wf.build("AE", device) if kind == "autoencoder" else None
     if net is None or not need(net):
         method = wf.meta.get("method") or "imported"
         raise TranslateError(f"`translate {command}` works with {what}; {Path(weights).name} holds "
                              f"{with_article(method)} {kind}")
-    return wf, net
+    return wf, cast("ExportedNet", net)
 
 
-def _prepared(net: nn.Module, device: torch.device, precision: str, engine: str, encode: str, decode: bool = True
+def _prepared(net: ExportedNet, device: torch.device, precision: str, engine: str, encode: str, decode: bool = True
               ) -> tuple[Any, torch.dtype]:
     """The model as ``engine`` runs it (engines.pick_engine), and the dtype its inputs take: torch's
     in ``precision``; or OpenVINO's, its ``encode`` method (and ``decode``, fed ``encode``'s first
     output) compiled, fed fp32 and computing in ``precision``."""
-    from translate.devices import DTYPES
-    from translate.engines import OpenVinoMethods, net_id, pick_engine
-
     if pick_engine(engine, device, precision, net=net) == "torch":
         return net.to(DTYPES[precision]), DTYPES[precision]
     x = torch.zeros(1, net.channels, net.resolution, net.resolution)
@@ -167,7 +161,8 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Pat
 # --- the math ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def scores(net: nn.Module, x: Tensor, kind: str, samples: int, generator: torch.Generator) -> dict[str, Tensor]:
+def scores(net: ExportedNet | OpenVinoMethods, x: Tensor, kind: str, samples: int,
+           generator: torch.Generator) -> dict[str, Tensor]:
     """Per image: ``score`` (estimated -log p(x), or the AE's error), ``recon`` and ``kl``."""
     if not hasattr(net, "encode_dist"):
         recon = recon_error(net.decode(net.encode(x)), x, kind)
@@ -218,9 +213,6 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
           engine: str = "auto", seed: int = 0, progress: Progress | None = None) -> ScoreSummary:
     """Score every image under ``in_dir``; the CSV lists them worst first. Outliers: the ``top`` N, or
     those above the ``quantile`` of the scores (0.99 when neither is given). ``engine``: engines.py."""
-    from translate.devices import fitting, pick_device, resolve_precision
-    from translate.images import to_u8
-
     if top is not None and quantile is not None:
         raise TranslateError("give --top or --quantile, not both")
     if quantile is not None and not 0 < quantile < 1:
@@ -262,7 +254,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     worst = order[:16]
     if worst:
         sheet = Path(sheet) if sheet else Path(out_csv).with_suffix(".png")
-        images = torch.stack([model_input(reading.files[i], net.channels, net.resolution) for i in worst])
+        images = torch.stack([model_input(read_rgb(reading.files[i]), net.channels, net.resolution) for i in worst])
         x = to_signed(images.to(dev)).to(dtype)
         with torch.no_grad():
             code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
@@ -312,7 +304,7 @@ def contact_sheet(path: str | Path, left: Tensor, right: Tensor | None, captions
         arr = t.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()
         img = Image.fromarray(arr)
         scale = max(1, cell // max(img.size))
-        return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+        return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
     tiles = []
     for k, caption in enumerate(captions):
@@ -340,7 +332,7 @@ def contact_sheet(path: str | Path, left: Tensor, right: Tensor | None, captions
 
 # --- translate classify and translate debias (DB-VAE weights) --------------------------------------
 
-def _classifier(weights: str | Path, command: str, device: torch.device) -> tuple[WeightsFile, nn.Module, str]:
+def _classifier(weights: str | Path, command: str, device: torch.device) -> tuple[WeightsFile, ExportedNet, str]:
     wf, net = open_model(weights, command, lambda n: hasattr(n, "classify"), "dbvae weights (a classifier)", device)
     try:
         positive = json.loads(wf.meta.get("info", "{}")).get("positive", "positive")
@@ -364,8 +356,6 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     """The positive class's probability for every image under ``in_dir``. Where the first folder of a
     path names one of the model's classes, that is its truth, and accuracy is counted per folder.
     ``engine``: engines.py."""
-    from translate.devices import fitting, pick_device, resolve_precision
-
     dev = pick_device(device)
     wf, net, positive = _classifier(weights, "classify", dev)
     net, dtype = _prepared(net, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
@@ -380,7 +370,8 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
         with torch.no_grad():
             p = torch.sigmoid(fitting(net.classify, x.to(dtype), progress.say).float()).cpu()
         probs.update({i: float(v) for i, v in zip(idx, p, strict=True)})
-    rows, by_folder = [], {}
+    rows: list[list[Any]] = []
+    by_folder: dict[str, tuple[int, int]] = {}
     for i in sorted(probs):
         rel = reading.files[i].relative_to(reading.root)
         rows.append([str(rel), f"{probs[i]:.5f}", positive if probs[i] >= 0.5 else f"not {positive}"])
@@ -408,9 +399,6 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     """The DB-VAE's sampling probability and latent density of every image under ``in_dir`` (as
     training computes them for its positives; ``bins``/``alpha`` default to the model's recipe), and
     a PNG of the most (top row) and least often drawn images."""
-    from translate.debias import resampling
-    from translate.devices import pick_device
-
     dev = pick_device(device)
     wf, net, _ = _classifier(weights, "debias", dev)
     try:
@@ -436,7 +424,7 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     rows = [[str(rel[k]), f"{float(r.p[k]):.6g}", f"{float(r.density[k]):.6g}"] for k in order]
     path = write_csv(out_csv, ["file", "probability", "density"], rows)
     show = order[:8] + [k for k in order[-8:] if k not in order[:8]]
-    images = torch.stack([model_input(reading.files[idx_all[k]], net.channels, net.resolution) for k in show])
+    images = torch.stack([model_input(read_rgb(reading.files[idx_all[k]]), net.channels, net.resolution) for k in show])
     captions = [f"{'most' if j < min(8, len(order)) else 'least'} p={float(r.p[k]) * len(order):.2f}/N"
                 for j, k in enumerate(show)]
     png = contact_sheet(Path(sheet) if sheet else Path(out_csv).with_suffix(".png"), images, None, captions, cols=8)

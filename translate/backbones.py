@@ -15,15 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
+from translate.checkpoints import read_weights
 from translate.errors import TranslateError
 from translate.registry import NETS
 
 if TYPE_CHECKING:
     from translate.methods.base import TranslatorModel
+    from translate.nets.composed import Composed
 
 PARTS = ("encoder", "decoder")
 ANTIALIAS = ("antialias", "antialias_up")  # model options a generator may take (the CUT code's layout)
@@ -81,7 +83,9 @@ def compose(cfg: TranslatorModel, in_ch: int, out_ch: int, size: int, nz: int = 
     specs: dict[str, dict[str, Any]] = {}
     for role in ("decoder", "encoder"):  # the decoder first: an encoder may have to fit its code (pSp's W+)
         name = f"{getattr(cfg, role)}_{role}"
-        kwargs = NETS.info(name).options(ctx)
+        options = NETS.info(name).options
+        assert options is not None, f"{name} registers no options"  # every encoder and decoder does
+        kwargs = options(ctx)
         init = getattr(cfg, f"init_{role}")
         if init:
             kwargs, states[role] = _from_file(Path(init), role, name, kwargs)
@@ -104,7 +108,6 @@ def _latent(generator: str, nz: int) -> dict[str, int]:
 
 def _from_file(path: Path, role: str, name: str, needed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The half's kwargs and weights from ``path``, checked against what the recipe needs."""
-    from translate.checkpoints import read_weights
 
     key = f"model.init_{role}"
     try:
@@ -158,7 +161,7 @@ def prepare(module: nn.Module, c: Composition, cfg: TranslatorModel, init: Calla
         elif NETS.info(c.spec["kwargs"][role]["net"]).recipe_init:
             init(part)
         if getattr(cfg, f"freeze_{role}"):
-            module.freeze(role)
+            cast("Composed", module).freeze(role)  # c.composed: the generator is a Composed
         elif steps := getattr(cfg, f"freeze_{role}_steps"):
             held.append((list(part.parameters()), steps))
     return held

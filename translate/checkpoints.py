@@ -5,7 +5,9 @@ A weights file holds the nets inference needs, under ``<net>.<param>`` keys, and
 - ``format``: ``translate-weights/1``;
 - ``arch``: JSON ``{net: {"net": registry name, "kwargs": {...}}}``, enough to rebuild each net;
 - ``recipe``: the resolved recipe as JSON (empty for imported weights);
-- ``nets``: JSON list of the net names, in export order.
+- ``nets``: JSON list of the net names, in export order;
+- ``kind``: what the file is for (:data:`KIND_COMMANDS`), read by :attr:`WeightsFile.kind`, so
+  inference learns it without importing the training code.
 
 So a weights file alone is enough to run a model. Training state (optimizers, schedulers, RNG,
 image pool, step) lives beside it in ``<name>.state.pt``, written with torch.save and read with
@@ -181,6 +183,20 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink()
 
 
+# what each kind of model is for: the commands that take it
+KIND_COMMANDS = {"translator": ("run",),
+                 "generator": ("sample", "interpolate"),
+                 "autoencoder": ("sample", "interpolate", "reconstruct", "encode", "score")}
+# files written before the kind was saved: these methods' held a generator (the rest a translator,
+# or an autoencoder, told by its ``AE`` net); frozen, as every newer file says its kind itself
+_GENERATORS_BEFORE_KIND = frozenset({"dcgan", "cgan", "pggan", "stylegan2"})
+
+
+def with_article(word: str) -> str:
+    """'a cyclegan', 'an imported', 'an ae'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 @dataclass
 class WeightsFile:
     """A parsed weights file: metadata plus tensors grouped by net."""
@@ -191,6 +207,24 @@ class WeightsFile:
     nets: list[str]
     meta: dict[str, str]
     tensors: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """translator | generator | autoencoder: from the metadata, or for a file written before it
+        was kept, from its nets and the method that made it."""
+        if self.meta.get("kind") in KIND_COMMANDS:
+            return self.meta["kind"]
+        if "AE" in self.nets:
+            return "autoencoder"
+        return "generator" if self.meta.get("method") in _GENERATORS_BEFORE_KIND else "translator"
+
+    def check_kind(self, command: str, hint: str = "") -> None:
+        """One line when ``translate command`` does not apply to this kind of model."""
+        if command not in KIND_COMMANDS[self.kind]:
+            what = self.meta.get("method") or "imported"
+            uses = hint or ", ".join(f"translate {c}" for c in KIND_COMMANDS[self.kind])
+            raise TranslateError(f"`translate {command}` does not apply to {self.path.name}: it holds "
+                                 f"{with_article(what)} {self.kind} (use {uses})")
 
     def build(self, name: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
         """Rebuild net ``name`` (default: the first one) in eval mode with its weights loaded."""

@@ -132,7 +132,8 @@ def train_cmd(
         f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}")
 
 
-def _size(n: int) -> str:
+def _size(n_bytes: int) -> str:
+    n = float(n_bytes)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -427,8 +428,12 @@ def eval_cmd(
     lpips: Annotated[Path | None, typer.Option(help="Paired: add LPIPS, with the torchvision AlexNet weights "
                                                "file alexnet-owt-7be5be79.pth.")] = None,
     kid_subsets: Annotated[int, typer.Option(help="KID: random subsets averaged.", min=1)] = 100,
-    kid_subset_size: Annotated[int, typer.Option(help="KID: images per subset (at most the folders' sizes).",
-                                                 min=2)] = 1000,
+    kid_subset_size: Annotated[int | None, typer.Option(help="KID: images per subset (default 1000, or the "
+                                                        "smaller folder's size, said, when it has fewer).",
+                                                        min=2)] = None,
+    resize: Annotated[str, typer.Option(help="FID/KID: pytorch-fid (native size, bilinear inside the network, "
+                                        "as published FIDs) or clean (bicubic antialiased to 299 first).")
+                      ] = "pytorch-fid",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
     engine: Engine = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
@@ -446,15 +451,19 @@ def eval_cmd(
         raise TranslateError("FID/KID compare two folders: give both --images and --ref")
     if images is None and (weights is None or data is None):
         raise TranslateError("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
-    if images is not None:
+    if images is not None and ref is not None:
         from translate.fid import distances
 
-        d = distances(images, ref, inception, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
+        d = distances(images, ref, inception, device=device, resize=resize, kid_subsets=kid_subsets,
+                      kid_subset_size=kid_subset_size)
+        for note in d.notes:
+            err.print(f"note: {note}")
         cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
         out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
         if cached:
             err.print(f"features read from the cache in {', '.join(cached)}")
         return
+    assert weights is not None and data is not None  # checked above, for the type checker
     with Progress(err, "evaluating", quiet=quiet) as progress:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
                      progress=progress, lpips=lpips, engine=engine)
@@ -482,12 +491,37 @@ def export_cmd(
     say(describe(s))
 
 
+@command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder (the --out of `translate train`).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write (default: "
+                                                "RUN/report.html).")] = None,
+) -> None:
+    """One HTML page of a run: recipe, start-up facts, loss curves, eval metrics, sample grids, checkpoints.
+
+    Opens from disk (no server); reads what the folder holds, so it works while the run trains."""
+    from translate.report import write_report
+
+    say(f"wrote {write_report(run, output)}")
+
+
+@command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("compare.html"),
+) -> None:
+    """Runs on one page: the loss curves they share overlaid, the recipe keys that differ, their latest samples."""
+    from translate.report import write_compare
+
+    say(f"wrote {write_compare(runs, output)}")
+
+
 @command("zoo")
 def zoo_cmd() -> None:
     """Every model: parameters, resolution, and the commands that apply to it; then every network."""
     from rich.table import Table
 
-    from translate.generate import zoo
+    from translate.methods import zoo
 
     table = Table("recipe", "method", "kind", "parameters", "resolution", "commands")
     for row in zoo():

@@ -37,13 +37,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from translate.devices import DTYPES, cpu_bf16_native
 from translate.errors import TranslateError
 
 ENGINES = ("auto", "torch", "openvino")
@@ -61,9 +62,10 @@ def openvino_version() -> str | None:
 
 
 def pick_engine(name: str, device: torch.device, precision: str, compile: bool = False,
-                net: nn.Module | None = None) -> str:
+                net: nn.Module | Callable[[], nn.Module] | None = None) -> str:
     """``auto`` -> the faster engine for ``device``, ``precision`` and ``net`` (see the module's
-    text); a named one is checked. ``compile`` (torch.compile) is torch's: auto then picks torch."""
+    text; a function giving the net: called only where the net decides); a named one is checked.
+    ``compile`` (torch.compile) is torch's: auto then picks torch."""
     if name not in ENGINES:
         raise TranslateError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if name == "openvino" and compile:
@@ -80,10 +82,12 @@ def pick_engine(name: str, device: torch.device, precision: str, compile: bool =
         return "torch"
     if openvino_version() is None:
         return "torch"
-    from translate.devices import DTYPES
+    # (imported here: translate.nets imports every network, 0.22 s that a run whose OpenVINO model
+    # is cached never needs)
     from translate.nets.winograd import winograd_convs, winograd_pays
 
-    if net is not None and winograd_pays(device, DTYPES[precision]) and winograd_convs(net):
+    if net is not None and winograd_pays(device, DTYPES[precision]) and winograd_convs(
+            net if isinstance(net, nn.Module) else net()):
         return "torch"
     return "openvino"
 
@@ -96,11 +100,16 @@ def cache_root() -> Path:
 
 
 def net_id(net: nn.Module, name: str = "") -> str:
-    """A hash of what ``net`` computes with: its class, every parameter and buffer (names, dtypes,
-    shapes, bytes), and ``name``. Not the weights file's bytes: safetensors writes its metadata in no
-    fixed order, so the same weights saved twice differ (and a cache keyed by the file missed)."""
-    h = hashlib.sha256(f"{type(net).__module__}.{type(net).__qualname__}:{name}".encode())
-    for key, t in sorted(net.state_dict().items()):
+    """A hash of what ``net`` computes with: its class, every parameter and buffer, and ``name``."""
+    return tensors_id(net.state_dict(), f"{type(net).__module__}.{type(net).__qualname__}:{name}")
+
+
+def tensors_id(tensors: dict[str, Tensor], name: str) -> str:
+    """A hash of ``name`` (what the tensors are weights of) and every tensor (names, dtypes, shapes,
+    bytes). Not the weights file's bytes: safetensors writes its metadata in no fixed order, so the
+    same weights saved twice differ (and a cache keyed by the file missed)."""
+    h = hashlib.sha256(name.encode())
+    for key, t in sorted(tensors.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -193,8 +202,10 @@ class Compiled:
     a tuple for several outputs). ``key`` names what the module is (weights, net, method); the model
     is converted from ``example`` once per key and cached (:class:`EngineCache`)."""
 
-    def __init__(self, module: nn.Module, example: tuple[Tensor, ...], dynamic: list[tuple[int, ...]],
-                 key: str, precision: str, threads: int | None = None, root: Path | None = None) -> None:
+    def __init__(self, module: nn.Module | Callable[[], nn.Module], example: tuple[Tensor, ...],
+                 dynamic: list[tuple[int, ...]], key: str, precision: str, threads: int | None = None,
+                 root: Path | None = None) -> None:
+        """``module``: or a function giving it, called only when the cache has no model for ``key``."""
         import openvino as ov
 
         parts = {"key": key, "torch": torch.__version__, "openvino": ov.__version__, "format": str(FORMAT)}
@@ -204,13 +215,12 @@ class Compiled:
             shapes = [ov.PartialShape([-1 if d in dims else n for d, n in enumerate(x.shape)])
                       for x, dims in zip(example, dynamic, strict=True)]
             # torch's tracer warns of every shape test it meets; the dims it may vary are the ones above
+            module = module if isinstance(module, nn.Module) else module()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = ov.convert_model(module.float().eval(), example_input=example, input=shapes)
             with self.cache.writing() as tmp:
                 ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        from translate.devices import cpu_bf16_native
-
         # OpenVINO's CPU plugin computes bf16 only where the CPU does (AVX512-BF16, AMX); elsewhere the
         # hint fails to compile (capped to AVX2: "Exception from core.cpp"), so it computes f32 there
         bf16 = precision == "bf16" and cpu_bf16_native()
@@ -236,12 +246,13 @@ class OpenVinoNet:
     """A translator's network compiled by OpenVINO, called as the torch net is: ``(x (N, C, H, W)[, z
     (N, nz)]) -> float32 (N, C', H, W)``, any batch and image size."""
 
-    def __init__(self, net: nn.Module, weights_id: str, precision: str, nz: int = 0, in_ch: int = 3,
-                 size: int = 64, fixed_size: bool = False, root: Path | None = None) -> None:
-        """``size``: a side the net takes (traced at it); ``fixed_size``: the only one (a StyleGAN2 decoder)."""
+    def __init__(self, net: nn.Module | Callable[[], nn.Module], weights_id: str, precision: str, nz: int = 0,
+                 in_ch: int = 3, size: int = 64, fixed_size: bool = False, root: Path | None = None) -> None:
+        """``net``: or a function giving it (called on a cache miss); ``size``: a side the net takes
+        (traced at it); ``fixed_size``: the only one (a StyleGAN2 decoder)."""
         self.nz = nz
         x = torch.zeros(1, in_ch, size, size)
-        image = (0,) if fixed_size else (0, 2, 3)
+        image: tuple[int, ...] = (0,) if fixed_size else (0, 2, 3)  # the dynamic axes
         example, dynamic = ((x, torch.zeros(1, nz)), [image, (0,)]) if nz else ((x,), [image])
         self.compiled = Compiled(net, example, dynamic, weights_id, precision, root=root)
         self.converted, self.cache = self.compiled.converted, self.compiled.cache

@@ -12,6 +12,12 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+def reason(e: BaseException) -> str:
+    """An exception as one line for a report: its type and its message's first line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 class TranslateError(Exception):
     """A problem with the user's input (recipe, data, weights): shown as one line, no traceback."""
 

@@ -20,12 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from translate.analyze import write_csv
+from translate.checkpoints import read_weights
+from translate.devices import pick_device, resolve_precision
 from translate.errors import PartialFailures, TranslateError
 from translate.images import NOT_A_FILE, to_signed
 from translate.progress import Progress
+from translate.recipes import DataConfig
+from translate.tiling import launch_fitting
+from translate.translator import load_translator
 
 METRICS = ("psnr", "ssim", "l1")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False}
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False, "fid": False, "kid": False}
 ALEXNET = "alexnet-owt-7be5be79.pth"
 
 
@@ -55,8 +61,9 @@ def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     x, y = output.float()[None] / 255, target.float()[None] / 255
-    return {"psnr": float(peak_signal_noise_ratio(x, y, data_range=1.0)),
-            "ssim": float(structural_similarity_index_measure(x, y, data_range=1.0)),
+    ssim = structural_similarity_index_measure(x, y, data_range=1.0)
+    assert isinstance(ssim, Tensor)  # a tuple only with return_full_image/return_contrast_sensitivity
+    return {"psnr": float(peak_signal_noise_ratio(x, y, data_range=1.0)), "ssim": float(ssim),
             "l1": float((x - y).abs().mean())}
 
 
@@ -86,7 +93,6 @@ def load_lpips(path: str | Path, device: torch.device) -> Any:
 def test_config(wf: Any, data: Path, direction: str) -> Any:
     """The data section evaluation reads with: the weights' recipe at test time (crop_size, no
     augmentation); ``direction`` BtoA (CycleGAN's other generator) swaps the pairs."""
-    from translate.recipes import DataConfig
 
     try:
         saved = json.loads(wf.recipe_json).get("data", {}) if wf.recipe_json else {}
@@ -105,12 +111,7 @@ def evaluate(weights: str | Path, data: str | Path, out_csv: str | Path, *, spli
     """Metrics of every pair in ``data``'s ``split`` (aligned ``test/`` or ``A/test`` + ``B/test``), one CSV row
     per pair. ``translator``: an already prepared (Translator, multiple), e.g. the net being trained.
     ``engine``: engines.py."""
-    from translate.analyze import write_csv
-    from translate.checkpoints import read_weights
     from translate.data import open_dataset
-    from translate.devices import pick_device, resolve_precision
-    from translate.tiling import launch_fitting
-    from translate.translator import load_translator
 
     data = Path(data)
     if not data.is_dir():

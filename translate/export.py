@@ -21,12 +21,19 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
+from translate import resource
 from translate.checkpoints import atomic_path, read_weights
 from translate.errors import TranslateError
+from translate.images import list_images, read_rgb, resize_u8, to_signed
+from translate.translator import input_size, io_channels, pick_generator
+
+if TYPE_CHECKING:
+    from translate.nets import ExportedNet
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-3  # max |exported - PyTorch| on [-1, 1] outputs (fp32; kernels differ in summation order)
@@ -67,8 +74,6 @@ class _WithLatent(nn.Module):
 
 def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     """A real photo (the README's examples) as a (1, C, H, W) input in [-1, 1]."""
-    from translate import resource
-    from translate.images import list_images, read_rgb, resize_u8, to_signed
 
     files = list_images(resource("examples") / "photos")
     if files:
@@ -83,22 +88,20 @@ def _example_image(size: tuple[int, int], channels: int) -> Tensor:
 def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tuple[Tensor, ...], tuple[Tensor, ...],
                                                                    list[str], dict[str, dict[int, str]], str]:
     """(module, traced inputs, check inputs, input names, dynamic axes, net name) for a weights file."""
-    from translate.generate import model_kind
-    from translate.translator import input_size, io_channels, pick_generator
 
     wf = read_weights(weights)
-    kind = model_kind(wf)
+    kind = wf.kind
     if kind == "autoencoder":
         raise TranslateError(f"`translate export` takes translators and the zoo's generators; {Path(weights).name} "
                              "holds an autoencoder")
     g = torch.Generator().manual_seed(0)
     if kind == "generator":
-        net = wf.build("G")
-        conditional = bool(getattr(net, "num_classes", 0))
-        module = _Latent(net, conditional).eval()
-        z1, z2 = (torch.randn(n, net.z_dim, generator=g) for n in (2, 3))
+        G = cast("ExportedNet", wf.build("G"))
+        conditional = bool(getattr(G, "num_classes", 0))
+        module = _Latent(G, conditional).eval()
+        z1, z2 = (torch.randn(n, G.z_dim, generator=g) for n in (2, 3))
         if conditional:
-            labels = [torch.arange(n) % net.num_classes for n in (2, 3)]
+            labels = [torch.arange(n) % G.num_classes for n in (2, 3)]
             return (module, (z1, labels[0]), (z2, labels[1]), ["z", "label"], {"z": {0: "batch"},
                     "label": {0: "batch"}, "output": {0: "batch"}}, "G")
         return module, (z1,), (z2,), ["z"], {"z": {0: "batch"}, "output": {0: "batch"}}, "G"

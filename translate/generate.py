@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,47 +18,21 @@ from torch import Tensor, nn
 
 from translate.checkpoints import WeightsFile, atomic_path, read_weights
 from translate.errors import TranslateError
-from translate.images import image_files, read_rgb, save_png_atomic, to_signed, to_unit
+from translate.images import image_files, model_input, read_rgb, save_png_atomic, to_signed, to_unit
+from translate.translator import latent_recipes, load_translator, pad_to, padded
 
-GENERATIVE_COMMANDS = {"generator": ("sample", "interpolate"),
-                       "autoencoder": ("sample", "interpolate", "reconstruct", "encode", "score"),
-                       "translator": ("run",)}
-
-
-def model_kind(wf: WeightsFile) -> str:
-    """translator | generator | autoencoder, from what the file exports and the method that made it."""
-    if "AE" in wf.nets:
-        return "autoencoder"
-    method = wf.meta.get("method")
-    if method and "G" in wf.nets:
-        from translate.methods import get_method
-
-        try:
-            if get_method(method).data_kind in ("images", "classes"):
-                return "generator"
-        except KeyError:
-            pass
-    return "translator"
+if TYPE_CHECKING:
+    from translate.nets import ExportedNet
 
 
 def _open(weights: str | Path, command: str) -> tuple[WeightsFile, str]:
     wf = read_weights(weights)
-    kind = model_kind(wf)
-    if command not in GENERATIVE_COMMANDS[kind]:
-        what = wf.meta.get("method") or "imported"
-        uses = ", ".join(f"translate {c}" for c in GENERATIVE_COMMANDS[kind])
-        raise TranslateError(f"`translate {command}` does not apply to {Path(weights).name}: it holds "
-                             f"{with_article(what)} {kind} (use {uses})")
-    return wf, kind
+    wf.check_kind(command)
+    return wf, wf.kind
 
 
-def with_article(word: str) -> str:
-    """'a cyclegan', 'an imported', 'an ae'."""
-    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
-
-
-def _net(wf: WeightsFile, kind: str, device: torch.device) -> nn.Module:
-    return wf.build("AE" if kind == "autoencoder" else "G", device)
+def _net(wf: WeightsFile, kind: str, device: torch.device) -> ExportedNet:
+    return cast("ExportedNet", wf.build("AE" if kind == "autoencoder" else "G", device))
 
 
 def _classes(wf: WeightsFile) -> list[str]:
@@ -87,7 +61,7 @@ def _latents(n: int, z_dim: int, seed: int, device: torch.device) -> Tensor:
 
 
 @torch.inference_mode()
-def _generate(net: nn.Module, kind: str, z: Tensor, labels: Tensor | None, truncation: float) -> Tensor:
+def _generate(net: ExportedNet, kind: str, z: Tensor, labels: Tensor | None, truncation: float) -> Tensor:
     if kind == "autoencoder":
         return net.decode(z * truncation)
     return net(z, labels, truncation=truncation)
@@ -138,18 +112,14 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
 
 
-def load_for(net: nn.Module, path: str | Path, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
+def load_for(net: ExportedNet, path: str | Path, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
     """An image file as the autoencoder's input (its channels, its resolution, [-1, 1]) and the
     image's own (H, W)."""
     try:
         img = read_rgb(path)
     except (OSError, ValueError) as e:
         raise TranslateError(f"cannot read {path}: {e}") from None
-    x = to_signed(img)[None]
-    if net.channels == 1:
-        x = x.mean(1, keepdim=True)
-    x = F.interpolate(x, size=(net.resolution, net.resolution), mode="bilinear", antialias=True,
-                      align_corners=False)
+    x = to_signed(model_input(img, net.channels, net.resolution))[None]
     return x.to(device), (img.shape[-2], img.shape[-1])
 
 
@@ -159,7 +129,7 @@ def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 
     """Rows of ``steps`` images along a latent path: slerp between random latents, or (``between``,
     autoencoders only) a straight line between the codes of two images, or (``image``, translators
     with a latent: BicycleGAN) the image, then its translations along slerp paths between latents."""
-    if model_kind(read_weights(weights)) == "translator":
+    if read_weights(weights).kind == "translator":
         return _interpolate_translation(weights, image, steps, seed, rows, torch.device(device))
     if image is not None:
         raise TranslateError("--input is for translators with a latent code (bicyclegan); generators walk between "
@@ -193,7 +163,6 @@ def write_interpolation(weights: str | Path, output: str | Path, steps: int = 8,
 def _interpolate_translation(weights: str | Path, image: str | Path | None, steps: int, seed: int, rows: int,
                              device: torch.device) -> Tensor:
     """``rows`` x (the input, then ``steps`` translations with z slerped between two seeded latents)."""
-    from translate.translator import latent_recipes, load_translator, pad_to, padded
 
     tr, multiple, _ = load_translator(Path(weights), "AtoB", device, "fp32")
     if not tr.nz:
@@ -248,38 +217,3 @@ def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str
     with atomic_path(out) as tmp:
         save_file({"z": z.contiguous()}, str(tmp), metadata=meta)
     return z
-
-
-@dataclass
-class ZooRow:
-    recipe: str
-    method: str
-    kind: str
-    params: int
-    resolution: int
-    commands: tuple[str, ...]
-
-
-def zoo() -> list[ZooRow]:
-    """Every shipped recipe: its model's exported parameter count, resolution and the commands for it."""
-    from translate.devices import Precision
-    from translate.methods import get_method
-    from translate.recipes import list_recipes, load_recipe
-
-    rows = []
-    cpu = torch.device("cpu")
-    for name in list_recipes(aliases=False):
-        recipe = load_recipe(name)
-        cls = get_method(recipe.method)
-        if getattr(recipe.model, "freeze_decoder", False) and not recipe.model.init_decoder:
-            # the same networks as the recipe's, though their weights would come from a file (pSp)
-            recipe = load_recipe(name, ["model.freeze_decoder=false"])
-        method = cls(recipe, cpu, Precision("fp32", cpu), {"classes": ["a", "b"]})
-        exported = method.export()
-        kind = "autoencoder" if "AE" in exported else (
-            "generator" if cls.data_kind in ("images", "classes") else "translator")
-        params = sum(p.numel() for net in exported.values() for p in net.parameters())
-        classifier = ("classify", "debias") if hasattr(exported.get("AE"), "classify") else ()
-        rows.append(ZooRow(name, recipe.method, kind, params, recipe.data.crop_size,
-                           GENERATIVE_COMMANDS[kind] + classifier + ("train",)))
-    return rows

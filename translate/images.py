@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from translate.checkpoints import atomic_path
 from translate.errors import TranslateError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
@@ -136,7 +138,7 @@ def to_rgb(im: Image.Image, bits: int | None = None) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def resize_u8(img: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+def resize_u8(img: Tensor, size: Sequence[int]) -> Tensor:
     """Bicubic, antialiased resize of a (C, H, W) uint8 image, as the reference's PIL resize does it
     (the same pixels as torchvision's resize, whose import alone takes 2.7 s: it pulls in
     torch._dynamo)."""
@@ -157,6 +159,13 @@ def read_rgb(path: str | Path) -> Tensor:
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as im:
         return _pillow_decode(im, data, with_alpha=False)[0]
+
+
+def model_input(img: Tensor, channels: int, resolution: int) -> Tensor:
+    """A (3, H, W) uint8 image as the (channels, resolution, resolution) uint8 input of a net that works
+    at one size (an autoencoder, a classifier), as training read it: luma for one channel, the
+    antialiased bicubic resize. `score`, `classify`, `reconstruct` and `encode` all read images so."""
+    return resize_u8(to_gray(img) if channels == 1 else img, (resolution, resolution))
 
 
 def _pillow_decode(im: Image.Image, data: bytes, with_alpha: bool) -> tuple[Tensor, Tensor | None]:
@@ -232,8 +241,6 @@ def save_png_atomic(image: Tensor, path: str | Path) -> None:
     if image.dtype != torch.uint8:
         image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     arr = image.permute(1, 2, 0).contiguous().cpu().numpy()
-    from translate.checkpoints import atomic_path
-
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
 
@@ -318,6 +325,9 @@ def probe_size(path: str | Path) -> tuple[int, int]:
     with Image.open(path) as im:
         w, h = im.size
         if im.format == "TIFF":  # Pillow 11+ gives a TIFF's upright size here, 10.x the stored one
+            from PIL import TiffImagePlugin  # loaded already: it opened this file
+
+            assert isinstance(im, TiffImagePlugin.TiffImageFile)
             w, h = im.tag_v2.get(256, w), im.tag_v2.get(257, h)
         if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
             w, h = h, w
@@ -376,8 +386,6 @@ def encode_atomic(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, ic
     """Write (3, H, W) uint8 (+ alpha) in the format the suffix names, carrying ICC and EXIF over,
     through a temp file and a rename so no half-written file is ever left. The temp file is read
     back first (see _verify): an output no reader can open raises here and never takes the name."""
-    from translate.checkpoints import atomic_path
-
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower().lstrip("."), "PNG")
     im = Image.fromarray(np.ascontiguousarray(rgb.numpy().transpose(1, 2, 0)))  # numpy: see _orient

@@ -38,12 +38,12 @@ from translate.devices import (
     pick_device,
     resolve_precision,
 )
-from translate.errors import EXIT_PARTIAL, TranslateError, exit_code
+from translate.errors import EXIT_PARTIAL, TranslateError, exit_code, reason
 from translate.images import FORMATS, NotRegularFile, decode, encode_atomic, image_files, probe_size, resize_u8
 from translate.options import RunOptions
 from translate.progress import Progress
 from translate.signals import StopSignals, blocked, ignore_in_worker
-from translate.tiling import launch_fitting, translate_tiled
+from translate.tiling import Joined, launch_fitting, translate_tiled
 from translate.translator import Launched, latents, load_translator, padded
 
 
@@ -148,15 +148,10 @@ def plan(in_dir: Path, out_dir: Path, opts: RunOptions, rank: int = 0, world: in
             summary.not_files.append((str(src), str(e)))
             continue
         except Exception as e:  # any header problem is this file's failure, not the run's
-            summary.failed.append((str(src), _reason(e)))
+            summary.failed.append((str(src), reason(e)))
             continue
         jobs.append(Job(src, dst, scaled_size(h, w, opts.size), (h, w), opts.samples))
     return jobs, summary
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def group_batches(jobs: list[Job], multiple: int, opts: RunOptions) -> list[list[int]]:
@@ -168,6 +163,7 @@ def group_batches(jobs: list[Job], multiple: int, opts: RunOptions) -> list[list
             batches.append([i])
         else:
             by_size[padded(job.size, multiple)].append(i)
+    assert opts.batch_size is not None  # run() has resolved it
     for key, idx in by_size.items():
         # keep the pixels per batch roughly constant: many small images, few large ones
         n = max(1, min(opts.batch_size, (opts.batch_size * 256 * 256) // (key[0] * key[1]) or 1))
@@ -189,7 +185,7 @@ class _Decode(Dataset):
         try:
             d = decode(job.src)
         except Exception as e:
-            return {"index": i, "error": _reason(e)}
+            return {"index": i, "error": reason(e)}
         rgb, alpha = d.rgb, d.alpha
         if tuple(rgb.shape[-2:]) != job.probed or rgb.dtype != torch.uint8:
             # A decoder that disagrees with the header is a failure, not an image to squash into shape.
@@ -256,28 +252,29 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
     summary.precision, summary.device, summary.out_dir = precision, str(device), out_dir
     summary.engine = tr.engine
     progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
-    for path, reason in summary.not_files:
-        progress.say(f"skipped {path}: {reason}")
-    for path, reason in summary.failed:
-        progress.fail(path, reason)
+    for path, why in summary.not_files:
+        progress.say(f"skipped {path}: {why}")
+    for path, why in summary.failed:
+        progress.fail(path, why)
     cuda = device.type == "cuda"
     workers, writers = _parallelism(opts, cuda)
     loader = DataLoader(_Decode(jobs), batch_sampler=group_batches(jobs, multiple, opts), num_workers=workers,
                         collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
                         worker_init_fn=ignore_in_worker)
     pending: list[Future] = []
-    in_flight: tuple[list[dict[str, Any]], list[Launched]] | None = None
+    in_flight: tuple[list[dict[str, Any]], list[Launched | Joined]] | None = None
 
     def failed(index: int, reason: str) -> None:
         summary.failed.append((str(jobs[index].src), reason))
         progress.fail(str(jobs[index].src), reason)
 
-    def hand_over(good: list[dict[str, Any]], launched: list[Launched]) -> None:
+    def hand_over(good: list[dict[str, Any]], launched: list[Launched | Joined]) -> None:
         nonlocal pending
         outputs = zip(*(sample.result() for sample in launched), strict=True)  # per image, its samples
         for it, ys in zip(good, outputs, strict=True):
             alpha = it["alpha"] if opts.keep_alpha else None
             pending.append(submit(_write, jobs[it["index"]], ys, alpha, it, opts.quality))
+        assert opts.batch_size is not None  # resolved above
         pending = _drain(pending, summary, progress, limit=max(16, 4 * opts.batch_size))
 
     noted: set[str] = set()
@@ -306,8 +303,9 @@ def run(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None,
                 continue
             first = batch["stacked"] if batch["stacked"] is not None else good[0]["rgb"]
             if first.shape[-2] * first.shape[-1] > opts.max_pixels:
-                launched = [Launched(translate_tiled(tr.eager(), good[0]["rgb"], multiple, opts, z)[None],
-                                     [tuple(first.shape[-2:])]) for z in zs]
+                launched: list[Launched | Joined] = [
+                    Launched(translate_tiled(tr.eager(), good[0]["rgb"], multiple, opts, z)[None],
+                             [tuple(first.shape[-2:])]) for z in zs]
             else:
                 rgbs = batch["stacked"] if batch["stacked"] is not None else [it["rgb"] for it in good]
                 launched = [launch_fitting(tr, rgbs, multiple, z, opts, note_once) for z in zs]
@@ -379,9 +377,9 @@ def _write(job: Job, rgbs: tuple[Tensor, ...], alpha: Tensor | None, item: dict[
     except OSError as e:
         if e.errno in _STOP_WRITING:
             return job, f"stop: {_STOP_WRITING[e.errno]}"
-        return job, f"write failed: {_reason(e)}"
+        return job, f"write failed: {reason(e)}"
     except Exception as e:  # this file fails, the run goes on
-        return job, f"write failed: {_reason(e)}"
+        return job, f"write failed: {reason(e)}"
     return job, None
 
 

@@ -102,3 +102,22 @@ def patch_nce(q: Tensor, k: Tensor, t: float = 0.07) -> Tensor:
     neg = neg.masked_fill(torch.eye(p, dtype=torch.bool, device=q.device)[None], -10.0).reshape(n * p, p)
     logits = torch.cat([pos, neg], 1) / t
     return F.cross_entropy(logits, torch.zeros(n * p, dtype=torch.long, device=q.device), reduction="none")
+
+
+# --- the autoencoders' terms, per image (training means them; `translate score` keeps them per image)
+
+def recon_error(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:
+    """(N,) reconstruction error of [-1, 1] images, summed over pixels.
+
+    ``l2``: squared error, the Gaussian negative log-likelihood with variance 1/2 (constant dropped);
+    ``l1``: absolute error, the Laplace negative log-likelihood with scale 1 (constant dropped).
+    """
+    diff = x_hat.float() - x.float()
+    err = diff.square() if distance == "l2" else diff.abs()
+    return err.flatten(1).sum(1)
+
+
+def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
+    """(N,) KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over z."""
+    mu, logvar = mu.float(), logvar.float()
+    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)

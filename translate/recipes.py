@@ -23,6 +23,7 @@ from typing import Any
 
 from translate import resource
 from translate.errors import TranslateError
+from translate.registry import METHODS, NETS
 
 RECIPE_DIR = resource("recipes")
 SECTIONS = ("data", "model", "train", "loss")
@@ -44,8 +45,6 @@ def registered(default: str, role: str, family: str | None = None, composite: bo
     toy) is accepted with no edit here. ``short``: encoders and decoders by their short name (``psp``
     for ``psp_encoder``), and "" for none."""
     def names() -> list[str]:
-        from translate.registry import NETS
-
         if short:
             return ["", *NETS.short_names(role)]
         return NETS.names(role=role, family=family, composite=composite)
@@ -108,8 +107,14 @@ class TrainConfig:
     keep_last: int = at_least(3, 0)  # numbered checkpoints kept, newest first (0: keep all)
     deterministic: bool = False  # CUDA: deterministic algorithms, no cuDNN autotuning (bit-exact resume, slower)
     n_samples: int = at_least(4, 1)  # images in each sample grid
-    eval_every: int = at_least(0, 0)  # epochs between evaluations on the val/ (or test/) pairs; 0: off
+    eval_every: int = at_least(0, 0)  # epochs between evaluations (val/ or test/ pairs; else FID below); 0: off
     eval_metric: str = choice("psnr", "psnr", "ssim", "l1")  # which one picks best.safetensors
+    # unpaired methods and generators: FID/KID against testB/ (generators: the training images) with the FID
+    # Inception weights file (pt_inception-2015-12-05-6726825d.pth); the lowest FID picks best.safetensors
+    inception: str = ""
+    eval_images: int = at_least(0, 0)  # testA/ images translated (generators: samples drawn); 0: all (as many)
+    report_every: int = at_least(0, 0)  # epochs between report.html pages in the run folder, and one at the end; 0: off
+    tensorboard: bool = False  # TensorBoard event files beside log.jsonl (the tensorboard extra)
 
 
 @dataclass
@@ -142,7 +147,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in d.items()}
+        d = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+             for k, v in d.items()}
         return d | {k: dataclasses.asdict(v) for k, v in self.extra.items()}
 
     def to_json(self) -> str:
@@ -169,9 +175,7 @@ def _toml_value(v: Any) -> str:
 
 
 def _section_classes(method: str) -> dict[str, type]:
-    from translate.methods import get_method
-
-    cls = get_method(method)
+    cls = METHODS.get(method)
     return {"data": DataConfig, "model": cls.ModelConfig, "train": TrainConfig, "loss": cls.LossConfig, **cls.Sections}
 
 
@@ -218,9 +222,9 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     if choices and value not in choices:
         names = [str(c) or '""' for c in choices]
         raise RecipeError(f"{key}: {value!r} is not one of {', '.join(names)}{_nearest(str(value), names)}")
-    low = f.metadata.get("min")
-    if low is not None and value < low:
-        raise RecipeError(f"{key}: must be >= {low}, got {value!r}")
+    minimum = f.metadata.get("min")
+    if minimum is not None and value < minimum:
+        raise RecipeError(f"{key}: must be >= {minimum}, got {value!r}")
     return value
 
 

@@ -306,8 +306,9 @@ def import_encoder(path: str | os.PathLike[str], generator: dict[str, Any]) -> t
     if nz != g["nz"] or in_ch != g["out_ch"]:
         raise TranslateError(f"{name} encodes {in_ch}-channel images to {nz} numbers; the generator "
                              f"takes {g['nz']} and makes {g['out_ch']}-channel images: not its encoder")
-    spec = {"net": "e_resnet", "kwargs": {"in_ch": in_ch, "nz": nz, "nef": nef, "resolution": 8 * 2 ** (blocks + 1),
-                                          "norm": norm}}
+    spec: dict[str, Any] = {"net": "e_resnet", "kwargs": {"in_ch": in_ch, "nz": nz, "nef": nef,
+                                                          "resolution": 8 * 2 ** (blocks + 1),
+                                                          "norm": norm}}
     net: nn.Module = create_net(spec["net"], **spec["kwargs"])
     mapped = _map_keys(sd, net)
     expected = net.state_dict()

@@ -35,9 +35,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named builders with a decorator and a helpful error for unknown names."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, package: str = "") -> None:
         self.what = what  # what it holds, for messages: "network", "method"
+        self.package = package  # imported before a query: its modules register themselves
         self._items: dict[str, T] = {}
+
+    def _load(self) -> None:
+        if self.package:
+            importlib.import_module(self.package)
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -49,14 +54,17 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._load()
         if name not in self._items:
             raise KeyError(unknown_name_message(self.what, name, self._items))
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
 
@@ -111,7 +119,7 @@ class NetRegistry(Registry[Callable[..., Any]]):
     every family has registered itself."""
 
     def __init__(self) -> None:
-        super().__init__("network")
+        super().__init__("network", "translate.nets")
         self._info: dict[str, NetInfo] = {}
 
     def register(self, name: str, *, role: str, family: str, **facts: Any  # type: ignore[override]
@@ -133,13 +141,6 @@ class NetRegistry(Registry[Callable[..., Any]]):
 
         return deco
 
-    def _load(self) -> None:
-        importlib.import_module("translate.nets")
-
-    def get(self, name: str) -> Callable[..., Any]:
-        self._load()
-        return super().get(name)
-
     def info(self, name: str) -> NetInfo:
         self._load()
         if name not in self._info:
@@ -159,6 +160,14 @@ class NetRegistry(Registry[Callable[..., Any]]):
     def accepts(self, name: str, option: str) -> bool:
         """Whether the builder of ``name`` takes keyword ``option`` (e.g. ``antialias``)."""
         return option in inspect.signature(self.get(name)).parameters
+
+    def option(self, spec: dict[str, Any], option: str, default: Any = None) -> Any:
+        """The ``option`` the net of ``spec`` is built with: given in its kwargs, else its builder's
+        default (``default`` where the builder takes no such keyword)."""
+        if option in spec.get("kwargs", {}):
+            return spec["kwargs"][option]
+        param = inspect.signature(self.get(spec["net"])).parameters.get(option)
+        return default if param is None or param.default is inspect.Parameter.empty else param.default
 
     def short_names(self, role: str) -> list[str]:
         """Encoders or decoders as a recipe names them: ``psp`` for ``psp_encoder``."""
@@ -185,16 +194,12 @@ class NetRegistry(Registry[Callable[..., Any]]):
         """The nets of ``role`` that ``name`` is trained beside (same family)."""
         return self.names(role=role, family=self.info(name).family)
 
-    def __contains__(self, name: object) -> bool:
-        self._load()
-        return super().__contains__(name)
-
 
 NETS = NetRegistry()
 """Network builders: ``NETS.get("resnet_9blocks")(in_ch=3, out_ch=3, ngf=64, ...) -> nn.Module``;
 ``NETS.info(name)`` says what it needs."""
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", "translate.methods")
 """Training methods (pix2pix, cyclegan, ...): classes implementing :class:`translate.methods.base.Method`."""
 
 

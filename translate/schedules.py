@@ -23,7 +23,7 @@ def lr_factor(rule: str, world_size: int) -> float:
 def make_schedulers(optimizers: dict[str, torch.optim.Optimizer], recipe: Recipe) -> dict[str, Any]:
     """Per-epoch schedules: linear (constant, then linear to 0), step, cosine, constant."""
     t = recipe.train
-    out = {}
+    out: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
     for name, opt in optimizers.items():
         if t.lr_policy == "linear":
             def rule(epoch: int, n=t.epochs, d=t.epochs_decay) -> float:

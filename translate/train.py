@@ -32,6 +32,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from translate.checkpoints import (
+    atomic_path,
     load_state,
     pair_matches,
     remove_stale_temporaries,
@@ -47,6 +48,7 @@ from translate.devices import (
     Precision,
     all_finite,
     close_distributed,
+    cpu_name,
     deterministic,
     init_distributed,
     peak_gpu_bytes,
@@ -56,10 +58,13 @@ from translate.devices import (
     unwrap,
 )
 from translate.errors import Interrupted, TranslateError
+from translate.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
+from translate.fid import FID_WEIGHTS, TrainingFID
 from translate.images import save_png_atomic, to_unit
-from translate.methods import get_method
+from translate.methods import Method, get_method
 from translate.progress import Progress
 from translate.recipes import Recipe, load_recipe
+from translate.report import STARTS_NAME, start_facts, write_report
 from translate.schedules import LR_RULES, follow_schedules, lr_factor, make_schedulers, scale_lr
 from translate.signals import StopSignals, blocked, ignore_in_worker
 
@@ -211,7 +216,8 @@ class Trainer:
             self._wrap_ddp()
         self.augment = Augment(recipe.data, paired=cls.data_kind == "paired")
         self.schedulers = make_schedulers(self.method.optimizers, recipe)
-        self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
+        self.sampler = ResumableSampler(len(self.dataset), self.dist.rank, self.dist.world_size, seed=t.seed,
+                                        batch_size=self.local_batch)
         self.step = self.epoch = 0
         self.guard = NanGuard(self.paths.weights, self.precision, self.method.nets)
         self.samples_in_epoch = 0  # of the epoch's permutation, in the global order: valid for any world size
@@ -222,7 +228,10 @@ class Trainer:
         self.stopped: int | None = None  # the signal all ranks agreed to stop on (see _should_stop)
         self.resumed_from: dict[str, Any] = {}
         self._saved_step = -1
-        self.eval_split = self._eval_split(cls) if t.eval_every else ""
+        paired = cls.data_kind == "paired"
+        self.fid_eval = self._fid_eval(cls) if t.eval_every and not paired else None
+        # what is evaluated on (val/ or test/ pairs, test/ or train/ images for FID); "" when nothing is
+        self.eval_split = self._eval_split() if t.eval_every and paired else getattr(self.fid_eval, "split", "")
         self.best: float | None = None  # the best evaluation so far (train.eval_metric)
         if resume:
             remove_stale_temporaries(self.paths.root)  # what a killed save left
@@ -237,17 +246,27 @@ class Trainer:
                 self.save()
 
     # --- set-up --------------------------------------------------------------------------------
-    def _eval_split(self, cls: type) -> str:
-        """The split train.eval_every evaluates on: val/, else test/ (aligned or A/ + B/)."""
-        if cls.data_kind != "paired":
-            raise TranslateError(f"train.eval_every evaluates paired translation; {self.recipe.method} trains on "
-                                 f"{cls.data_kind} data (set train.eval_every=0)")
+    def _eval_split(self) -> str:
+        """The split train.eval_every evaluates a paired method on: val/, else test/ (aligned or A/ + B/)."""
         root = Path(self.recipe.data.path)
         for split in ("val", "test"):
             if (root / split).is_dir() or (root / "A" / split).is_dir():
                 return split
         raise TranslateError(f"train.eval_every needs held-out pairs beside the training ones: {root}/val/ or "
                              f"{root}/test/ (or A/val + B/val); none found")
+
+    def _fid_eval(self, cls: type[Method]) -> TrainingFID | None:
+        """train.eval_every of an unpaired method or a generator: FID/KID (translate/fid.py), which needs
+        train.inception; without it one line says evaluation is off, and training goes on."""
+        if cls.data_kind != "unpaired" and "G" not in cls.export_names:
+            raise TranslateError(f"train.eval_every evaluates translators and generators; {self.recipe.method} "
+                                 f"trains {', '.join(cls.export_names)} on {cls.data_kind} data "
+                                 "(set train.eval_every=0)")
+        if not self.recipe.train.inception:
+            self.progress.say(f"note: train.eval_every is off: {self.recipe.method} is scored by FID, which needs "
+                              f"--set train.inception=FILE (the {FID_WEIGHTS} file)")
+            return None
+        return TrainingFID(self.recipe, cls.data_kind, self.device)
 
     def _startable(self, recipe: Recipe, resume: bool) -> Recipe:
         """On resume, composed halves start from the run's own weights instead of their init files
@@ -358,7 +377,7 @@ class Trainer:
         arch = {n: method.arch(n) for n in method.nets}
         exported = method.export()
         meta = {"step": str(self.step), "epoch": str(self.epoch), "method": self.recipe.method,
-                "info": json.dumps(method.info)}
+                "kind": method.model_kind(), "info": json.dumps(method.info)}
         state = self._state()
         self._check_room()
         try:
@@ -394,26 +413,36 @@ class Trainer:
                 f"{free / 2**20:.0f} MB are free; {self.guard.kept()}")
 
     def _evaluate(self) -> None:
-        """PSNR/SSIM/L1 of the just-written weights on the held-out pairs (translate/evaluate.py): a CSV
-        in eval/, a line in the log, and best.safetensors when ``train.eval_metric`` improves."""
-        from translate.checkpoints import atomic_path
-        from translate.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
+        """PSNR/SSIM/L1 of the just-written weights on the held-out pairs (translate/evaluate.py: a CSV
+        in eval/), or FID/KID of an unpaired method or generator (translate/fid.py); a line in the log,
+        and best.safetensors when ``train.eval_metric`` (FID: lower) improves."""
 
         t = self.recipe.train
-        # torch, not a compiled engine: these weights are new at every evaluation, compiling them costs more
-        result = evaluate(self.paths.weights, self.recipe.data.path, self.paths.root / "eval" /
-                          f"epoch_{self.epoch:03d}.csv", split=self.eval_split, device=str(self.device),
-                          engine="torch")
-        means = {k: result.mean(k) for k in METRICS}
-        value = means[t.eval_metric]
-        better = self.best is None or (value > self.best if HIGHER_IS_BETTER[t.eval_metric] else value < self.best)
+        if self.fid_eval is not None:
+            means, note = self.fid_eval(self.paths.weights)
+            metric, higher = "fid", False
+            if note and note not in self._warned:
+                self._warned.add(note)
+                self.progress.say(f"note: {note}")
+        else:
+            # torch, not a compiled engine: these weights are new at every evaluation, compiling them costs more
+            result = evaluate(self.paths.weights, self.recipe.data.path, self.paths.root / "eval" /
+                              f"epoch_{self.epoch:03d}.csv", split=self.eval_split, device=str(self.device),
+                              engine="torch")
+            means = {k: result.mean(k) for k in METRICS}
+            metric, higher = t.eval_metric, HIGHER_IS_BETTER[t.eval_metric]
+        value = means[metric]
+        better = self.best is None or (value > self.best if higher else value < self.best)
         if better:
             self.best = value
             with atomic_path(self.paths.root / "best.safetensors") as tmp:
                 shutil.copyfile(self.paths.weights, tmp)
+        line = {"step": self.step, "epoch": self.epoch, "split": self.eval_split,
+                **{f"eval_{k}": round(v, 5) for k, v in means.items()}}
         with open(self.paths.log, "a") as f:
-            f.write(json.dumps({"step": self.step, "epoch": self.epoch, "split": self.eval_split,
-                                **{f"eval_{k}": round(v, 5) for k, v in means.items()}}) + "\n")
+            f.write(json.dumps(line) + "\n")
+        if self.board:
+            self.board.log(line)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
         self.progress.say(f"epoch {self.epoch}: {self.eval_split} {shown}"
                           + (" (best so far: best.safetensors)" if better else ""))
@@ -434,8 +463,14 @@ class Trainer:
         if self.dist.is_main:
             paths.root.mkdir(parents=True, exist_ok=True)
             paths.recipe.write_text(self.recipe.to_toml())
+        self.board = None  # TensorBoard's writer (train.tensorboard), rank 0's
+        if t.tensorboard and self.dist.is_main:
+            from translate.tensorboard import Board  # torch's SummaryWriter: imported only when asked for
+
+            self.board = Board(paths.root, self.step)
         sample_batch = self._sample_batch()  # fixed, so grids are comparable over time
         self._announce()
+        self._record_start()
         self._start_step, self._start_time = self.step, time.perf_counter()
         self.losses: dict[str, float] = {}
         with self.signals, deterministic(t.deterministic), self.progress.start(self.total_steps, self.step), \
@@ -463,6 +498,8 @@ class Trainer:
             self._close()
             raise TrainingInterrupted(self.stopped, paths.root)
         self._write_samples(sample_batch)
+        if t.report_every:  # and at the end, with the last grid
+            self._write_report()
         self._close()
         seconds = time.perf_counter() - self._start_time
         done = self.step - self._start_step
@@ -507,6 +544,8 @@ class Trainer:
             self._write_samples(sample_batch)
 
     def _close(self) -> None:
+        if self.board:
+            self.board.close()
         if self.dist.enabled:
             close_distributed()
 
@@ -518,6 +557,7 @@ class Trainer:
                 if self.method.weights is not None:
                     self.method.weights = self.dist.from_rank0(self.method.weights)
             self.sampler.weights = self.method.weights
+            self.sampler.halves = getattr(self.method, "halves", None)  # class-balanced batches (DB-VAE)
         self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self.epoch
@@ -564,7 +604,9 @@ class Trainer:
         self.samples_in_epoch = 0
         t = self.recipe.train
         self.save(numbered=bool(t.save_every) and self.epoch % t.save_every == 0,
-                  evaluate=bool(t.eval_every) and self.epoch % t.eval_every == 0)
+                  evaluate=bool(self.eval_split) and self.epoch % t.eval_every == 0)
+        if t.report_every and self.epoch % t.report_every == 0:
+            self._write_report()
 
     def _stacked(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """All losses in one float tensor on one device (a method may compute some on another,
@@ -588,6 +630,8 @@ class Trainer:
         line = {"step": self.step, "epoch": self.epoch, "lr": lr, "images_per_s": round(rate, 3), **losses}
         with open(self.paths.log, "a") as f:
             f.write(json.dumps(line) + "\n")
+        if self.board:
+            self.board.log(line)
 
     def _sample_batch(self) -> dict[str, torch.Tensor] | None:
         """A fixed batch (first readable items, centre-cropped) so grids are comparable over time."""
@@ -610,6 +654,34 @@ class Trainer:
             rows = self.method.sample(batch)
         grid = torch.cat(list(to_unit(rows).clamp(0, 1)), dim=-2)  # stack rows vertically
         save_png_atomic(grid, self.paths.samples / f"step_{self.step:07d}.png")
+        if self.board:
+            self.board.image(self.step, grid)
+
+    def _record_start(self) -> None:
+        """The start-up facts as a line of starts.jsonl (one per start, resumes too): what `translate
+        report` shows of a run that the console output of is gone."""
+        if not self.dist.is_main:
+            return
+        t, d = self.recipe.train, self.device
+        name = cpu_name() if d.type == "cpu" else torch.cuda.get_device_name(d) if d.type == "cuda" else ""
+        facts = start_facts(method=self.recipe.method, step=self.step, epoch=self.epoch, total_steps=self.total_steps,
+                            device=f"{d} ({name})" if name else str(d), precision=f"{self.precision.name} "
+                            f"({precision_reason(t.precision, d)})", processes=self.dist.world_size,
+                            batch=self.local_batch, global_batch=self.global_batch, lr=t.lr * self.lr_factor,
+                            images=len(self.dataset), data=self.recipe.data.path, torch=torch.__version__)
+        with open(self.paths.root / STARTS_NAME, "a") as f:
+            f.write(facts)
+
+    def _write_report(self) -> None:
+        """report.html in the run folder (train.report_every). A page that cannot be written is a
+        warning: it never stops the training it reports on."""
+        if not self.dist.is_main:
+            return
+
+        try:
+            write_report(self.paths.root)
+        except (TranslateError, OSError, ImportError) as e:
+            self.progress.say(f"[yellow]warning:[/] report.html not written: {e}")
 
     def _announce(self) -> None:
         r, t = self.recipe, self.recipe.train

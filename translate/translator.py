@@ -9,10 +9,13 @@ for the result. `translate run`, `translate eval`, export and interpolation all 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +24,14 @@ from torch import Tensor, nn
 from translate import resource
 from translate.checkpoints import WeightsFile, read_weights
 from translate.devices import DTYPES
-from translate.errors import TranslateError
+from translate.engines import OpenVinoNet, pick_engine, tensors_id
+from translate.errors import TranslateError, reason
 from translate.images import LUMA, read_rgb, resize_u8, to_gray, to_signed, to_u8
+from translate.recipes import list_recipes, load_recipe
+from translate.registry import METHODS, NETS
+
+if TYPE_CHECKING:
+    from translate.nets.bicyclegan import EResNet
 
 DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
 
@@ -43,8 +52,6 @@ def pick_generator(wf: WeightsFile, direction: str) -> str:
 
 def input_size(spec: dict[str, Any]) -> tuple[int, int | None]:
     """(multiple, fixed resolution or None) the net's inputs need, from its registry entry (and its parts')."""
-    from translate.registry import NETS
-
     if spec["net"] not in NETS:
         raise TranslateError(f"the weights' network {spec['net']!r} is not one this version knows "
                              f"(translators: {', '.join(NETS.names(role='translator'))})")
@@ -91,44 +98,54 @@ class Translator:
     layers, run on the same net in torch (:meth:`eager`).
     """
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: str, compile: bool = False, *,
-                 channels_last: bool = False, winograd: bool | None = None, resolution: int | None = None,
-                 in_ch: int = 3, out_ch: int = 3, encoder: nn.Module | None = None, engine: str = "torch",
-                 weights_id: str = "", example: int = 64, fallback: bool = False) -> None:
+    def __init__(self, net: nn.Module | Callable[[], nn.Module], device: torch.device, precision: str,
+                 compile: bool = False, *, channels_last: bool = False, winograd: bool | None = None,
+                 resolution: int | None = None, in_ch: int = 3, out_ch: int = 3, nz: int | None = None,
+                 encoder: nn.Module | None = None, engine: str = "torch", weights_id: str = "", example: int = 64,
+                 fallback: bool = False) -> None:
+        """``net``: the network, or a function that builds it (with ``nz`` given): then OpenVINO,
+        finding its model in the cache, starts without building it (0.2-0.3 s of a 2-3 s start-up)."""
         self.device, self.precision, self.engine, self.note = device, precision, engine, ""
         self.encoder = encoder.to(device).eval().requires_grad_(False) if encoder is not None else None
         self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
-        self.nz = int(getattr(net, "nz", 0))
+        self._build = net if isinstance(net, nn.Module) else functools.cache(net)
+        self.nz = int(getattr(net, "nz", 0)) if nz is None else nz
         self.channels_last = channels_last
         self._eager: Translator | None = None
-        self._settings = {"channels_last": channels_last, "winograd": winograd, "resolution": resolution,
-                          "in_ch": in_ch, "out_ch": out_ch}
+        self._settings: dict[str, Any] = {"channels_last": channels_last, "winograd": winograd,
+                                          "resolution": resolution, "in_ch": in_ch, "out_ch": out_ch, "nz": self.nz}
         if engine == "openvino":
-            from translate.engines import OpenVinoNet
-
-            self.dtype, self.winograd, self.module = torch.float32, False, net.eval().requires_grad_(False)
+            self.dtype, self.winograd = torch.float32, False
             try:
-                self.net: Any = OpenVinoNet(net, weights_id, precision, nz=self.nz, in_ch=in_ch, size=example,
+                self.net: Any = OpenVinoNet(self._built, weights_id, precision, nz=self.nz, in_ch=in_ch, size=example,
                                             fixed_size=resolution is not None)
                 return
             except Exception as e:  # (OpenVINO's converter raises many kinds)
-                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                 if not fallback:
-                    raise TranslateError(f"OpenVINO cannot compile this network ({reason}); use --engine torch") \
+                    raise TranslateError(f"OpenVINO cannot compile this network ({reason(e)}); use --engine torch") \
                         from None
-                self.engine, self.note = "torch", f"OpenVINO cannot compile this network ({reason}): torch runs it"
+                self.engine, self.note = "torch", f"OpenVINO cannot compile this network ({reason(e)}): torch runs it"
         self.dtype = DTYPES[precision]
-        from translate.nets.winograd import use_winograd, winograd_pays
+        from translate.nets.winograd import use_winograd, winograd_pays  # (here: see engines.pick_engine)
 
         self.winograd = winograd_pays(device, self.dtype) if winograd is None else winograd
-        net = net.to(device, self.dtype).eval()
+        net = self._built().to(device, self.dtype).eval()
         net.requires_grad_(False)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.winograd:
             use_winograd(net)
-        self.module = net
+        self._build = net
         self.net = torch.compile(net) if compile else net
+
+    def _built(self) -> nn.Module:
+        net = self._build if isinstance(self._build, nn.Module) else self._build()
+        return net.eval().requires_grad_(False)
+
+    @property
+    def module(self) -> nn.Module:
+        """The torch network (built now if the engine did not need it)."""
+        return self._built()
 
     def eager(self) -> Translator:
         """This translator run by torch (itself, or, for another engine, one made once from its net)."""
@@ -164,37 +181,27 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
                     compile: bool = False, engine: str = "torch", **prepare: bool) -> tuple[Translator, int, str]:
     """Weights file -> (Translator, size multiple, net name). ``engine``: auto, torch or openvino
     (engines.pick_engine decides auto; a net OpenVINO cannot take then falls back to torch)."""
-    from translate.engines import pick_engine
-
     path = weights or DEFAULT_WEIGHTS
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
     wf = read_weights(path)
-    from translate.generate import model_kind, with_article
-
-    if model_kind(wf) != "translator":
-        raise TranslateError(f"`translate run` does not apply to {path.name}: it holds "
-                             f"{with_article(str(wf.meta.get('method')))} {model_kind(wf)} (use translate sample)")
+    wf.check_kind("run", hint="translate sample")
     name = pick_generator(wf, direction)
-    net = wf.build(name)
-    asked, engine = engine, pick_engine(engine, device, precision, compile=compile, net=net)
-    multiple, fixed = input_size(wf.arch[name])
-    in_ch, out_ch = io_channels(wf.arch[name])
-    weights_id = ""
-    if engine != "torch":
-        from translate.engines import net_id
-
-        weights_id = net_id(net, str(wf.arch[name]))
-    tr = Translator(net, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
-                    encoder=_style_encoder(wf), engine=engine, weights_id=weights_id,
-                    example=fixed or max(64, multiple), fallback=asked == "auto", **prepare)
+    spec = wf.arch[name]
+    build = functools.cache(lambda: wf.build(name))
+    asked, engine = engine, pick_engine(engine, device, precision, compile=compile, net=build)
+    multiple, fixed = input_size(spec)
+    in_ch, out_ch = io_channels(spec)
+    # OpenVINO's cache is keyed by the file's tensors, so a cached model starts without building the net
+    weights_id = tensors_id(wf.tensors[name], json.dumps(spec, sort_keys=True)) if engine != "torch" else ""
+    tr = Translator(build, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
+                    nz=int(NETS.option(spec, "nz", 0)), encoder=_style_encoder(wf), engine=engine,
+                    weights_id=weights_id, example=fixed or max(64, multiple), fallback=asked == "auto", **prepare)
     return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
 
 
 def _style_encoder(wf: WeightsFile) -> nn.Module | None:
     """The weights' encoder of example images (BicycleGAN's E), if they carry one."""
-    from translate.registry import NETS
-
     names = [n for n in wf.nets if wf.arch[n]["net"] in NETS and NETS.info(wf.arch[n]["net"]).role == "style_encoder"]
     return wf.build(names[0]) if names else None
 
@@ -227,7 +234,7 @@ def style_code(tr: Translator, example: Path) -> Tensor:
     if not tr.nz:
         raise TranslateError(f"--style needs a model with a latent code; this one gives one translation per input "
                              f"(recipes with one: {', '.join(latent_recipes())})")
-    E = tr.encoder
+    E = cast("EResNet | None", tr.encoder)  # the only style_encoder
     if E is None:
         raise TranslateError("--style needs the model's encoder E, which these weights do not hold (weights of "
                              "`translate train --recipe bicyclegan` do; an import needs `--encoder latest_net_E.pth`)")
@@ -242,11 +249,8 @@ def style_code(tr: Translator, example: Path) -> Tensor:
 
 def latent_recipes() -> list[str]:
     """Shipped recipes whose model takes a latent beside the image (a ``model.nz``)."""
-    from translate.methods import get_method
-    from translate.recipes import list_recipes, load_recipe
-
     return [n for n in list_recipes() if "nz" in {f.name for f in dataclasses.fields(
-        get_method(load_recipe(n).method).ModelConfig)}]
+        METHODS.get(load_recipe(n).method).ModelConfig)}]
 
 
 MIN_SIDE = 16  # below this, the innermost feature maps of the generators shrink to a single pixel

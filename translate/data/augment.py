@@ -20,7 +20,7 @@ class Augment:
 
     def __init__(self, cfg: DataConfig, paired: bool) -> None:
         self.cfg, self.paired = cfg, paired
-        ops = []
+        ops: list[K.AugmentationBase2D] = []
         if "crop" in cfg.preprocess:
             ops.append(K.RandomCrop((cfg.crop_size, cfg.crop_size)))
         if cfg.flip:

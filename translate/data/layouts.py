@@ -201,7 +201,7 @@ class DegradedDataset(ImageFolderDataset):
         return item
 
 
-def _open_images(root: Path, cfg: DataConfig, kind: str) -> Dataset:
+def _open_images(root: Path, cfg: DataConfig, kind: str) -> ImageFolderDataset:
     """``images``: every image under the folder (its train/ if it has one); ``classes``: one
     subfolder per class, named by the folder."""
     folder = root / "train" if (root / "train").is_dir() else root
@@ -234,7 +234,8 @@ def _need(files: list[Path], where: Path, what: str) -> list[Path]:
     return files
 
 
-def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train") -> Dataset:
+def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train"
+                 ) -> AlignedDataset | PairedFoldersDataset | UnalignedDataset | ImageFolderDataset:
     """Open ``cfg.path`` for a method that wants ``kind``: paired, unpaired, images or classes.
     ``split`` (paired data): which sub-folder of the layout, ``train`` or e.g. ``test`` / ``val``
     for evaluation."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from translate.devices import Precision
+from translate.losses import recon_error
 from translate.methods.base import Method, check_power_of_two, side_by_side
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
@@ -29,17 +30,6 @@ class AutoencoderModel(ModelConfig):
 @dataclass
 class AELoss(LossConfig):
     recon: str = choice("l2", *RECON_DISTANCES)
-
-
-def recon_error(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:
-    """(N,) reconstruction error of [-1, 1] images, summed over pixels.
-
-    ``l2``: squared error, the Gaussian negative log-likelihood with variance 1/2 (constant dropped);
-    ``l1``: absolute error, the Laplace negative log-likelihood with scale 1 (constant dropped).
-    """
-    diff = x_hat.float() - x.float()
-    err = diff.square() if distance == "l2" else diff.abs()
-    return err.flatten(1).sum(1)
 
 
 def recon_loss(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:

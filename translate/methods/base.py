@@ -19,8 +19,8 @@ from translate import recipes
 from translate.backbones import Composition, compose, prepare
 from translate.devices import DTYPES, Precision, unwrap
 from translate.errors import TranslateError
+from translate.nets import winograd
 from translate.nets.layers import init_weights, power_of_two
-from translate.nets.winograd import use_winograd, winograd_pays
 from translate.recipes import Recipe, at_least, choice, registered
 from translate.registry import NETS, create_net
 
@@ -134,8 +134,9 @@ class Method(Generic[ModelT, LossT]):
             start(module)
         self._arch[name] = {"net": net_name, "kwargs": kwargs}
         module = module.to(self.device)
-        if winograd_pays(self.device, DTYPES[self.amp.name]):
-            use_winograd(module)  # the same sums in fewer multiplications: nets/winograd.py
+        # (through the module: tests/peers.py turns it off for the parity tests)
+        if winograd.winograd_pays(self.device, DTYPES[self.amp.name]):
+            winograd.use_winograd(module)  # the same sums in fewer multiplications: nets/winograd.py
         if self.device.type == "cuda":
             # channels_last for training, though inference runs NCHW (translator.Translator): on an H200
             # at batch 1 (bf16 AMP, torch 2.11) NCHW training with cuDNN's autotuner was slower,
@@ -171,7 +172,7 @@ class Method(Generic[ModelT, LossT]):
     def build_discriminator(self, name: str, in_ch: int) -> nn.Module:
         """The recipe's discriminator (``model.discriminator``) for ``in_ch``-channel images."""
         cfg = cast(TranslatorModel, self.recipe.model)
-        antialias = {"antialias": True} if cfg.antialias else {}
+        antialias: dict[str, Any] = {"antialias": True} if cfg.antialias else {}
         if antialias and not NETS.accepts(cfg.discriminator, "antialias"):
             has = [n for n in NETS.names(role="discriminator", family="image") if NETS.accepts(n, "antialias")]
             raise TranslateError(f"model.antialias needs a discriminator that has it ({', '.join(has)}); "
@@ -229,6 +230,14 @@ class Method(Generic[ModelT, LossT]):
     def export(self) -> dict[str, nn.Module]:
         """The nets inference needs, unwrapped from DDP."""
         return {n: self.net(n) for n in self.export_names}
+
+    @classmethod
+    def model_kind(cls) -> str:
+        """What its weights file holds (checkpoints.KIND_COMMANDS): an autoencoder (``AE``), a
+        generator (a method of images without pairs), or a translator."""
+        if "AE" in cls.export_names:
+            return "autoencoder"
+        return "generator" if cls.data_kind in ("images", "classes") else "translator"
 
     def extra_state(self) -> dict[str, Any]:
         """Method state beyond nets and optimizers (e.g. the image pool), for exact resume."""

@@ -101,7 +101,7 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
 
     def _gan(self, scales: list[Tensor], real: bool, for_discriminator: bool = True) -> Tensor:
         """The GAN loss summed over a discriminator's scales (the code's GANLoss)."""
-        return sum(self.gan(pred, real, for_discriminator) for pred in scales)  # type: ignore[return-value]
+        return sum(self.gan(pred, real, for_discriminator) for pred in scales)
 
     def _draw(self, n: int) -> Tensor:
         """n latents ~ N(0, I) from torch's CPU generator, on any device (as the code's get_z_random)."""

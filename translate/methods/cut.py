@@ -22,7 +22,7 @@ differs and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ from translate.losses import GAN_MODES, GANLoss, patch_nce
 from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
 from translate.recipes import LossConfig, Recipe, at_least, choice
 from translate.registry import METHODS
+
+if TYPE_CHECKING:
+    from translate.nets.resnet import ResnetGenerator
 
 
 @dataclass
@@ -69,7 +72,7 @@ class CUT(Method[CUTModel, CUTLoss]):
             raise TranslateError("cut takes its PatchNCE features from a ResNet generator's layers: use "
                                  "model.generator=resnet_9blocks or resnet_6blocks")
         G = self.build_generator("G", cfg.input_nc, cfg.output_nc)
-        depth = len(G.model)
+        depth = len(cast("ResnetGenerator", G).model)  # a resnet_* generator (checked above)
         if not cfg.nce_layers or not all(0 <= i < depth for i in cfg.nce_layers):
             raise TranslateError(f"model.nce_layers {cfg.nce_layers}: layers of {cfg.generator} are 0 to {depth - 1}")
         with torch.no_grad():
@@ -91,7 +94,9 @@ class CUT(Method[CUTModel, CUTLoss]):
         k, ids = F_(feat_k, cfg.num_patches)
         q, _ = F_(feat_q, cfg.num_patches, ids)
         lam, t = self.loss_cfg.lambda_nce, self.loss_cfg.nce_t
-        return sum((patch_nce(qi, ki, t) * lam).mean() for qi, ki in zip(q, k, strict=True)) / len(q)
+        # nce_layers is not empty (checked in __init__): a Tensor, never sum's start 0
+        total = cast(Tensor, sum((patch_nce(qi, ki, t) * lam).mean() for qi, ki in zip(q, k, strict=True)))
+        return total / len(q)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]

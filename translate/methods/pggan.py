@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from translate.methods.base import (
     set_requires_grad,
     update_average,
 )
-from translate.nets.pggan import num_levels
+from translate.nets.pggan import PhaseMixin, num_levels
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
 from translate.registry import METHODS
 
@@ -108,8 +108,8 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
         return phase_at(self.step, *self.levels, self.cfg.fade_steps, self.cfg.stable_steps)
 
     def _set_phase(self, level: int, alpha: float) -> None:
-        for net in self.nets.values():
-            net.set_phase(level, alpha)
+        for net in self.nets.values():  # never DDP-wrapped (see wrap)
+            cast(PhaseMixin, net).set_phase(level, alpha)
 
     def _reals(self, x: Tensor, level: int, alpha: float) -> Tensor:
         """Real images at the current size, blended with their half-size version while fading in."""
@@ -124,7 +124,7 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
         G, D = self.nets["G"], self.nets["D"]
         opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
         level, alpha = self.phase()
-        if level != G.phase[0]:
+        if level != cast(PhaseMixin, G).phase[0]:
             for opt in (opt_G, opt_D):
                 opt.state.clear()
         self._set_phase(level, alpha)

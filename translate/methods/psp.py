@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from translate.devices import Precision
+from translate.evaluate import load_lpips
 from translate.methods.base import Method, TranslatorModel
 from translate.recipes import LossConfig, Recipe, at_least, registered
 from translate.registry import METHODS
@@ -59,8 +60,6 @@ class PSP(Method[PSPModel, PSPLoss]):
         self.optimizers = {"G": self.adam("G")}
         self.lpips = None
         if self.loss_cfg.lpips_weights and self.loss_cfg.lambda_lpips > 0:
-            from translate.evaluate import load_lpips
-
             self.lpips = load_lpips(self.loss_cfg.lpips_weights, device).requires_grad_(False)
         elif self.loss_cfg.lambda_lpips > 0:
             self.notes.append("pSp's perceptual term (LPIPS with AlexNet, weight 0.8) is off: it needs torchvision's "

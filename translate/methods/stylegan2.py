@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from translate.methods.base import (
 )
 from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
 from translate.registry import METHODS
+
+if TYPE_CHECKING:
+    from translate.nets.stylegan2 import Generator
 
 
 @dataclass
@@ -83,7 +86,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         # lazy regularisation: Adam corrected for the regulariser's extra step every k steps
         self.optimizers = {"G": self.adam("G", lazy=loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0),
                            "D": self.adam("D", lazy=loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0)}
-        self.num_ws = G.num_ws  # w's per image: style mixing picks where the second one starts
+        self.num_ws: int = cast("Generator", G).num_ws  # w's per image: style mixing picks where the second one starts
         self.step = 0
         self.pl_mean = torch.zeros((), device=device)
         self.fixed_z = self.fixed_noise(recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)

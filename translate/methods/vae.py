@@ -17,16 +17,20 @@ recon + KL is the negative ELBO per image in those units, whatever beta is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
 from translate.devices import Precision
+from translate.losses import kl_per_image
 from translate.methods.ae import AELoss, Autoencoder, recon_loss
 from translate.methods.base import side_by_side
 from translate.recipes import Recipe, RecipeError, at_least
 from translate.registry import METHODS
+
+if TYPE_CHECKING:
+    from translate.nets.autoencoder import ConvVAE
 
 
 @dataclass
@@ -41,12 +45,6 @@ class VAELoss(AELoss):
         if self.capacity_max > 0 and self.kl_warmup_steps > 0:
             raise RecipeError("loss.kl_warmup_steps and loss.capacity_max both schedule the KL term; "
                               "set one of them to 0")
-
-
-def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
-    """(N,) KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over z."""
-    mu, logvar = mu.float(), logvar.float()
-    return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)
 
 
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -97,7 +95,7 @@ class VAE(Autoencoder[VAELoss]):
         """Rows of input | reconstruction (of the mean code) | decoded prior sample (fixed z)."""
         x = batch["A"]
         with self.evaluating("AE") as (AE,):
-            x_hat, prior = AE(x).float(), AE.decode(self.fixed_z[: len(x)]).float()
+            x_hat, prior = AE(x).float(), cast("ConvVAE", AE).decode(self.fixed_z[: len(x)]).float()
         return side_by_side(x, x_hat, prior)
 
     def extra_state(self) -> dict[str, Any]:

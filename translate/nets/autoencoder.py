@@ -12,6 +12,8 @@ at reconstructing the mean digit.
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 from torch import Tensor, nn
 
@@ -99,6 +101,13 @@ class ConvVAE(ConvAutoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return self.encode_dist(x)[0]
 
+    @overload
+    def forward(self, x: Tensor, sample: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, sample: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
+    @overload
+    def forward(self, x: Tensor, sample: bool) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
+
     def forward(self, x: Tensor, sample: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         if not sample:
             return self.decode(self.encode(x))
@@ -161,6 +170,13 @@ class VAEEncoder(ConvEncoder):
     def __init__(self, channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> None:
         super().__init__(channels, resolution, nf, 2 * z_dim)
         self.z_dim = z_dim
+
+    @overload
+    def forward(self, x: Tensor, logvar: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, logvar: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(self, x: Tensor, logvar: bool) -> Tensor | tuple[Tensor, Tensor]: ...
 
     def forward(self, x: Tensor, logvar: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         mu, log_var = super().forward(x).chunk(2, dim=1)

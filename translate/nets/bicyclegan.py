@@ -19,6 +19,7 @@ tensor that is read again (E's blocks without a norm), that effect is written ou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,8 @@ class UnetBlockWithZ(nn.Module):
         self.outermost, self.innermost, self.nz = outermost, innermost, nz
         make_norm = _norm(norm)
         conv = nn.Conv2d(in_ch + nz, inner_ch, kernel_size=4, stride=2, padding=1)
+        down: list[nn.Module]
+        up: list[nn.Module]
         if outermost:
             down = [conv]
             up = [_activation(nl), *_upsample(inner_ch * 2, outer_ch, upsample), nn.Tanh()]
@@ -102,11 +105,11 @@ class UnetBlockWithZ(nn.Module):
             x_and_z = torch.cat([x, z.view(z.size(0), z.size(1), 1, 1).expand(-1, -1, x.size(2), x.size(3))], 1)
         else:
             x_and_z = x
-        if self.outermost:
-            return self.up(self.submodule(self.down(x_and_z), z))
         if self.innermost:
             return torch.cat([self.up(self.down(x_and_z)), x], 1)
-        return torch.cat([self.up(self.submodule(self.down(x_and_z), z)), x], 1)
+        assert self.submodule is not None  # every level but the innermost has one (checked in __init__)
+        y = self.up(self.submodule(self.down(x_and_z), z))
+        return y if self.outermost else torch.cat([y, x], 1)
 
 
 class BicycleUnet(nn.Module):
@@ -120,13 +123,13 @@ class BicycleUnet(nn.Module):
             raise ValueError(f"num_downs must be >= 6 (the code builds at least two 8ngf levels), got {num_downs}")
         super().__init__()
         self.in_ch, self.out_ch, self.nz = in_ch, out_ch, nz
-        common = {"nz": nz, "norm": norm, "nl": nl, "upsample": upsample}
-        block = UnetBlockWithZ(ngf * 8, ngf * 8, ngf * 8, innermost=True, **common)
+        level = functools.partial(UnetBlockWithZ, nz=nz, norm=norm, nl=nl, upsample=upsample)
+        block = level(ngf * 8, ngf * 8, ngf * 8, innermost=True)
         for _ in range(num_downs - 5):
-            block = UnetBlockWithZ(ngf * 8, ngf * 8, ngf * 8, submodule=block, dropout=dropout, **common)
+            block = level(ngf * 8, ngf * 8, ngf * 8, submodule=block, dropout=dropout)
         for mult in (4, 2, 1):
-            block = UnetBlockWithZ(ngf * mult, ngf * mult, ngf * mult * 2, submodule=block, **common)
-        self.model = UnetBlockWithZ(in_ch, out_ch, ngf, submodule=block, outermost=True, **common)
+            block = level(ngf * mult, ngf * mult, ngf * mult * 2, submodule=block)
+        self.model = level(in_ch, out_ch, ngf, submodule=block, outermost=True)
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         if z is None:
@@ -241,7 +244,7 @@ class MultiscalePatchGAN(nn.Module):
             self.model = _patchgan(in_ch, ndf, n_layers, norm)
             return
         self.model_0 = _patchgan(in_ch, ndf, n_layers, norm)
-        self.down = nn.AvgPool2d(3, stride=2, padding=[1, 1], count_include_pad=False)
+        self.down = nn.AvgPool2d(3, stride=2, padding=(1, 1), count_include_pad=False)
         for i in range(1, num_D):
             self.add_module(f"model_{i}", _patchgan(in_ch, int(round(ndf / 2**i)), n_layers, norm))
 

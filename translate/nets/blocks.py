@@ -53,6 +53,8 @@ class EqualConv2d(nn.Module):
     official layers are (a kxk conv: blur, then the conv with stride 2; 1x1: blur and halve, then it);
     ``activation``: :func:`lrelu` after; ``out_gain``: the output's factor (StyleGAN2's residual halves)."""
 
+    fir: Tensor | None  # the FIR filter where ``down``, else None
+
     def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = 1.0, bias: bool = True,
                  down: bool = False, activation: bool = False, out_gain: float = 1.0) -> None:
         super().__init__()
@@ -68,10 +70,12 @@ class EqualConv2d(nn.Module):
             # As StyleGAN2's official conv2d_resample: blur at full size (padded by k // 2 + 1), then
             # the kxk conv with stride 2; a conv after halving would see a coarser grid.
             c = x.shape[1]
+            assert self.fir is not None  # registered where down
             x = F.conv2d(x, self.fir.to(x.dtype).repeat(c, 1, 1, 1), padding=k // 2 + 1, groups=c)
             x = F.conv2d(x, self.weight * self.scale, self.bias, stride=2)
         else:
             if self.down:  # a 1x1 conv: blur and halve first (the official fast path), then the conv
+                assert self.fir is not None
                 x = downsample2x(x, self.fir)
             x = F.conv2d(x, self.weight * self.scale, self.bias, padding=k // 2)
         if self.activation:

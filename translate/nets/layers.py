@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     return lambda ch: nn.Identity()
 
 
-def _pad_as_is(pad: nn.Module, x: Tensor) -> Tensor | None:
+def _pad_as_is(pad: nn.ReflectionPad2d | nn.ReplicationPad2d, x: Tensor) -> Tensor | None:
     """Padding under CPU autocast, in the input's own dtype. CPU autocast casts a reflection or
     replication pad's input to fp32, and the conv after it casts back to bf16: two copies of every
     padded map, for nothing (a pad moves values, it computes none). CycleGAN's bf16 step on a
@@ -57,14 +58,15 @@ class _PadAnywhere:
     same padding as two index_selects, whose backward has one. Same values and gradients; elsewhere
     torch's own kernel runs. ``_index(n, before, after, device)``: each padded position's source."""
 
-    padding: tuple[int, int, int, int]
-
     def forward(self, x: Tensor) -> Tensor:
-        if (y := _pad_as_is(self, x)) is not None:  # type: ignore[arg-type]
+        # A mixin: only ever the first base of the two torch pads below (declaring their
+        # ``padding`` here would clash with the type each of torch's classes gives it).
+        pad = cast("nn.ReflectionPad2d | nn.ReplicationPad2d", self)
+        if (y := _pad_as_is(pad, x)) is not None:
             return y
         if not (x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled()):
-            return super().forward(x)  # type: ignore[misc]
-        left, right, top, bottom = self.padding
+            return super().forward(x)  # type: ignore[misc]  # the torch pad after this mixin in the MRO
+        left, right, top, bottom = pad.padding
         rows = self._index(x.shape[-2], top, bottom, x.device)
         cols = self._index(x.shape[-1], left, right, x.device)
         return x.index_select(-2, rows).index_select(-1, cols)
@@ -110,6 +112,8 @@ class BlurDown(nn.Module):
     [1, 2, 1] / 16, keep every second pixel. A stride-1 conv in front of it replaces a strided one.
     The filter is a buffer named ``filt``, as there, so the CUT code's checkpoints load as they are."""
 
+    filt: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.pad = ReflectionPad2d(1)
@@ -124,6 +128,8 @@ class BlurUp(nn.Module):
     conv of stride 2 with [1, 3, 3, 1] x [1, 3, 3, 1] / 64 x 4 per channel (each output pixel a
     weighted mean of its neighbours), the padding's rows and columns cropped. A stride-1 conv after
     it replaces a transposed one. Its buffer is ``filt`` too."""
+
+    filt: Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ standard deviation before its last block, and widths follow ``min(fmap_base / 2*
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ def fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
 
 class PhaseMixin(nn.Module):
     """The ``level`` and ``alpha`` buffers plus Python copies (read every forward without a device sync)."""
+
+    level: Tensor
+    alpha: Tensor
 
     def _init_phase(self, levels: int) -> None:
         self.levels = levels
@@ -111,7 +115,7 @@ class PGGANGenerator(PhaseMixin):
             x = pixel_norm(lrelu(self.dense(x).view(x.shape[0], -1, 4, 4)))
         else:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-        for conv in self.blocks[level]:
+        for conv in cast(nn.ModuleList, self.blocks[level]):  # a ModuleList of ModuleLists
             x = pixel_norm(lrelu(conv(x)))
         return x
 
@@ -155,7 +159,7 @@ class PGGANDiscriminator(PhaseMixin):
     def _block(self, level: int, x: Tensor) -> Tensor:
         if level == 0:
             x = self.mbstd(x)
-        for conv in self.blocks[level]:
+        for conv in cast(nn.ModuleList, self.blocks[level]):  # a ModuleList of ModuleLists
             x = lrelu(conv(x))
         if level == 0:
             return self.out(lrelu(self.dense(x.flatten(1))))

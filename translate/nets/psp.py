@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.nets.layers import group_norm
+from translate.nets.stylegan2 import num_ws
 from translate.registry import NETS
 
 COARSE, MEDIUM = 3, 7  # styles [0, 3) from the coarse map, [3, 7) from the medium one, the rest from the fine
@@ -89,8 +90,6 @@ class PSPEncoder(nn.Module):
 
 
 def _options(c: dict) -> dict:
-    from translate.nets.stylegan2 import num_ws
-
     decoder = c["decoder"]  # the W+ it writes must fit the decoder's synthesis network
     return {"in_ch": c["in_ch"], "num_ws": num_ws(decoder["resolution"]), "w_dim": decoder["w_dim"], "nf": c["ngf"]}
 

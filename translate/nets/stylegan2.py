@@ -11,6 +11,8 @@ small head. Every layer uses the equalised learning rate and resamples with the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,8 @@ class ModulatedConv2d(nn.Module):
     filter, so the convolution runs at the input's (lower) resolution.
     """
 
+    fir: Tensor | None  # the FIR filter where ``up``, else None
+
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, kernel: int, demodulate: bool = True,
                  up: bool = False) -> None:
         super().__init__()
@@ -50,6 +54,7 @@ class ModulatedConv2d(nn.Module):
         if self.up:  # (H, W) -> (2H + 1, 2W + 1) -> blur with padding 1 -> (2H, 2W)
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
             c = x.shape[1]
+            assert self.fir is not None  # registered where up
             x = F.conv2d(x, (self.fir * 4).to(x.dtype).repeat(c, 1, 1, 1), padding=1, groups=c)
         else:
             x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
@@ -61,6 +66,8 @@ class ModulatedConv2d(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (optionally upsampling), noise of learned strength, bias, leaky ReLU."""
+
+    noise_const: Tensor
 
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool = False) -> None:
         super().__init__()
@@ -108,6 +115,8 @@ class MappingNetwork(nn.Module):
     ``w_avg`` follows the mean w during training (an EMA); truncation pulls w towards it.
     """
 
+    w_avg: Tensor
+
     def __init__(self, z_dim: int, w_dim: int, layers: int, lr_mul: float = 0.01, w_avg_beta: float = 0.995) -> None:
         super().__init__()
         dims = [z_dim] + [w_dim] * layers
@@ -129,6 +138,8 @@ class MappingNetwork(nn.Module):
 
 class SynthesisBlock(nn.Module):
     """One resolution: (upsampling conv), conv, and this resolution's RGB added to the upsampled image."""
+
+    fir: Tensor
 
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, channels: int) -> None:
         super().__init__()
@@ -160,16 +171,18 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim: int, resolution: int, channels: int, channel_base: int, channel_max: int) -> None:
         super().__init__()
         widths = channel_counts(resolution, channel_base, channel_max)
-        self.blocks = nn.ModuleList(
-            SynthesisBlock(widths.get(res // 2, 0), widths[res], w_dim, res, channels) for res in widths)
-        self.num_ws = sum(b.num_conv for b in self.blocks) + 1  # + the last block's toRGB
+        blocks = [SynthesisBlock(widths.get(res // 2, 0), widths[res], w_dim, res, channels) for res in widths]
+        self.blocks = nn.ModuleList(blocks)
+        self.num_ws = sum(b.num_conv for b in blocks) + 1  # + the last block's toRGB
 
     def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
-        x = img = None
+        x: Tensor | None = None
+        img: Tensor | None = None
         i = 0
-        for block in self.blocks:
+        for block in cast("Iterable[SynthesisBlock]", self.blocks):
             x, img = block(x, img, ws[:, i : i + block.num_conv + 1], noise_mode)
             i += block.num_conv
+        assert img is not None  # there is at least the 4x4 block
         return img
 
 
@@ -209,7 +222,7 @@ class Generator(nn.Module):
         if (z2 is None) != (mix_layer is None):
             raise ValueError("style mixing needs both z2 and mix_layer")
         ws = self.mapping(z, truncation, track=self.training).unsqueeze(1).repeat(1, self.num_ws, 1)
-        if z2 is not None:
+        if z2 is not None and mix_layer is not None:  # both or neither (checked above)
             w2 = self.mapping(z2, truncation).unsqueeze(1)
             later = torch.arange(self.num_ws, device=ws.device).view(1, -1, 1) >= mix_layer
             ws = torch.where(later, w2.to(ws.dtype), ws)

@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from typing import TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from translate import devices
 
 __all__ = ["WinogradConv2d", "use_winograd", "winograd_pays"]
 
@@ -61,9 +64,7 @@ def winograd_pays(device: torch.device = torch.device("cpu"), dtype: torch.dtype
     """Whether :func:`use_winograd` is worth it for nets run on ``device`` in ``dtype``: fp32 on a CPU
     without native bf16 (AVX2), where the 256-ch convs run 1.6-1.8x faster. Elsewhere it would fall
     back to F.conv2d anyway (other devices, dtypes), or is unmeasured (AVX512/AMX CPUs)."""
-    from translate.devices import cpu_bf16_native
-
-    return device.type == "cpu" and dtype == torch.float32 and not cpu_bf16_native()
+    return device.type == "cpu" and dtype == torch.float32 and not devices.cpu_bf16_native()
 
 
 class _Scratch(threading.local):
@@ -252,7 +253,7 @@ class _WinogradFn(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-def _eligible(conv: nn.Module) -> bool:
+def _eligible(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (3, 3)
@@ -279,7 +280,7 @@ class WinogradConv2d(nn.Module):
             raise ValueError(f"not a 3x3 stride-1 dilation-1 ungrouped conv with padding 0/1: {conv}")
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.padding = conv.padding[0]
+        self.padding: int = cast(tuple[int, int], conv.padding)[0]  # (0, 0) or (1, 1): _eligible
         self.padding_mode = conv.padding_mode
         self.weight = conv.weight
         if conv.bias is None:
