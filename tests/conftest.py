@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +120,16 @@ TINY = [
 TINY_BY_RECIPE = {"pix2pix": ["data.load_size=256", "data.crop_size=256"],  # unet_256 halves 8 times
                   "bicyclegan": ["data.load_size=128", "data.crop_size=128", "model.generator=bicycle_unet_128",
                                  "model.discriminator=basic_128_multi", "model.nef=4"]}  # its 128 px nets
+
+
+def train_two_processes(recipe: str, data: Path, out: Path, sets: list[str], steps: int) -> list[dict]:
+    """`translate train --devices=2` as a user runs it (one thread per process: 2 cores here), checked to end
+    at ``steps``; its log.jsonl lines."""
+    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", f"--recipe={recipe}", f"--data={data}",
+           f"--out={out}", *(f"--set={s}" for s in sets)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0 and f"done: step {steps}" in res.stderr, res.stderr[-3000:]
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 def applicable(method: str, overrides: list[str]) -> list[str]:

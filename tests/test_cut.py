@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared
+from conftest import shared, train_two_processes
 from peers import seed_flipping
 from PIL import Image
 from typer.testing import CliRunner
@@ -71,12 +68,8 @@ def test_nce_falls_and_the_weights_file_rebuilds_g(h2z4, tmp_path):
 
 
 def test_fastcut_trains_with_two_processes(h2z4, tmp_path):
-    sets = [f"--set={s}" for s in [*SMALL, "data.load_size=32", "data.crop_size=32", "train.max_steps=2"]]
-    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", "--recipe=fastcut", f"--data={h2z4}",
-           f"--out={tmp_path / 'run'}", *sets]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0 and "done: step 2" in res.stderr, res.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = train_two_processes("fastcut", h2z4, tmp_path / "run",
+                              [*SMALL, "data.load_size=32", "data.crop_size=32", "train.max_steps=2"], steps=2)
     assert "NCE_Y" not in log[-1] and math.isfinite(log[-1]["NCE"])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import copy_first, shared
+from conftest import copy_first, shared, train_two_processes
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -284,14 +284,6 @@ def test_classify_counts_per_class_folder_and_either_engine_agrees(faces, runs, 
 
 def test_dbvae_trains_with_two_processes(faces, tmp_path):
     """Under DDP every rank draws the epoch from rank 0's sampling weights."""
-    import os
-    import subprocess
-    import sys
-
-    sets = [f"--set={s}" for s in [*DBVAE, "model.z_dim=16", "train.epochs=1", "train.batch_size=16"]]
-    cmd = [sys.executable, "-m", "translate", "train", "--devices=2", "--recipe=dbvae", f"--data={faces / 'train'}",
-           f"--out={tmp_path / 'run'}", *sets]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0 and "done: step 5" in res.stderr, res.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = train_two_processes("dbvae", faces / "train", tmp_path / "run",
+                              [*DBVAE, "model.z_dim=16", "train.epochs=1", "train.batch_size=16"], steps=5)
     assert log[-1]["p_max_min"] > 1.0
