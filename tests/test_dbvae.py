@@ -27,7 +27,7 @@ from translate.train import Trainer
 
 runner = CliRunner()
 QUIET = ["data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.save_every=0", "train.device=cpu"]
-DBVAE = ["data.channels=1", "data.load_size=32", "data.crop_size=32", "model.nf=16", "train.epochs=6",
+DBVAE = ["data.channels=1", "data.load_size=32", "data.crop_size=32", "model.nf=16", "train.epochs=12",
          "train.batch_size=32", *QUIET]
 
 
@@ -211,8 +211,9 @@ def test_training_batches_are_half_faces_whatever_the_folder_ratio(faces, tmp_pa
 
 @pytest.fixture(scope="module")
 def runs(faces, tmp_path_factory) -> dict[str, Path]:
-    """The recipe (z_dim 100) trained 6 epochs on 80 + 80 LFW crops, debiased and plain (the same
-    balanced batches, drawn uniformly)."""
+    """The recipe (z_dim 100) trained 12 epochs on 80 + 80 LFW crops, debiased and plain (the same
+    balanced batches, drawn uniformly). At 6 epochs one seed in four, and AVX2's fp32 kernels, left the
+    rare kind drawn less than the common one."""
     out = tmp_path_factory.mktemp("dbvae-runs")
     return {name: Trainer(load_recipe("dbvae", [f"data.path={faces / 'train'}", f"debias.enabled={enabled}",
                                                 *DBVAE]), out / name, quiet=True).fit().weights
