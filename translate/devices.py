@@ -108,6 +108,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the memory a training step frees for the next step, instead of handing it back
+    to the kernel and taking it again page by page (each page zero-filled on its first touch).
+
+    glibc serves allocations above 128 KiB with fresh mmaps and only raises that threshold as such
+    blocks are freed, so a CPU training run's first steps page-fault through their activations: on a
+    2-core Zen5, pix2pix bf16 took 0.86 s for its second step and ten steps to settle at 0.39; with
+    the heap kept (mmap threshold 32 MiB, glibc's most; trimming above 1 GiB) 1.30M minor page faults
+    in 20 steps became 0.83M and steps settled from the third, at 0.34-0.38 s (peak resident memory
+    2.56 -> 2.65 GB). What jemalloc or tcmalloc preloaded would do, without a preload. Process-wide;
+    a no-op (False) off glibc."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) == 1
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
+        ok &= libc.mallopt(_M_TOP_PAD, 64 * 2**20) == 1
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
+
+
 @contextlib.contextmanager
 def deterministic(on: bool) -> Iterator[None]:
     """Bit-exact runs on CUDA (``train.deterministic``): deterministic algorithms, no cuDNN autotuning.

@@ -51,6 +51,7 @@ from translate.devices import (
     cpu_name,
     deterministic,
     init_distributed,
+    keep_freed_memory,
     peak_gpu_bytes,
     pick_device,
     precision_reason,
@@ -195,6 +196,8 @@ class Trainer:
             raise TranslateError(f"{out_dir} already holds a run: continue it with `translate train --resume "
                                  f"{out_dir}`, or give another --out")
         self.device = pick_device(t.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # steps reuse the heap instead of page-faulting through fresh mmaps
         self.dist: Dist = init_distributed(self.device)
         console = console or Console(stderr=True, quiet=quiet or not self.dist.is_main)
         self.progress = Progress(console, "train", every_s=0)  # a log line at every train.log_every
