@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from vs_official_training import sh as timed  # noqa: E402  (bench/ is on the path: run as a script)
 
-from translate.devices import cpu_bf16_native, cpu_name  # noqa: E402
+from translate.core.devices import cpu_bf16_native, cpu_name  # noqa: E402
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from translate.devices import cpu_bf16_native, cpu_name  # noqa: E402
-from translate.engines import OpenVinoNet, openvino_version  # noqa: E402
+from translate.core.devices import cpu_bf16_native, cpu_name  # noqa: E402
+from translate.core.registry import create_net  # noqa: E402
+from translate.inference.engines import OpenVinoNet, openvino_version  # noqa: E402
 from translate.nets import init_weights  # noqa: E402
 from translate.nets.winograd import use_winograd  # noqa: E402
-from translate.registry import create_net  # noqa: E402
 
 
 def timings_ms(f, n: int) -> tuple[float, float]:

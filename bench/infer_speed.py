@@ -1,7 +1,7 @@
 """End-to-end speed of `translate run` for a resnet_9blocks generator on 256x256 JPEGs.
 
 Prints, for the current device:
-1. images/s through ``translate.infer.run`` (decode, batch, translate, encode, write; model
+1. images/s through ``translate.inference.infer.run`` (decode, batch, translate, encode, write; model
    load excluded) for batch sizes 1..32 (64 on CUDA), in fp32 and bf16, and the fraction of the
    device's measured matmul FLOP/s that the network reaches;
 2. whole-command wall time, start-up included, of `translate run` (each engine: torch, and on the
@@ -34,12 +34,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from translate.checkpoints import save_weights  # noqa: E402
-from translate.devices import bf16_native, cpu_name, pick_device  # noqa: E402
-from translate.engines import openvino_version  # noqa: E402
-from translate.infer import RunOptions, run  # noqa: E402
+from translate.core.checkpoints import save_weights  # noqa: E402
+from translate.core.devices import bf16_native, cpu_name, pick_device  # noqa: E402
+from translate.core.registry import create_net  # noqa: E402
+from translate.inference.engines import openvino_version  # noqa: E402
+from translate.inference.infer import RunOptions, run  # noqa: E402
 from translate.nets import init_weights  # noqa: E402
-from translate.registry import create_net  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "horse2zebra" / "testA"
 

@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from translate.devices import cpu_name  # noqa: E402
-from translate.translator import Translator, load_translator, to_u8  # noqa: E402
+from translate.core.devices import cpu_name  # noqa: E402
+from translate.inference.translator import Translator, load_translator, to_u8  # noqa: E402
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/train_speed.py [--steps N] [--warmup W] [--device auto|cpu|cuda]
                                           [--data-root ../shared/data] [--channels-last]
 
-The method is built by ``translate.train.Trainer`` from the shipped recipes (load_size 286, crop_size
+The method is built by ``translate.training.train.Trainer`` from the shipped recipes (load_size 286, crop_size
 256, batch 1, as the reference's defaults), with data.path pointing at ``horse2zebra`` (CycleGAN) or
 ``people2outline`` (pix2pix). Batches are pulled from the Trainer's own pipeline (loader + on-device
 augmentation) *before* timing starts, so only ``method.train_step(batch)`` is timed: data loading is
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from common import cpu_busy_s, own_cpu_s  # noqa: E402
 
-from translate import devices  # noqa: E402
-from translate.recipes import load_recipe  # noqa: E402
-from translate.train import Trainer  # noqa: E402
+from translate.core import devices  # noqa: E402
+from translate.core.recipes import load_recipe  # noqa: E402
+from translate.training.train import Trainer  # noqa: E402
 
 DATASETS = {"cyclegan": "horse2zebra", "cut": "horse2zebra", "pix2pix": "people2outline"}
 GENERATORS = {"cyclegan": "resnet_9blocks", "cut": "resnet_9blocks", "pix2pix": "unet_256"}

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from common import cpu_busy_s, own_cpu_s  # noqa: E402
 
-from translate.devices import cpu_name  # noqa: E402
+from translate.core.devices import cpu_name  # noqa: E402
+from translate.core.registry import create_net  # noqa: E402
 from translate.nets.winograd import WinogradConv2d, use_winograd  # noqa: E402
-from translate.registry import create_net  # noqa: E402
 
 BUSY_LIMIT = 0.15  # cores other processes may use during a kept run
 

@@ -49,7 +49,7 @@ def copy_first(src: Path, dst: Path, n: int) -> list[Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def engine_cache(tmp_path_factory) -> Iterator[Path]:
-    """OpenVINO's compiled models (translate/engines.py) in a folder of the test session's, not the
+    """OpenVINO's compiled models (translate/inference/engines.py) in a folder of the test session's, not the
     user's ~/.cache; commands the tests start inherit it."""
     root = tmp_path_factory.mktemp("engine-cache")
     before = os.environ.get("TRANSLATE_CACHE")
@@ -66,9 +66,9 @@ def weights(tmp_path_factory) -> Path:
     """A small CycleGAN-shaped weights file (G_A, G_B: resnet_6blocks, ngf 8), random but fixed."""
     import torch
 
-    from translate.checkpoints import save_weights
+    from translate.core.checkpoints import save_weights
+    from translate.core.registry import create_net
     from translate.nets import init_weights
-    from translate.registry import create_net
 
     torch.manual_seed(0)
     spec = {"net": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
@@ -134,8 +134,8 @@ def train_two_processes(recipe: str, data: Path, out: Path, sets: list[str], ste
 
 def applicable(method: str, overrides: list[str]) -> list[str]:
     """The overrides whose key exists in this method's sections."""
+    from translate.core.recipes import DataConfig, TrainConfig
     from translate.methods import get_method
-    from translate.recipes import DataConfig, TrainConfig
 
     cls = get_method(method)
     sections = {"data": DataConfig, "train": TrainConfig, "model": cls.ModelConfig, "loss": cls.LossConfig}
@@ -149,7 +149,7 @@ def applicable(method: str, overrides: list[str]) -> list[str]:
 
 def tiny(recipe: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """``--set`` overrides that make recipe ``recipe`` (a name in recipes/) small and quick."""
-    from translate.recipes import load_recipe
+    from translate.core.recipes import load_recipe
 
     return applicable(load_recipe(recipe).method, [*TINY, *TINY_BY_RECIPE.get(recipe, []), *extra])
 

@@ -27,9 +27,9 @@ from conftest import SHARED, missing, shared
 from PIL import Image
 from torch import Tensor, nn
 
-from translate.devices import Precision
+from translate.core.devices import Precision
+from translate.core.recipes import load_recipe
 from translate.methods import get_method
-from translate.recipes import load_recipe
 
 PEERS = SHARED.parent / "peers"
 PACKAGES = ("models", "data", "util", "options")

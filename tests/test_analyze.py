@@ -14,11 +14,11 @@ from conftest import copy_first, shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights, save_weights
-from translate.cli import app
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights, save_weights
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
+from translate.training.train import Trainer
 
 runner = CliRunner()
 QUIET = ["data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.save_every=0", "train.device=cpu"]
@@ -89,7 +89,7 @@ def test_score_ranks_other_sources_above_held_out_digits(digit_vae, mix, tmp_pat
 
 
 def test_score_is_the_same_with_either_engine(digit_vae, mix, tmp_path):
-    """`translate score` by OpenVINO (its encoder and decoder compiled; translate/engines.py) gives
+    """`translate score` by OpenVINO (its encoder and decoder compiled; translate/inference/engines.py) gives
     torch's scores in fp32: the same importance samples, the sums to within 1e-4 of their size."""
     root, _ = mix
     found = {}
@@ -110,8 +110,8 @@ def test_score_is_burdas_estimate_one_sample_is_the_elbo_and_more_samples_tighte
     the log-mean-exp of the K one-sample estimates on the same draws (Burda et al.), so the K = 64
     estimate lies below their mean (Jensen). recon + kl is not the ELBO (recon is at the mean code,
     below E_q's error: 106.5 against 115.2 nats here), so it bounds nothing."""
-    from translate.analyze import recon_kind, scores
-    from translate.images import model_input, read_rgb, to_signed
+    from translate.analysis.analyze import recon_kind, scores
+    from translate.core.images import model_input, read_rgb, to_signed
 
     wf = read_weights(digit_vae)
     net = wf.build("AE", torch.device("cpu")).float().eval()

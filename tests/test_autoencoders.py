@@ -12,10 +12,10 @@ from conftest import copy_first, shared
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from translate.checkpoints import read_weights
-from translate.recipes import RecipeError, load_recipe
-from translate.registry import NETS, create_net
-from translate.train import Trainer
+from translate.core.checkpoints import read_weights
+from translate.core.recipes import RecipeError, load_recipe
+from translate.core.registry import NETS, create_net
+from translate.training.train import Trainer
 
 TINY = ["data.load_size=32", "data.crop_size=32", "data.channels=1", "data.flip=false", "data.num_workers=0",
         "model.nf=16", "train.batch_size=16", "train.epochs=100", "train.sample_every=0", "train.log_every=1"]

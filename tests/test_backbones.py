@@ -18,14 +18,14 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights, save_weights
-from translate.cli import app
-from translate.devices import Precision
-from translate.errors import TranslateError
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights, save_weights
+from translate.core.devices import Precision
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
+from translate.core.registry import NETS, create_net
 from translate.methods import get_method
-from translate.recipes import load_recipe
-from translate.registry import NETS, create_net
-from translate.train import Trainer, resume
+from translate.training.train import Trainer, resume
 
 runner = CliRunner()
 CPU = torch.device("cpu")

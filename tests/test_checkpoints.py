@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import translate.checkpoints as ckpt
-from translate.checkpoints import FORMAT, load_state, read_weights, save_state, save_weights
-from translate.errors import TranslateError
+import translate.core.checkpoints as ckpt
+from translate.core.checkpoints import FORMAT, load_state, read_weights, save_state, save_weights
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe, recipe_from_json
+from translate.core.registry import METHODS, create_net
 from translate.methods import get_method
-from translate.recipes import load_recipe, recipe_from_json
-from translate.registry import METHODS, create_net
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 SPEC = {"net": "resnet_6blocks", "kwargs": {"in_ch": 3, "out_ch": 3, "ngf": 8, "norm": "instance",
                                             "dropout": False}}
@@ -115,16 +115,16 @@ def test_the_saved_kind_decides_and_a_wrong_command_is_one_line(tmp_path):
         wf.check_kind("run")
 
 
-@pytest.mark.parametrize("module", ["translate.infer", "translate.export", "translate.analyze", "translate.generate",
-                                    "translate.evaluate"])
+@pytest.mark.parametrize("module", ["translate.inference.infer", "translate.inference.export",
+                                    "translate.inference.generate", "translate.analysis.analyze",
+                                    "translate.analysis.evaluate"])
 def test_inference_imports_no_training_code(module):
     """What runs, exports and analyses a weights file learns what it holds from the file (its kind
     in the metadata), not from the training methods: importing it loads no method, network or trainer.
     (The recipe schema may load: it names no method until a recipe is read.)"""
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('translate.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for training in ("translate.methods", "translate.train", "translate.nets", "translate.backbones",
-                     "translate.data"):
+    for training in ("translate.methods", "translate.training", "translate.nets", "translate.data"):
         assert f"'{training}" not in loaded, f"{module} imports {training}: {loaded}"
 
 

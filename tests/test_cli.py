@@ -12,10 +12,10 @@ from conftest import assert_one_line_error, plain
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights
-from translate.cli import app
-from translate.devices import cpu_name
-from translate.registry import create_net
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights
+from translate.core.devices import cpu_name
+from translate.core.registry import create_net
 
 CROP = 64
 N_SAMPLES = 2
@@ -39,7 +39,7 @@ def read_log(run: Path) -> list[dict]:
 def test_recipes_lists_one_line_each():
     result = invoke("recipes")
     assert result.exit_code == 0, result.output
-    from translate.recipes import list_recipes
+    from translate.core.recipes import list_recipes
 
     lines = [line.split() for line in plain(result.output).splitlines() if line.strip()]
     by_name = {words[0]: words for words in lines}

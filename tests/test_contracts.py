@@ -34,12 +34,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from typer.testing import CliRunner
 
-from translate.checkpoints import load_state, read_weights
-from translate.cli import app
-from translate.errors import TranslateError
+from translate.cli.commands import app
+from translate.core.checkpoints import load_state, read_weights
+from translate.core.errors import TranslateError
+from translate.core.recipes import list_recipes, load_recipe
 from translate.methods import get_method
-from translate.recipes import list_recipes, load_recipe
-from translate.train import Trainer, resume
+from translate.training.train import Trainer, resume
 
 STEPS = 3
 
@@ -268,7 +268,7 @@ def test_recipe_trains_samples_and_exports(name, precision, data_root, tmp_path)
         assert trainer.precision.name == precision
         with ConvGradients() as convs:
             result = trainer.fit()  # the Trainer stops on a non-finite loss or gradient
-        rows = trainer.method.sample(trainer._sample_batch())
+        rows = trainer.method.sample(trainer.batches.fixed())
     convs.assert_bf16_equals_fp32()
 
     log = read_log(tmp_path / "run")

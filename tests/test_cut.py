@@ -14,13 +14,13 @@ from peers import seed_flipping
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights
-from translate.cli import app
-from translate.devices import Precision
-from translate.losses import patch_nce
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights
+from translate.core.devices import Precision
+from translate.core.losses import patch_nce
+from translate.core.recipes import load_recipe
 from translate.methods import get_method
-from translate.recipes import load_recipe
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 CPU = torch.device("cpu")
 SMALL = ["data.load_size=64", "data.crop_size=64", "model.ngf=8", "model.ndf=8", "model.num_patches=64",

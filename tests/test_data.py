@@ -11,12 +11,12 @@ import torch
 from conftest import copy_first, shared
 from PIL import Image
 
+from translate.core.errors import TranslateError
+from translate.core.images import read_rgb
+from translate.core.recipes import DataConfig, load_recipe
 from translate.data import Augment, collate, open_dataset
 from translate.data.layouts import prepare
-from translate.errors import TranslateError
-from translate.images import read_rgb
-from translate.recipes import DataConfig, load_recipe
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 RED, BLUE, GREEN = (200, 0, 0), (0, 0, 200), (0, 180, 0)
 

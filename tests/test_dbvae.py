@@ -16,14 +16,14 @@ from conftest import copy_first, shared, train_two_processes
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.analyze import classify
-from translate.checkpoints import read_weights
-from translate.cli import app
+from translate.analysis.analyze import classify
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights
+from translate.core.debias import resampling
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
 from translate.data.sampler import ResumableSampler
-from translate.debias import resampling
-from translate.errors import TranslateError
-from translate.recipes import load_recipe
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 runner = CliRunner()
 QUIET = ["data.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.save_every=0", "train.device=cpu"]
@@ -105,7 +105,7 @@ def test_the_loss_is_the_labs():
     [0, 1] images (ours are in [-1, 1]: mapped here) plus 0.0005 x the KL; latent size 100."""
     import copy
 
-    from translate.devices import Precision
+    from translate.core.devices import Precision
     from translate.methods import get_method
     from translate.methods.vae import kl_per_image
 
@@ -271,7 +271,7 @@ def test_classify_counts_per_class_folder_and_either_engine_agrees(faces, runs, 
                               str(tmp_path / "all.csv")])
     assert res.exit_code == 0 and "face: accuracy" in res.output and "nonface: accuracy" in res.output
 
-    # the same probabilities from either engine (translate/engines.py), in fp32
+    # the same probabilities from either engine (translate/inference/engines.py), in fp32
     by_engine = {}
     for engine in ("torch", "openvino"):
         csv_path = tmp_path / f"{engine}.csv"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from translate.recipes import load_recipe
-from translate.train import Trainer, resume
+from translate.core.recipes import load_recipe
+from translate.training.train import Trainer, resume
 
 # No randomness that depends on the rank: no flip, crop = image size, no dropout. Norm "none",
 # because InstanceNorm makes the preceding conv biases' true gradient zero, and Adam turns the

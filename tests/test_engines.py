@@ -1,4 +1,4 @@
-"""Inference engines (translate/engines.py): OpenVINO's outputs against torch fp32's on real photos,
+"""Inference engines (translate/inference/engines.py): OpenVINO's outputs against torch fp32's on real photos,
 its cache on disk (hit, corrupted, stale), and what `--engine` says where it cannot run."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from conftest import copy_first, shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import save_weights
-from translate.cli import app
-from translate.devices import cpu_bf16_native
+from translate.cli.commands import app
+from translate.core.checkpoints import save_weights
+from translate.core.devices import cpu_bf16_native
+from translate.core.registry import create_net
 from translate.nets import init_weights
-from translate.registry import create_net
 
 pytest.importorskip("openvino", reason="the openvino package is a dependency; this install lacks it")
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_the_second_run_reads_the_cache_and_a_broken_entry_is_rebuilt(cut_weight
 
 def test_engine_errors_are_one_line(cut_weights, photos, tmp_path, monkeypatch):
     """--engine openvino without the package, with --compile, or on another device; an unknown engine."""
-    from translate import engines
+    from translate.inference import engines
 
     base = ["run", str(photos), str(tmp_path / "out"), "-w", str(cut_weights)]
     cases = [(["--engine", "tensorrt"], "unknown engine 'tensorrt'; choose from auto, torch, openvino"),
@@ -155,9 +155,9 @@ def test_engine_errors_are_one_line(cut_weights, photos, tmp_path, monkeypatch):
 SIGNAL_AFTER_TWO_MODELS = """
 import gc, signal, subprocess, sys, torch
 from pathlib import Path
-from translate.engines import Compiled
+from translate.inference.engines import Compiled
 from translate.nets import init_weights
-from translate.registry import create_net
+from translate.core.registry import create_net
 
 net, x = init_weights(create_net("resnet_6blocks", ngf=8)).eval(), torch.zeros(1, 3, 32, 32)
 first = Compiled(net, (x,), [(0,)], "first", "fp32", root=Path(sys.argv[1]))
@@ -190,7 +190,7 @@ def test_a_network_openvino_cannot_take_runs_in_torch_under_auto(photos, tmp_pat
     """Auto falls back to torch with a note (the images still come); --engine openvino says so in one line."""
     import openvino
 
-    from translate.engines import pick_engine
+    from translate.inference.engines import pick_engine
 
     def fails(*args, **kwargs):
         raise RuntimeError("Couldn't get TorchScript module by tracing.\nmore")
@@ -199,8 +199,8 @@ def test_a_network_openvino_cannot_take_runs_in_torch_under_auto(photos, tmp_pat
     monkeypatch.setenv("TRANSLATE_CACHE", str(tmp_path / "cache"))
     res = runner.invoke(app, ["run", str(photos), str(tmp_path / "auto"), "--format", "png"])
     assert res.exit_code == 0, res.output
-    from translate.checkpoints import read_weights
-    from translate.translator import DEFAULT_WEIGHTS
+    from translate.core.checkpoints import read_weights
+    from translate.inference.translator import DEFAULT_WEIGHTS
 
     shipped = read_weights(DEFAULT_WEIGHTS).build("G")
     falls_back = pick_engine("auto", torch.device("cpu"), PRECISION, net=shipped) == "openvino"  # (auto picks it here)

@@ -14,13 +14,13 @@ from conftest import assert_one_line_error, copy_first, shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import read_weights, save_weights
-from translate.cli import app
-from translate.images import read_rgb, resize_u8
+from translate.cli.commands import app
+from translate.core.checkpoints import read_weights, save_weights
+from translate.core.images import read_rgb, resize_u8
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
 from translate.nets import init_weights
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 runner = CliRunner()
 SMALL = ["data.load_size=64", "data.crop_size=64", "model.generator=resnet_6blocks", "model.ngf=4", "model.ndf=4",
@@ -76,7 +76,7 @@ def test_eval_gives_the_metrics_of_the_written_outputs(split_pairs, tmp_path):
         assert abs(float(r["ssim"]) - float(structural_similarity_index_measure(y, t, data_range=1.0))) < 1e-4
         assert abs(float(r["l1"]) - float((y - t).abs().mean())) < 1e-4
 
-    # either engine (translate/engines.py), fp32: the same metrics
+    # either engine (translate/inference/engines.py), fp32: the same metrics
     by_engine = {}
     for engine in ("torch", "openvino"):
         res = runner.invoke(app, ["eval", "-w", str(weights), "--data", str(split_pairs), "-o",
@@ -183,7 +183,7 @@ def translator_weights(tmp_path: Path, kind: str) -> Path:
 
 def real_input(batch: int, size: tuple[int, int]) -> torch.Tensor:
     """``batch`` different real photos (people2outline's photo halves) as (N, 3, H, W) in [-1, 1]."""
-    from translate.images import to_signed
+    from translate.core.images import to_signed
 
     photos = [read_rgb(p) for p in sorted(shared("people2outline", "test").iterdir())[:batch]]
     return torch.stack([to_signed(resize_u8(img[..., : img.shape[-1] // 2], size)) for img in photos])
@@ -208,7 +208,7 @@ def test_export_round_trips(kind, fmt, tmp_path):
     (3 images of (side + multiple) x 2 side), gives the weights' PyTorch network's output (fp32)."""
     if fmt == "onnx":
         pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install 'translate[export]')")
-    from translate.registry import NETS
+    from translate.core.registry import NETS
 
     weights = translator_weights(tmp_path, kind)
     out = tmp_path / f"g.{'onnx' if fmt == 'onnx' else 'pt'}"
@@ -282,7 +282,7 @@ def test_export_a_zoo_generator_and_refuse_an_autoencoder(tmp_path):
 def test_lpips_from_a_local_alexnet_file(split_pairs, tmp_path):
     import torchvision
 
-    from translate.evaluate import load_lpips
+    from translate.analysis.evaluate import load_lpips
 
     torch.manual_seed(0)
     alex = tmp_path / "alexnet-random.pth"  # the real torchvision file is not on these machines

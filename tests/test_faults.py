@@ -21,8 +21,8 @@ from conftest import SHARED, assert_one_line_error, copy_first, plain, shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.checkpoints import load_state, read_weights, temp_prefix, weights_save_id
-from translate.cli import app
+from translate.cli.commands import app
+from translate.core.checkpoints import load_state, read_weights, temp_prefix, weights_save_id
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_run_stops_at_a_full_disk_and_the_rerun_does_the_rest(weights, tmp_path,
     args = [str(inputs), "", "-w", str(weights), "--format", "png", "--engine", "torch"]
     with small_disk(tmp_path / "disk", 400) as disk:
         if disk is None:  # no mount here: the same error, injected at the write call
-            from translate import infer
+            from translate.inference import infer
 
             real, calls = infer.encode_atomic, []
 
@@ -121,9 +121,9 @@ def test_a_fifo_named_like_an_image_is_skipped_not_opened(weights, tmp_path):
     assert len(list((tmp_path / "out").glob("*"))) == 2
 
     # score, classify and debias read folders through analyze.folder; training and eval through datasets
-    from translate.analyze import folder
+    from translate.analysis.analyze import folder
+    from translate.core.recipes import DataConfig
     from translate.data import open_dataset
-    from translate.recipes import DataConfig
 
     reading = folder(inputs)
     assert [Path(p).name for p, _ in reading.skipped] == ["fifo.jpg"] and len(reading.files) == 2
@@ -178,14 +178,14 @@ def test_a_save_that_fails_for_want_of_space_is_one_line_and_the_run_resumes(pai
 def test_low_space_before_a_save_is_one_warning_line(pairs4, tmp_path, monkeypatch):
     import shutil
 
-    from translate import train
+    from translate.training import checkpointer
 
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "--recipe", "pix2pix", "--data", str(pairs4), "--out", str(run), "-q",
                               *PIX2PIX, "--set", "train.epochs=1"])
     assert res.exit_code == 0
     usage = shutil.disk_usage(run)
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda _: usage._replace(free=1000))
+    monkeypatch.setattr(checkpointer.shutil, "disk_usage", lambda _: usage._replace(free=1000))
     res = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
     assert res.exit_code == 0, plain(res.output)
     warnings = [ln for ln in plain(res.output).splitlines() if ln.startswith("warning: 0 MB free on the disk")]
@@ -194,7 +194,7 @@ def test_low_space_before_a_save_is_one_warning_line(pairs4, tmp_path, monkeypat
 
 KILLER = textwrap.dedent("""
     import sys, time
-    import translate.checkpoints as checkpoints
+    import translate.core.checkpoints as checkpoints
     stage, seen = sys.argv[1], []
     def pause(at):
         if at == stage:
@@ -203,7 +203,7 @@ KILLER = textwrap.dedent("""
                 print("PAUSED", flush=True)
                 time.sleep(120)
     checkpoints.between_files = pause
-    from translate.cli import main
+    from translate.cli.commands import main
     sys.argv = ["translate", *sys.argv[2:]]
     main()
 """)
@@ -256,9 +256,9 @@ class Tight:
 
 
 def test_out_of_memory_halves_the_batch_then_tiles(weights):
-    from translate.images import read_rgb, resize_u8
-    from translate.tiling import launch_fitting
-    from translate.translator import load_translator, translate_batch
+    from translate.core.images import read_rgb, resize_u8
+    from translate.inference.tiling import launch_fitting
+    from translate.inference.translator import load_translator, translate_batch
 
     tr, multiple, _ = load_translator(weights, "AtoB", torch.device("cpu"), "fp32")
     rgbs = [resize_u8(read_rgb(p), (64, 64)) for p in sorted(shared("horse2zebra", "trainA").iterdir())[:8]]
@@ -276,14 +276,14 @@ def test_out_of_memory_halves_the_batch_then_tiles(weights):
     (y,) = launch_fitting(Tight(tr, max_batch=1, max_pixels=64 * 64), [big], multiple, note=notes.append).result()
     assert notes == ["out of GPU memory with one 128x128 image: translating it in tiles of 64x64"]
     assert y.shape == (3, 128, 128)
-    from translate.options import RunOptions
-    from translate.tiling import translate_tiled
+    from translate.core.options import RunOptions
+    from translate.inference.tiling import translate_tiled
 
     assert torch.equal(y, translate_tiled(tr, big, multiple, RunOptions(tile=64, max_pixels=64 * 64)))
 
 
 def test_out_of_memory_in_a_scoring_batch_halves_it():
-    from translate.devices import fitting
+    from translate.core.devices import fitting
 
     def fn(x):
         if len(x) > 3:

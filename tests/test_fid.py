@@ -1,4 +1,4 @@
-"""FID and KID (translate/fid.py, `translate eval --images --ref`) against the packages whose numbers papers
+"""FID and KID (translate/analysis/fid.py, `translate eval --images --ref`) against the packages whose numbers papers
 quote: pytorch-fid for FID and torch-fidelity for KID, from the same image files and the same Inception
 weights (random but shared: the real pt_inception file is not on these machines)."""
 
@@ -15,8 +15,8 @@ from conftest import assert_one_line_error, copy_first, shared, tiny
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.cli import app
-from translate.fid import FID_WEIGHTS, distances, fid, folder_features, kid, load_inception
+from translate.analysis.fid import FID_WEIGHTS, distances, fid, folder_features, kid, load_inception
+from translate.cli.commands import app
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -82,7 +82,7 @@ def test_fid_and_kid_equal_pytorch_fid_and_torch_fidelity_from_the_same_files(in
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torchmetrics.image.fid import _compute_fid
 
-    from translate.images import list_images
+    from translate.core.images import list_images
 
     a, b = mixed
     ours = distances(a, b, inception_file, device="cpu", kid_subsets=10, kid_subset_size=4)
@@ -212,8 +212,8 @@ def test_eval_every_of_cyclegan_logs_fid_and_keeps_the_lowest(inception_file, h2
     the weights of the epoch with the lowest FID (the same tensors as that epoch's numbered copy)."""
     from safetensors.torch import load_file
 
-    from translate.recipes import load_recipe
-    from translate.train import Trainer
+    from translate.core.recipes import load_recipe
+    from translate.training.train import Trainer
 
     run = tmp_path / "run"
     over = [f"data.path={h2z_held_out}", *TINY_CYCLEGAN, f"train.inception={inception_file}", "train.lr=0.01"]
@@ -236,8 +236,8 @@ def test_eval_every_of_a_generator_and_without_the_inception_file(inception_file
 
     from rich.console import Console
 
-    from translate.recipes import load_recipe
-    from translate.train import Trainer
+    from translate.core.recipes import load_recipe
+    from translate.training.train import Trainer
 
     digits = tmp_path / "digits"
     copy_first(shared("mnist", "train", "3"), digits, 6)

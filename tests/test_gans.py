@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import copy_first, shared
 
-from translate.checkpoints import read_weights
-from translate.errors import TranslateError
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.core.checkpoints import read_weights
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
+from translate.training.train import Trainer
 
 TINY = ["data.load_size=32", "data.crop_size=32", "data.channels=1", "data.flip=false", "data.num_workers=0",
         "model.z_dim=32", "model.ngf=16", "model.ndf=16", "train.batch_size=16", "train.sample_every=0",

@@ -13,10 +13,10 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from translate.cli import app
-from translate.generate import sample
-from translate.recipes import list_recipes, load_recipe
-from translate.train import Trainer
+from translate.cli.commands import app
+from translate.core.recipes import list_recipes, load_recipe
+from translate.inference.generate import sample
+from translate.training.train import Trainer
 
 runner = CliRunner()
 TINY = ["data.load_size=32", "data.crop_size=32", "data.channels=1", "data.flip=false", "data.num_workers=0",
@@ -106,8 +106,8 @@ def test_commands_that_do_not_apply_say_so(models, digits, tmp_path):
     assert res.exit_code == 1 and "does not apply" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["run", str(digits), str(tmp_path / "r"), "-w", str(models["vae"])])
     assert res.exit_code == 1 and "does not apply" in res.output
-    from translate.checkpoints import save_weights
-    from translate.registry import create_net
+    from translate.core.checkpoints import save_weights
+    from translate.core.registry import create_net
 
     spec = {"net": "resnet_6blocks", "kwargs": {"ngf": 4}}
     save_weights(tmp_path / "t.safetensors", {"G": create_net(spec["net"], **spec["kwargs"])}, {"G": spec})

@@ -16,11 +16,11 @@ from PIL import Image, ImageOps
 from PIL.TiffImagePlugin import IFDRational
 from typer.testing import CliRunner
 
-from translate.checkpoints import save_weights
-from translate.cli import app
-from translate.images import CARRIED_TAGS, carried_exif, decode, encode_atomic, probe_size, read_rgb
-from translate.infer import RunOptions, run
-from translate.registry import create_net
+from translate.cli.commands import app
+from translate.core.checkpoints import save_weights
+from translate.core.images import CARRIED_TAGS, carried_exif, decode, encode_atomic, probe_size, read_rgb
+from translate.core.registry import create_net
+from translate.inference.infer import RunOptions, run
 
 MAKE, MODEL, ORIENTATION, DATETIME, EXIF_IFD, GPS_IFD = 0x010F, 0x0110, 0x0112, 0x0132, 0x8769, 0x8825
 EXPOSURE_TIME, F_NUMBER, DATETIME_ORIGINAL = 0x829A, 0x829D, 0x9003

@@ -14,9 +14,9 @@ from conftest import shared
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from translate.cli import app
-from translate.infer import RunOptions, plan, run
-from translate.translator import DEFAULT_WEIGHTS
+from translate.cli.commands import app
+from translate.inference.infer import RunOptions, plan, run
+from translate.inference.translator import DEFAULT_WEIGHTS
 
 runner = CliRunner()
 
@@ -164,8 +164,8 @@ def test_precisions_stay_close_to_fp32(weights, tmp_path, engine, single_thread)
     so each is pinned): close (PSNR > 35 dB) yet not identical, i.e. bf16 really ran. Where the CPU
     has no native bf16 torch emulates it (slower, but the net is tiny), while OpenVINO may run its
     bf16 hint in f32: there only the closeness is asserted for it."""
-    from translate.devices import cpu_bf16_native
-    from translate.engines import openvino_version
+    from translate.core.devices import cpu_bf16_native
+    from translate.inference.engines import openvino_version
 
     if engine == "openvino" and openvino_version() is None:
         pytest.skip("OpenVINO is not installed")
@@ -262,7 +262,7 @@ def test_run_says_where_the_outputs_are_and_exits_0_when_all_are_there(weights, 
 
 
 def test_an_autoencoder_is_not_a_translator(tmp_path):
-    from translate.checkpoints import with_article
+    from translate.core.checkpoints import with_article
 
     assert with_article("imported") == "an imported" and with_article("vae") == "a vae"
     assert with_article("ae") == "an ae"
@@ -303,7 +303,7 @@ def test_dockerfile_is_a_gpu_batch_image():
 
 
 def test_jpeg_truncation_detected_without_end_marker(tmp_path):
-    from translate.images import decode
+    from translate.core.images import decode
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="JPEG")
@@ -331,7 +331,7 @@ def test_batches_from_workers_are_stacked_and_translate_as_single_images(weights
 
 
 def test_decoding_and_encoding_parallelism_by_device(monkeypatch):
-    from translate.infer import _parallelism
+    from translate.inference.infer import _parallelism
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)

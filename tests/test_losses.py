@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from translate.losses import GAN_MODES, GANLoss, ImagePool, gradient_penalty
-from translate.recipes import load_recipe
+from translate.core.losses import GAN_MODES, GANLoss, ImagePool, gradient_penalty
+from translate.core.recipes import load_recipe
 
 
 def test_gan_losses_reward_the_right_side():
@@ -50,7 +50,7 @@ def test_image_pool_fills_then_swaps_and_resumes_exactly():
 
 @pytest.mark.parametrize("mode", GAN_MODES)
 def test_every_gan_mode_trains_a_pix2pix_step(mode, pairs4, tmp_path):
-    from translate.train import Trainer
+    from translate.training.train import Trainer
 
     recipe = load_recipe("pix2pix", [f"data.path={pairs4}", f"loss.gan_mode={mode}", "data.load_size=128",
                                      "data.crop_size=128", "data.num_workers=0", "model.generator=unet_128",

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from conftest import shared
 from PIL import Image
 
-from translate.recipes import load_recipe
-from translate.train import Trainer
+from translate.core.recipes import load_recipe
+from translate.training.train import Trainer
 
 SIZE = 64
 COMMON = [f"data.load_size={SIZE}", f"data.crop_size={SIZE}", "data.num_workers=0", "train.sample_every=0",

@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from translate.backbones import compose
-from translate.checkpoints import read_weights, save_weights
-from translate.errors import TranslateError
+from translate.core.checkpoints import read_weights, save_weights
+from translate.core.errors import TranslateError
+from translate.core.registry import NETS, ROLES, create_net
 from translate.nets import init_weights, norm_layer
+from translate.nets.backbones import compose
 from translate.nets.layers import uses_bias
 from translate.nets.patchgan import NLayerDiscriminator, PixelDiscriminator
 from translate.nets.resnet import ResnetGenerator
 from translate.nets.unet import UnetGenerator
-from translate.registry import NETS, ROLES, create_net
 
 NORMS = ["instance", "batch", "none"]
 TRANSLATORS = NETS.names(role="translator", composite=False)
@@ -157,9 +157,9 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path, pairs4, singl
     62x45 photo to its multiple of 8 and crops the output back)."""
     from typer.testing import CliRunner
 
-    from translate.cli import app
-    from translate.recipes import RecipeError, load_recipe
-    from translate.translator import size_multiple
+    from translate.cli.commands import app
+    from translate.core.recipes import RecipeError, load_recipe
+    from translate.inference.translator import size_multiple
 
     monkeypatch.setattr(NETS, "_items", dict(NETS._items))  # the registration ends with the test
     monkeypatch.setattr(NETS, "_info", dict(NETS._info))
@@ -187,7 +187,7 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path, pairs4, singl
 
     from PIL import Image
 
-    from translate.train import Trainer
+    from translate.training.train import Trainer
 
     over = [f"data.path={pairs4}", "model.generator=toy_translator", "data.load_size=64", "data.crop_size=64",
             "model.ndf=4", "train.max_steps=1", "train.batch_size=2", "data.num_workers=0", "train.sample_every=0",

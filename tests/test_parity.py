@@ -231,7 +231,7 @@ OFFICIAL = {  # recipe -> (peer, model module, class, options, the fields beyond
 @pytest.mark.parametrize("recipe", sorted(OFFICIAL))
 def test_recipe_defaults_are_the_official_ones(recipe, tmp_path, monkeypatch):
     """Every default the recipe shares with the official options equals the official default."""
-    from translate.recipes import load_recipe
+    from translate.core.recipes import load_recipe
 
     peer, module, cls, args, fields = OFFICIAL[recipe]
     with official(peer):

@@ -32,9 +32,9 @@ from peers import PEERS, Report, copy_weights, exact_cpu, official, options_for,
 from PIL import Image
 from typer.testing import CliRunner
 
-from translate.cli import app
-from translate.recipes import load_recipe
-from translate.registry import NETS
+from translate.cli.commands import app
+from translate.core.recipes import load_recipe
+from translate.core.registry import NETS
 
 pytestmark = pytest.mark.usefixtures("exact_cpu")
 

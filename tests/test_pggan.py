@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from conftest import copy_first, shared
 
-from translate.checkpoints import load_state, read_weights
-from translate.devices import Precision
-from translate.errors import TranslateError
+from translate.core.checkpoints import load_state, read_weights
+from translate.core.devices import Precision
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
 from translate.methods import get_method
 from translate.methods.pggan import phase_at
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer, resume
+from translate.training.train import Trainer, resume
 
 STEPS = 20  # 4x4: steps 0-2; 8x8 fades in 3-5; 16x16 fades in 9-11; 32x32 fades in 15-17
 TINY = ["data.load_size=32", "data.crop_size=32", "data.channels=1", "data.flip=false", "data.num_workers=0",

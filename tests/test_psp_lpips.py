@@ -9,12 +9,12 @@ import shutil
 import torch
 from conftest import shared
 
+from translate.analysis.evaluate import load_lpips
+from translate.core.recipes import load_recipe
 from translate.data.augment import Augment
 from translate.data.layouts import collate, open_dataset
-from translate.evaluate import load_lpips
 from translate.methods.psp import _lpips_size
-from translate.recipes import load_recipe
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 
 def test_the_perceptual_term_lowers_held_out_lpips(tmp_path):

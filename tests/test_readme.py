@@ -29,11 +29,11 @@ import torch
 from conftest import copy_first, shared, tiny
 from PIL import Image
 
-from translate.checkpoints import save_weights
-from translate.images import list_images
-from translate.launch import free_port
+from translate.core.checkpoints import save_weights
+from translate.core.images import list_images
+from translate.core.registry import create_net
 from translate.nets import init_weights
-from translate.registry import create_net
+from translate.training.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SKIPPED = ("python3 -m venv", ".venv/bin/pip", ".venv/bin/ruff", ".venv/bin/mypy", ".venv/bin/python -m pytest",

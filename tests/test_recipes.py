@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from translate.recipes import RecipeError, list_recipes, load_recipe, recipe_from_dict
+from translate.core.recipes import RecipeError, list_recipes, load_recipe, recipe_from_dict
 
 
 def test_shipped_recipes_load():

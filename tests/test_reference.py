@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from translate.errors import TranslateError
-from translate.reference import detect_arch, import_reference, load_reference_state_dict
+from translate.core.errors import TranslateError
+from translate.inference.reference import detect_arch, import_reference, load_reference_state_dict
 
 StateDict = dict[str, Tensor]
 

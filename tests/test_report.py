@@ -1,4 +1,4 @@
-"""`translate report` and `translate compare` (translate/report.py), train.report_every and
+"""`translate report` and `translate compare` (translate/training/report.py), train.report_every and
 train.tensorboard, on run folders made by real tiny trainings.
 
 The plots' numbers are read back out of the page (each figure is JSON in it) and compared with
@@ -22,12 +22,12 @@ from conftest import assert_one_line_error, copy_first, shared, tiny
 from PIL import Image
 from typer.testing import CliRunner
 
-import translate.train
-from translate.cli import app
-from translate.errors import TranslateError
-from translate.recipes import load_recipe
-from translate.report import loss_group, read_run, write_compare, write_report
-from translate.train import train
+import translate.training.run_folder
+from translate.cli.commands import app
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
+from translate.training.report import loss_group, read_run, write_compare, write_report
+from translate.training.train import train
 
 # pix2pix with a small ResNet at 32 px: fast, paired (so train.eval_every has metrics to plot)
 SMALL = ["data.load_size=32", "data.crop_size=32", "model.generator=resnet_6blocks", "model.ngf=4", "model.ndf=4",
@@ -106,7 +106,7 @@ def run(pairs, tmp_path_factory) -> tuple[Path, list[tuple[int, int]]]:
     also what each report written during it showed: (its last log line's epoch, 0-based, and the last
     step plotted)."""
     out = tmp_path_factory.mktemp("runs") / "p2o"
-    import translate.report as report
+    import translate.training.report as report
 
     written: list[tuple[int, int]] = []
     real = report.write_report
@@ -118,7 +118,7 @@ def run(pairs, tmp_path_factory) -> tuple[Path, list[tuple[int, int]]]:
         return path
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(translate.train, "write_report", spy)  # the name train.py calls
+        mp.setattr(translate.training.run_folder, "write_report", spy)  # the name run_folder.py calls
         train(load_recipe("pix2pix", [f"data.path={pairs}", "train.epochs=2", "train.epochs_decay=0",
                                       "train.eval_every=1", "train.report_every=1", "train.tensorboard=true",
                                       *SMALL]), out, quiet=True)
@@ -212,9 +212,9 @@ def test_a_long_log_is_thinned_and_the_best_evaluation_marked(tmp_path, monkeypa
     """A VAE's long log (written here, as the Trainer writes it): each curve keeps at most MAX_POINTS
     of the logged lines (50 here, for speed), the first and the latest among them, with their logged
     values; the best evaluation is starred (highest PSNR, lowest L1, the first step that reached it)."""
-    import translate.report
+    import translate.training.report
 
-    monkeypatch.setattr(translate.report, "MAX_POINTS", 50)
+    monkeypatch.setattr(translate.training.report, "MAX_POINTS", 50)
     (tmp_path / "recipe.toml").write_text('method = "vae"\n')
     lines = [{"step": s, "epoch": s // 100, "lr": 1e-3, "images_per_s": 50.0, "loss": 1 / s, "recon": 2 / s,
               "kl": 3 / s} for s in range(1, 1201)]
@@ -263,7 +263,7 @@ def test_tensorboard_events_of_a_resumed_run_hold_each_step_once(run, tmp_path):
     the new ones follow, each step once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from translate.train import resume
+    from translate.training.train import resume
 
     out = tmp_path / "resumed"
     shutil.copytree(run[0], out)
@@ -277,7 +277,7 @@ def test_tensorboard_events_of_a_resumed_run_hold_each_step_once(run, tmp_path):
 
 
 def test_tensorboard_missing_is_one_line_saying_what_to_install(tmp_path, monkeypatch):
-    from translate.tensorboard import Board
+    from translate.training.tensorboard import Board
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as without the package: ImportError
     with pytest.raises(TranslateError, match=r"needs the tensorboard package: pip install"):

@@ -19,14 +19,14 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-import translate.infer as infer
-import translate.tiling as tiling
-from translate.checkpoints import save_weights
-from translate.cli import app
-from translate.infer import RunOptions, run
+import translate.inference.infer as infer
+import translate.inference.tiling as tiling
+from translate.cli.commands import app
+from translate.core.checkpoints import save_weights
+from translate.core.registry import create_net
+from translate.inference.infer import RunOptions, run
+from translate.inference.translator import DEFAULT_WEIGHTS, Translator
 from translate.nets import init_weights
-from translate.registry import create_net
-from translate.translator import DEFAULT_WEIGHTS, Translator
 
 NGF = 8
 MULTIPLE = {"resnet_6blocks": 4, "unet_128": 128, "unet_256": 256}  # two stride-2 levels; 7 or 8 of them

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (translate/schedules.py) as a real training run applies them: the lr each
+"""Learning-rate schedules (translate/training/schedules.py) as a real training run applies them: the lr each
 step logs in log.jsonl, epoch by epoch, against the reference's formulas (pytorch-CycleGAN-and-pix2pix,
 models/networks.py `get_scheduler`, stepped once at every epoch's end by `update_learning_rate`), written
 out here: nothing of the reference's code is used."""
@@ -13,9 +13,9 @@ import pytest
 from conftest import tiny
 from typer.testing import CliRunner
 
-from translate.cli import app
-from translate.recipes import load_recipe
-from translate.train import Trainer
+from translate.cli.commands import app
+from translate.core.recipes import load_recipe
+from translate.training.train import Trainer
 
 runner = CliRunner()
 LR = 2e-4

@@ -18,11 +18,11 @@ import torch
 from conftest import copy_first, shared
 from PIL import Image
 
-from translate.checkpoints import read_weights, save_weights
+from translate.core.checkpoints import read_weights, save_weights
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
 from translate.nets import init_weights
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CODES = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
@@ -238,7 +238,7 @@ def test_a_second_sigint_stops_training_at_once_unless_a_launcher_repeats_it(h2z
     the second raises KeyboardInterrupt there (`translate` exits 130 on it, as the run test above
     shows), the step is left unfinished and nothing is saved; under a launcher, which passes the
     group's signal on once more, the repeat is ignored and training stops after step 2 and saves."""
-    from translate.train import TrainingInterrupted
+    from translate.training.train import TrainingInterrupted
 
     if launched:
         monkeypatch.setenv("TRANSLATE_LAUNCHER", "1")

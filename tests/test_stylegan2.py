@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import copy_first, shared
 
-from translate.checkpoints import read_weights
-from translate.generate import sample
+from translate.core.checkpoints import read_weights
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
+from translate.inference.generate import sample
 from translate.nets.stylegan2 import MinibatchStdDev, ModulatedConv2d
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 TINY_NETS = {"z_dim": 32, "w_dim": 32, "resolution": 32, "channels": 1, "channel_base": 256, "channel_max": 32,
              "mapping_layers": 2}

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from translate.checkpoints import read_weights
+from translate.core.checkpoints import read_weights
+from translate.core.errors import TranslateError
+from translate.core.recipes import load_recipe
+from translate.core.registry import create_net
 from translate.data.sampler import ResumableSampler
-from translate.errors import TranslateError
-from translate.recipes import load_recipe
-from translate.registry import create_net
-from translate.train import Trainer
+from translate.training.train import Trainer
 
 TINY_PIX2PIX = ["data.load_size=128", "data.crop_size=128", "data.flip=false", "data.num_workers=0",
                 "model.generator=unet_128", "model.ngf=16", "model.ndf=16", "model.norm=instance",
@@ -31,7 +31,7 @@ def read_log(run: Path) -> list[dict]:
 
 def pix2pix_l1(trainer: Trainer) -> float:
     """L1 between G(A) and B on the whole (4-pair) training set, without augmentation."""
-    batch = trainer._sample_batch()
+    batch = trainer.batches.fixed()
     G = trainer.method.nets["G"]
     with torch.no_grad():
         G.eval()

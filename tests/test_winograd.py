@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from translate.core.registry import create_net
 from translate.nets import winograd
 from translate.nets.winograd import WinogradConv2d, use_winograd, winograd_pays
-from translate.registry import create_net
 
 TOL = 1e-5  # relative (norm of the difference over the norm of the float64 result)
 
@@ -244,7 +244,7 @@ def test_use_winograd_min_channels() -> None:
 def test_winograd_pays_for_fp32_on_cpus_without_native_bf16_only(monkeypatch, native_bf16: bool) -> None:
     """The documented rule: fp32 on a CPU without native bf16 (AVX2); never another dtype or device,
     nor a CPU with AVX512-BF16/AMX. The CPU's answer is faked both ways, so both CPUs are checked here."""
-    from translate import devices
+    from translate.core import devices
 
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native_bf16)
     cpu = torch.device("cpu")
@@ -258,6 +258,6 @@ def test_winograd_pays_for_fp32_on_cpus_without_native_bf16_only(monkeypatch, na
 
 
 def test_winograd_pays_on_this_cpu_follows_its_bf16() -> None:
-    from translate.devices import cpu_bf16_native
+    from translate.core.devices import cpu_bf16_native
 
     assert winograd_pays(torch.device("cpu"), torch.float32) is (not cpu_bf16_native())

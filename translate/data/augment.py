@@ -11,8 +11,8 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor
 
-from translate.images import to_signed
-from translate.recipes import DataConfig
+from translate.core.images import to_signed
+from translate.core.recipes import DataConfig
 
 
 class Augment:

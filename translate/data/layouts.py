@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from translate.errors import TranslateError
-from translate.images import NotRegularFile, list_images, read_rgb, resize_u8, to_gray
-from translate.recipes import DataConfig
+from translate.core.errors import TranslateError
+from translate.core.images import NotRegularFile, list_images, read_rgb, resize_u8, to_gray
+from translate.core.recipes import DataConfig
 
 Item = dict[str, Any]
 

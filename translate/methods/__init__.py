@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from translate.checkpoints import KIND_COMMANDS
-from translate.devices import Precision
+from translate.core.checkpoints import KIND_COMMANDS
+from translate.core.devices import Precision
+from translate.core.recipes import list_recipes, load_recipe
+from translate.core.registry import METHODS
 from translate.methods.base import Method
-from translate.recipes import list_recipes, load_recipe
-from translate.registry import METHODS
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_") and _mod.name != "base":

@@ -7,16 +7,15 @@ image and match the VAE's ``recon`` (same data, same units).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.losses import recon_error
+from translate.core.losses import recon_error
+from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
+from translate.core.registry import METHODS
 from translate.methods.base import Method, check_power_of_two, side_by_side
-from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
-from translate.registry import METHODS
 
 RECON_DISTANCES = ("l2", "l1")
 
@@ -44,17 +43,14 @@ AELossT = TypeVar("AELossT", bound=AELoss)  # the VAE's loss section adds to the
 class Autoencoder(Method[AutoencoderModel, AELossT]):
     """A deterministic conv autoencoder. Exports ``AE``."""
 
-    ModelConfig = AutoencoderModel
-    LossConfig = AELoss
     data_kind = "images"
     export_names = ("AE",)
     net_name = "conv_ae"
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         # PyTorch's default init: the reference's N(0, 0.02) starves a net without normalisation.
-        self.build("AE", self.net_name, init=False, channels=recipe.data.channels, resolution=recipe.data.crop_size,
+        data = self.recipe.data
+        self.build("AE", self.net_name, channels=data.channels, resolution=data.crop_size,
                    z_dim=self.cfg.z_dim, nf=self.cfg.nf)
         self.optimizers = {"AE": self.adam("AE")}
 

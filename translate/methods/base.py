@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
 
-from translate import recipes
-from translate.backbones import Composition, compose, prepare
-from translate.devices import DTYPES, Precision, unwrap
-from translate.errors import TranslateError
+from translate.core import recipes
+from translate.core.devices import DTYPES, Precision, unwrap
+from translate.core.errors import TranslateError
+from translate.core.recipes import Recipe, at_least, choice, registered
+from translate.core.registry import NETS, create_net
 from translate.nets import winograd
+from translate.nets.backbones import Composition, compose, prepare
 from translate.nets.layers import init_weights, power_of_two
-from translate.recipes import Recipe, at_least, choice, registered
-from translate.registry import NETS, create_net
 
 ModelT = TypeVar("ModelT", bound=recipes.ModelConfig)
 LossT = TypeVar("LossT", bound=recipes.LossConfig)
@@ -33,7 +33,7 @@ SAMPLE_COLUMNS = 8  # images per row of a generator's sample grid
 class TranslatorModel(recipes.ModelConfig):
     """Networks of an image-to-image translator (names as the reference's options; any registered
     translator, and any discriminator of its family). Or a generator composed of a registered
-    encoder and decoder (``encoder`` + ``decoder``, see translate/backbones.py), whose halves may
+    encoder and decoder (``encoder`` + ``decoder``, see translate/nets/backbones.py), whose halves may
     start from zoo weights files and be frozen."""
 
     generator: str = registered("resnet_9blocks", role="translator", composite=False)
@@ -61,16 +61,17 @@ class TranslatorModel(recipes.ModelConfig):
 
 
 class Method(Generic[ModelT, LossT]):
-    """Base class. Subclasses set the class attributes and implement ``__init__``, ``train_step`` and
+    """Base class. Subclasses set the class attributes and implement ``setup``, ``train_step`` and
     ``sample`` (unless input | translation | target of net ``G`` suits).
 
-    ``nets`` (all networks, saved for resume) and ``optimizers`` are filled by ``__init__``;
+    ``nets`` (all networks, saved for resume) and ``optimizers`` are filled by ``setup``;
     ``export_names`` lists the nets inference needs (saved in the weights file). ``cfg`` and
     ``loss_cfg`` are the recipe's model and loss sections, typed by the subclass: ``Method[Pix2PixModel, ...]``.
     """
 
-    ModelConfig: ClassVar[type[recipes.ModelConfig]] = TranslatorModel
+    ModelConfig: ClassVar[type[recipes.ModelConfig]] = TranslatorModel  # (set from the type parameters)
     LossConfig: ClassVar[type[recipes.LossConfig]]
+    _params: ClassVar[tuple[Any, ...]] = ()  # the (model, loss) type arguments; TypeVars where still open
     Sections: ClassVar[dict[str, type]] = {}  # sections of its own (e.g. the DB-VAE's debias): recipe.<name>
     data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired" | "images" | "classes"
     export_names: ClassVar[tuple[str, ...]] = ()
@@ -93,6 +94,24 @@ class Method(Generic[ModelT, LossT]):
         self.notes: list[str] = []  # said once at the start of training (e.g. a loss term that is off, and why)
         self._arch: dict[str, dict[str, Any]] = {}
         self.check_size(recipe.data.crop_size)
+        self.setup()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """``ModelConfig`` and ``LossConfig`` from the class's type parameters (``Method[Pix2PixModel,
+        Pix2PixLoss]``, or a generic parent's, as the VAE's ``Autoencoder[VAELoss]``), so no method
+        restates them; a parameter still open (a TypeVar) stands for its bound."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Method):
+                given = dict(zip(vars(origin)["__parameters__"], get_args(base), strict=True))
+                cls._params = tuple(given.get(p, p) for p in origin._params)
+                bound = [cast(Any, p.__bound__ if isinstance(p, TypeVar) else p) for p in cls._params]
+                cls.ModelConfig, cls.LossConfig = bound
+
+    def setup(self) -> None:
+        """Subclasses build their nets and optimizers here (``self.recipe``, ``cfg``, ``loss_cfg``,
+        ``device``, ``amp`` and ``info`` are set)."""
 
     def check_size(self, size: int) -> None:
         """The generator's down-sampling decides which training sizes work; say so up front."""
@@ -123,12 +142,13 @@ class Method(Generic[ModelT, LossT]):
         return side_by_side(batch["A"], fake, batch["B"])
 
     # --- building ------------------------------------------------------------------------------
-    def build(self, name: str, net_name: str, init: bool = True, start: Callable[[nn.Module], None] | None = None,
-              **kwargs: Any) -> nn.Module:
-        """Create registered network ``net_name`` as ``name``, initialise it as the recipe says (or with
-        ``start(module)``) and move it to the device."""
+    def build(self, name: str, net_name: str, init: bool | None = None,
+              start: Callable[[nn.Module], None] | None = None, **kwargs: Any) -> nn.Module:
+        """Create registered network ``net_name`` as ``name``, initialise it as the recipe says (where its
+        registry entry lets ``model.init_type`` apply, or ``init`` says) or with ``start(module)``, and
+        move it to the device."""
         module = create_net(net_name, **kwargs)
-        if init:
+        if NETS.info(net_name).recipe_init if init is None else init:
             self._init(module)
         if start is not None:
             start(module)
@@ -151,7 +171,7 @@ class Method(Generic[ModelT, LossT]):
         init_weights(module, cfg.init_type, cfg.init_gain)
 
     def composition(self, in_ch: int | None = None, out_ch: int | None = None) -> Composition:
-        """What the recipe's generator is (translate/backbones.py); read once, files included."""
+        """What the recipe's generator is (translate/nets/backbones.py); read once, files included."""
         cfg = cast(TranslatorModel, self.recipe.model)
         key = (in_ch or cfg.input_nc, out_ch or cfg.output_nc)
         cache = self.__dict__.setdefault("_compositions", {})
@@ -251,6 +271,9 @@ class Method(Generic[ModelT, LossT]):
         for name, net in self.nets.items():
             if any(p.requires_grad for p in net.parameters()):
                 self.nets[name] = fn(net)
+
+
+Method._params = vars(Method)["__parameters__"]  # (ModelT, LossT)
 
 
 def make_average(G: nn.Module, average: nn.Module) -> nn.Module:

@@ -20,19 +20,17 @@ mean code of one example image for every input (the code's encode mode).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from translate.devices import Precision
-from translate.errors import TranslateError
-from translate.losses import GAN_MODES, GANLoss
+from translate.core.errors import TranslateError
+from translate.core.losses import GAN_MODES, GANLoss
+from translate.core.recipes import LossConfig, at_least, choice, registered
+from translate.core.registry import METHODS, NETS
 from translate.methods.base import Method, TranslatorModel, check_power_of_two, set_requires_grad, side_by_side
-from translate.recipes import LossConfig, Recipe, at_least, choice, registered
-from translate.registry import METHODS, NETS
 
 SAMPLE_LATENTS = 3  # random-z columns in the sample grid
 ENCODER = "e_resnet"  # E, the code's E_ResNet (netE resnet_256 / resnet_128: its depth follows data.crop_size)
@@ -63,17 +61,13 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
     """Multimodal paired translation A -> B. Exports ``G`` (takes an optional z) and ``E`` (an
     example image's code, for ``translate run --style``)."""
 
-    ModelConfig = BicycleGANModel
-    LossConfig = BicycleGANLoss
     data_kind = "paired"
     export_names = ("G", "E")
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         cfg = self.cfg
-        if recipe.train.batch_size % 2:
-            raise TranslateError(f"train.batch_size {recipe.train.batch_size} must be even for bicyclegan: the "
+        if self.recipe.train.batch_size % 2:
+            raise TranslateError(f"train.batch_size {self.recipe.train.batch_size} must be even for bicyclegan: the "
                                  "first half of each batch trains both cycles, the second gives D2 its real images "
                                  "(e.g. 2, the BicycleGAN code's default)")
         # Built in the code's order (G, D, D2, E), so one seed gives the code's initial weights.
@@ -81,7 +75,7 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
         d_in = cfg.input_nc + cfg.output_nc if cfg.conditional_D else cfg.output_nc
         for name in ("D", "D2"):  # one for each cycle
             self.build(name, cfg.discriminator, in_ch=d_in, ndf=cfg.ndf, norm=cfg.norm, num_D=cfg.num_Ds)
-        self.build("E", ENCODER, in_ch=cfg.output_nc, nz=cfg.nz, nef=cfg.nef, resolution=recipe.data.crop_size,
+        self.build("E", ENCODER, in_ch=cfg.output_nc, nz=cfg.nz, nef=cfg.nef, resolution=self.recipe.data.crop_size,
                    norm=cfg.norm)
         self.optimizers = {name: self.adam(name) for name in ("G", "E", "D", "D2")}
         self.gan = GANLoss(self.loss_cfg.gan_mode)

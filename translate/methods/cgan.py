@@ -8,9 +8,9 @@ grid (one row per class) are DCGAN's, which handles labels whenever ``num_classe
 
 from __future__ import annotations
 
-from translate.errors import TranslateError
+from translate.core.errors import TranslateError
+from translate.core.registry import METHODS
 from translate.methods.dcgan import DCGAN
-from translate.registry import METHODS
 
 
 @METHODS.register("cgan")

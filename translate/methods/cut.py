@@ -22,17 +22,16 @@ differs and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.errors import TranslateError
-from translate.losses import GAN_MODES, GANLoss, patch_nce
+from translate.core.errors import TranslateError
+from translate.core.losses import GAN_MODES, GANLoss, patch_nce
+from translate.core.recipes import LossConfig, at_least, choice
+from translate.core.registry import METHODS
 from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
-from translate.recipes import LossConfig, Recipe, at_least, choice
-from translate.registry import METHODS
 
 if TYPE_CHECKING:
     from translate.nets.resnet import ResnetGenerator
@@ -59,14 +58,10 @@ class CUTLoss(LossConfig):
 class CUT(Method[CUTModel, CUTLoss]):
     """Unpaired translation A -> B with PatchNCE. Exports ``G``."""
 
-    ModelConfig = CUTModel
-    LossConfig = CUTLoss
     data_kind = "unpaired"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         cfg = self.cfg
         if cfg.encoder or cfg.decoder or not cfg.generator.startswith("resnet"):
             raise TranslateError("cut takes its PatchNCE features from a ResNet generator's layers: use "
@@ -76,7 +71,7 @@ class CUT(Method[CUTModel, CUTLoss]):
         if not cfg.nce_layers or not all(0 <= i < depth for i in cfg.nce_layers):
             raise TranslateError(f"model.nce_layers {cfg.nce_layers}: layers of {cfg.generator} are 0 to {depth - 1}")
         with torch.no_grad():
-            feats = G(torch.zeros(1, cfg.input_nc, 64, 64, device=device), layers=cfg.nce_layers)
+            feats = G(torch.zeros(1, cfg.input_nc, 64, 64, device=self.device), layers=cfg.nce_layers)
         self.build("F", "patch_mlp", channels=[f.shape[1] for f in feats], nc=cfg.netF_nc)
         self.build_discriminator("D", cfg.output_nc)
         self.optimizers = {"G": self.adam("G"), "F": self.adam("F"), "D": self.adam("D")}

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.devices import Precision
-from translate.errors import TranslateError
-from translate.losses import GAN_MODES, GANLoss, ImagePool, gradient_penalty
+from translate.core.errors import TranslateError
+from translate.core.losses import GAN_MODES, GANLoss, ImagePool, gradient_penalty
+from translate.core.recipes import LossConfig, at_least, choice
+from translate.core.registry import METHODS
 from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
-from translate.recipes import LossConfig, Recipe, at_least, choice
-from translate.registry import METHODS
 
 
 @dataclass
@@ -36,14 +35,10 @@ class CycleGANLoss(LossConfig):
 class CycleGAN(Method[TranslatorModel, CycleGANLoss]):
     """Unpaired translation both ways. Exports ``G_A`` (A to B) and ``G_B`` (B to A)."""
 
-    ModelConfig = TranslatorModel
-    LossConfig = CycleGANLoss
     data_kind = "unpaired"
     export_names = ("G_A", "G_B")
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         a_nc, b_nc, loss_cfg = self.cfg.input_nc, self.cfg.output_nc, self.loss_cfg
         if loss_cfg.lambda_identity > 0 and a_nc != b_nc:
             raise TranslateError("loss.lambda_identity needs model.input_nc == model.output_nc "
@@ -54,8 +49,8 @@ class CycleGAN(Method[TranslatorModel, CycleGANLoss]):
         self.build_discriminator("D_B", a_nc)
         self.optimizers = {"G": self.adam("G_A", "G_B"), "D": self.adam("D_A", "D_B")}
         self.gan = GANLoss(loss_cfg.gan_mode)
-        self.pool_a = ImagePool(loss_cfg.pool_size, seed=recipe.train.seed)
-        self.pool_b = ImagePool(loss_cfg.pool_size, seed=recipe.train.seed + 1)
+        self.pool_a = ImagePool(loss_cfg.pool_size, seed=self.recipe.train.seed)
+        self.pool_b = ImagePool(loss_cfg.pool_size, seed=self.recipe.train.seed + 1)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G_A, G_B, D_A, D_B = (self.nets[k] for k in ("G_A", "G_B", "D_A", "D_B"))

@@ -11,7 +11,7 @@ times the KL to N(0, I).
 Every batch is half positives, half negatives (the lab's ``get_batch``), whatever the folder's
 ratio. Each epoch begins with the latent means of every positive image; their per-dimension
 histograms give each one a sampling probability that grows as its code gets rarer
-(translate/debias.py), and the positive half of every batch is drawn with those probabilities (the
+(translate/core/debias.py), and the positive half of every batch is drawn with those probabilities (the
 negative half uniformly). The log carries how far the probabilities spread: ``p_max_min`` (most /
 least drawn) and ``p_entropy`` (1: uniform). ``debias.enabled=false`` is the lab's standard
 classifier beside it: the same balanced batches, drawn uniformly.
@@ -27,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from translate.debias import resampling
-from translate.devices import Precision
-from translate.errors import TranslateError
-from translate.losses import kl_per_image
+from translate.core.debias import resampling
+from translate.core.errors import TranslateError
+from translate.core.losses import kl_per_image
+from translate.core.recipes import LossConfig, ModelConfig, at_least
+from translate.core.registry import METHODS
 from translate.methods.base import Method, check_power_of_two, side_by_side
-from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
-from translate.registry import METHODS
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -62,16 +61,12 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
     """A debiased binary classifier on ``classes`` data (one subfolder per class). Exports ``AE``
     (``classify``, ``encode``, ``decode``)."""
 
-    ModelConfig = DBVAEModel
-    LossConfig = DBVAELoss
     Sections = {"debias": DebiasConfig}
     data_kind = "classes"
     export_names = ("AE",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
-        data = recipe.data
+    def setup(self) -> None:
+        data = self.recipe.data
         classes = list(self.info.get("classes") or [])
         if len(classes) < 2:
             raise TranslateError(f"dbvae trains a classifier: {data.path} needs two or more class subfolders "
@@ -81,11 +76,11 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
             raise TranslateError(f"data.positive {name!r} is not a subfolder of {data.path} "
                                  f"(found: {', '.join(classes)})")
         self.positive = classes.index(name)
-        if recipe.train.batch_size < 2:
+        if self.recipe.train.batch_size < 2:
             raise TranslateError(f"dbvae fills half of every batch with each class: train.batch_size must be 2 or "
-                                 f"more (got {recipe.train.batch_size}; the lab's is 32)")
+                                 f"more (got {self.recipe.train.batch_size}; the lab's is 32)")
         self.info["positive"] = name
-        self.build("AE", "conv_dbvae", init=False, channels=data.channels, resolution=data.crop_size,
+        self.build("AE", "conv_dbvae", channels=data.channels, resolution=data.crop_size,
                    z_dim=self.cfg.z_dim, nf=self.cfg.nf)
         self.optimizers = {"AE": self.adam("AE")}
         self.weights: Tensor | None = None  # this epoch's sampling weights over the dataset (None: uniform)

@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.losses import GANLoss
+from translate.core.losses import GANLoss
+from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
+from translate.core.registry import METHODS
 from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
-from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
-from translate.registry import METHODS
 
 MAX_SAMPLE_ROWS = 32  # a class-conditional grid shows at most this many classes, one per row
 
@@ -40,20 +39,16 @@ class DCGANLoss(LossConfig):
 class DCGAN(Method[DCGANModel, DCGANLoss]):
     """Unconditional DCGAN on every image under the folder. Exports ``G``."""
 
-    ModelConfig = DCGANModel
-    LossConfig = DCGANLoss
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
-        cfg, data = self.cfg, recipe.data
+    def setup(self) -> None:
+        cfg, data = self.cfg, self.recipe.data
         self.num_classes = self.count_classes()
         common: dict[str, Any] = {"resolution": data.crop_size, "channels": data.channels,
                                   "num_classes": self.num_classes}
-        self.build("G", "dcgan_g", init=False, z_dim=cfg.z_dim, ngf=cfg.ngf, **common)
-        self.build("D", "dcgan_d", init=False, ndf=cfg.ndf, norm=cfg.norm_D, **common)
+        self.build("G", "dcgan_g", z_dim=cfg.z_dim, ngf=cfg.ngf, **common)
+        self.build("D", "dcgan_d", ndf=cfg.ndf, norm=cfg.norm_D, **common)
         self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
         self.gan = GANLoss(self.loss_cfg.gan_mode)
         self.fixed_z, self.fixed_labels = self._fixed_latents()

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.devices import Precision
-from translate.errors import TranslateError
-from translate.losses import gradient_penalty
+from translate.core.errors import TranslateError
+from translate.core.losses import gradient_penalty
+from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
+from translate.core.registry import METHODS
 from translate.methods.base import (
     SAMPLE_COLUMNS,
     Method,
@@ -40,8 +41,6 @@ from translate.methods.base import (
     update_average,
 )
 from translate.nets.pggan import PhaseMixin, num_levels
-from translate.recipes import LossConfig, ModelConfig, Recipe, at_least, choice
-from translate.registry import METHODS
 
 
 @dataclass
@@ -77,25 +76,21 @@ def phase_at(step: int, start_level: int, last_level: int, fade: int, stable: in
 class PGGAN(Method[PGGANModel, PGGANLoss]):
     """Unconditional progressive GAN on a folder of images. Exports ``G`` (the moving average G_ema)."""
 
-    ModelConfig = PGGANModel
-    LossConfig = PGGANLoss
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
-        cfg, crop_size = self.cfg, recipe.data.crop_size
-        sizes: dict[str, Any] = {"resolution": crop_size, "channels": recipe.data.channels,
+    def setup(self) -> None:
+        cfg, crop_size = self.cfg, self.recipe.data.crop_size
+        sizes: dict[str, Any] = {"resolution": crop_size, "channels": self.recipe.data.channels,
                                  "fmap_base": cfg.fmap_base, "fmap_max": cfg.fmap_max}
-        G = self.build("G", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes)
-        self.build("D", "pggan_d", init=False, **sizes)
-        make_average(G, self.build("G_ema", "pggan_g", init=False, z_dim=cfg.z_dim, **sizes))
+        G = self.build("G", "pggan_g", z_dim=cfg.z_dim, **sizes)
+        self.build("D", "pggan_d", **sizes)
+        make_average(G, self.build("G_ema", "pggan_g", z_dim=cfg.z_dim, **sizes))
         self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}
         self.levels = (num_levels(cfg.start_resolution) - 1, num_levels(crop_size) - 1)
         self.step = 0
         self._set_phase(*self.phase())
-        self.fixed_z = self.fixed_noise(recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
+        self.fixed_z = self.fixed_noise(self.recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
 
     def check_size(self, size: int) -> None:
         check_power_of_two(size, "pggan", 8, "32")

@@ -7,17 +7,15 @@ plus ``lambda_l1`` times the L1 distance to the real target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.losses import GAN_MODES, GANLoss, gradient_penalty
+from translate.core.losses import GAN_MODES, GANLoss, gradient_penalty
+from translate.core.recipes import LossConfig, at_least, choice, registered
+from translate.core.registry import METHODS
 from translate.methods.base import Method, TranslatorModel, set_requires_grad
-from translate.recipes import LossConfig, Recipe, at_least, choice, registered
-from translate.registry import METHODS
 
 
 @dataclass
@@ -38,14 +36,10 @@ class Pix2PixLoss(LossConfig):
 class Pix2Pix(Method[Pix2PixModel, Pix2PixLoss]):
     """Paired translation A -> B. Exports ``G``."""
 
-    ModelConfig = Pix2PixModel
-    LossConfig = Pix2PixLoss
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
         self.build_discriminator("D", self.cfg.input_nc + self.cfg.output_nc)  # judges (input, output) pairs
         self.optimizers = {"G": self.adam("G"), "D": self.adam("D")}

@@ -15,17 +15,14 @@ when it translates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.evaluate import load_lpips
+from translate.analysis.evaluate import load_lpips
+from translate.core.recipes import LossConfig, at_least, registered
+from translate.core.registry import METHODS
 from translate.methods.base import Method, TranslatorModel
-from translate.recipes import LossConfig, Recipe, at_least, registered
-from translate.registry import METHODS
 
 
 @dataclass
@@ -48,19 +45,15 @@ class PSPLoss(LossConfig):
 class PSP(Method[PSPModel, PSPLoss]):
     """Paired translation A -> B through a StyleGAN2's W+. Exports ``G`` (encoder + generator)."""
 
-    ModelConfig = PSPModel
-    LossConfig = PSPLoss
     data_kind = "paired"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
         self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
         self.optimizers = {"G": self.adam("G")}
         self.lpips = None
         if self.loss_cfg.lpips_weights and self.loss_cfg.lambda_lpips > 0:
-            self.lpips = load_lpips(self.loss_cfg.lpips_weights, device).requires_grad_(False)
+            self.lpips = load_lpips(self.loss_cfg.lpips_weights, self.device).requires_grad_(False)
         elif self.loss_cfg.lambda_lpips > 0:
             self.notes.append("pSp's perceptual term (LPIPS with AlexNet, weight 0.8) is off: it needs torchvision's "
                               "AlexNet weights, loss.lpips_weights=alexnet-owt-7be5be79.pth (nothing is downloaded)")

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.devices import Precision
+from translate.core.recipes import LossConfig, ModelConfig, at_least
+from translate.core.registry import METHODS
 from translate.methods.base import (
     SAMPLE_COLUMNS,
     Method,
@@ -29,8 +30,6 @@ from translate.methods.base import (
     set_requires_grad,
     update_average,
 )
-from translate.recipes import LossConfig, ModelConfig, Recipe, at_least
-from translate.registry import METHODS
 
 if TYPE_CHECKING:
     from translate.nets.stylegan2 import Generator
@@ -67,29 +66,25 @@ class StyleGAN2Loss(LossConfig):
 class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
     """Unconditional StyleGAN2 on ``images`` data. Exports ``G`` (the EMA generator)."""
 
-    ModelConfig = StyleGAN2Model
-    LossConfig = StyleGAN2Loss
     data_kind = "images"
     export_names = ("G",)
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
-        cfg, data, loss_cfg = self.cfg, recipe.data, self.loss_cfg
+    def setup(self) -> None:
+        cfg, data, loss_cfg = self.cfg, self.recipe.data, self.loss_cfg
         sizes: dict[str, Any] = {"resolution": data.crop_size, "channels": data.channels,
                                  "channel_base": cfg.channel_base, "channel_max": cfg.channel_max}
         g_kwargs = {"z_dim": cfg.z_dim, "w_dim": cfg.w_dim, **sizes, "mapping_layers": cfg.mapping_layers}
-        G = self.build("G", "stylegan2_g", init=False, **g_kwargs)
-        self.build("D", "stylegan2_d", init=False, **sizes, mbstd_group=cfg.mbstd_group)
+        G = self.build("G", "stylegan2_g", **g_kwargs)
+        self.build("D", "stylegan2_d", **sizes, mbstd_group=cfg.mbstd_group)
         # never trained: no w_avg tracking of its own, clamped output
-        make_average(G, self.build("G_ema", "stylegan2_g", init=False, **g_kwargs))
+        make_average(G, self.build("G_ema", "stylegan2_g", **g_kwargs))
         # lazy regularisation: Adam corrected for the regulariser's extra step every k steps
         self.optimizers = {"G": self.adam("G", lazy=loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0),
                            "D": self.adam("D", lazy=loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0)}
         self.num_ws: int = cast("Generator", G).num_ws  # w's per image: style mixing picks where the second one starts
         self.step = 0
-        self.pl_mean = torch.zeros((), device=device)
-        self.fixed_z = self.fixed_noise(recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
+        self.pl_mean = torch.zeros((), device=self.device)
+        self.fixed_z = self.fixed_noise(self.recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
 
     def check_size(self, size: int) -> None:
         check_power_of_two(size, "stylegan2", 8, "32")

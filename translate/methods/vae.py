@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
-from translate.devices import Precision
-from translate.losses import kl_per_image
+from translate.core.losses import kl_per_image
+from translate.core.recipes import RecipeError, at_least
+from translate.core.registry import METHODS
 from translate.methods.ae import AELoss, Autoencoder, recon_loss
 from translate.methods.base import side_by_side
-from translate.recipes import Recipe, RecipeError, at_least
-from translate.registry import METHODS
 
 if TYPE_CHECKING:
     from translate.nets.autoencoder import ConvVAE
@@ -56,14 +55,12 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 class VAE(Autoencoder[VAELoss]):
     """A conv VAE (beta-VAE with ``loss.beta`` > 1). Exports ``AE`` (``encode`` gives the mean)."""
 
-    LossConfig = VAELoss
     net_name = "conv_vae"
 
-    def __init__(self, recipe: Recipe, device: torch.device, precision: Precision,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, device, precision, info)
+    def setup(self) -> None:
+        super().setup()
         self.steps = 0  # drives the warm-up and capacity schedules; saved for resume
-        self.fixed_z = self.fixed_noise(recipe.train.n_samples, self.cfg.z_dim)
+        self.fixed_z = self.fixed_noise(self.recipe.train.n_samples, self.cfg.z_dim)
 
     def schedule(self) -> tuple[float, float]:
         """(KL weight, capacity C) for the coming step."""

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import ReflectionPad2d, norm_layer, power_of_two
-from translate.registry import NETS
 
 FAMILY = "bicyclegan"  # G, E and the multi-scale Ds train together, and only with each other
 ACTIVATIONS = ("relu", "lrelu", "elu")  # the code's --nl, for G's up path (E and D: leaky ReLU always)

@@ -3,7 +3,7 @@
 The kwargs are the halves' own specs (``{"net": ..., "kwargs": ...}``), so a weights file's metadata
 rebuilds the whole from nothing else, whatever the halves are. Which halves fit is the registry's
 business (an encoder's ``gives`` code among the decoder's ``takes``); which weights files they start
-from and how the recipe sets them is in translate/backbones.py.
+from and how the recipe sets them is in translate/nets/backbones.py.
 
 ``nz > 0`` makes it a multimodal translator (BicycleGAN): a latent vector z is tiled over the image
 and concatenated to the input channels (the BicycleGAN code's "add to input"); without a z, zeros,
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from translate.registry import NETS, create_net
+from translate.core.registry import NETS, create_net
 
 
 class Composed(nn.Module):

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import power_of_two
-from translate.registry import NETS
 
 MIN_RESOLUTION = 16
 MAX_WIDTH_MULT = 8  # widths stop growing at 8 x ngf / ndf, as DCGAN's 64x64 nets
@@ -112,14 +112,14 @@ class ProjectionDiscriminator(nn.Module):
         return score
 
 
-@NETS.register("dcgan_g", role="generator", family="dcgan")
+@NETS.register("dcgan_g", role="generator", family="dcgan", recipe_init=False)
 def dcgan_g(z_dim: int = 100, resolution: int = 64, channels: int = 3, ngf: int = 64,
             num_classes: int = 0) -> nn.Module:
     """DCGAN generator; ``num_classes > 0`` makes it class-conditional (embedding concatenated to z)."""
     return DCGANGenerator(z_dim, resolution, channels, ngf, num_classes)
 
 
-@NETS.register("dcgan_d", role="discriminator", family="dcgan")
+@NETS.register("dcgan_d", role="discriminator", family="dcgan", recipe_init=False)
 def dcgan_d(resolution: int = 64, channels: int = 3, ndf: int = 64, norm: str = "batch",
             num_classes: int = 0) -> nn.Module:
     """DCGAN discriminator; ``num_classes > 0`` adds the class projection."""

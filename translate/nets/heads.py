@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from translate.registry import NETS
+from translate.core.registry import NETS
 
 
 class PatchSampleMLP(nn.Module):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.errors import TranslateError
-from translate.registry import unknown_name_message
+from translate.core.errors import TranslateError
+from translate.core.registry import unknown_name_message
 
 NORMS = ("instance", "batch", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import BlurDown, norm_layer, uses_bias
-from translate.registry import NETS
 
 
 class NLayerDiscriminator(nn.Module):

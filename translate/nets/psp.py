@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import group_norm
 from translate.nets.stylegan2 import num_ws
-from translate.registry import NETS
 
 COARSE, MEDIUM = 3, 7  # styles [0, 3) from the coarse map, [3, 7) from the medium one, the rest from the fine
 

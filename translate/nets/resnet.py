@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import BlurDown, BlurUp, ReflectionPad2d, norm_layer, uses_bias
-from translate.registry import NETS
 
 N_DOWNSAMPLING = 2
 

@@ -13,8 +13,8 @@ from itertools import islice
 import torch
 from torch import nn
 
+from translate.core.registry import NETS
 from translate.nets.layers import norm_layer, uses_bias
-from translate.registry import NETS
 
 
 class UnetSkipConnectionBlock(nn.Module):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from translate import devices
+from translate.core import devices
 
 __all__ = ["WinogradConv2d", "use_winograd", "winograd_pays"]
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
-from translate.checkpoints import read_weights
-from translate.errors import TranslateError
-from translate.registry import NETS
+from translate.core.checkpoints import read_weights
+from translate.core.errors import TranslateError
+from translate.core.registry import NETS
 
 if TYPE_CHECKING:
     from translate.methods.base import TranslatorModel

@@ -20,15 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.analyze import write_csv
-from translate.checkpoints import read_weights
-from translate.devices import pick_device, resolve_precision
-from translate.errors import PartialFailures, TranslateError
-from translate.images import NOT_A_FILE, to_signed
-from translate.progress import Progress
-from translate.recipes import DataConfig
-from translate.tiling import launch_fitting
-from translate.translator import load_translator
+from translate.analysis.analyze import write_csv
+from translate.core.checkpoints import read_weights
+from translate.core.devices import pick_device, resolve_precision
+from translate.core.errors import PartialFailures, TranslateError
+from translate.core.images import NOT_A_FILE, to_signed
+from translate.core.progress import Progress
+from translate.core.recipes import DataConfig
+from translate.inference.tiling import launch_fitting
+from translate.inference.translator import load_translator
 
 METRICS = ("psnr", "ssim", "l1")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False, "fid": False, "kid": False}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from translate.errors import TranslateError
+from translate.core.errors import TranslateError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -303,6 +303,20 @@ def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` wrapped for DistributedDataParallel training on ``device``."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Batch statistics over the global batch, as one process would have them. PyTorch's
+    # SyncBatchNorm runs on GPUs only; CPU processes (gloo) normalise over their own batch.
+    cuda = device.type == "cuda"
+    if cuda and any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in net.modules()):
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
+    # a static graph lets DDP reduce each parameter once per backward all the same.
+    return DDP(net, device_ids=[device.index] if cuda else None, static_graph=True)
 
 
 def init_distributed(device: torch.device) -> Dist:

@@ -30,14 +30,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from translate.checkpoints import WeightsFile, atomic_path, read_weights, with_article
-from translate.debias import resampling
-from translate.devices import DTYPES, fitting, pick_device, resolve_precision
-from translate.engines import OpenVinoMethods, net_id, pick_engine
-from translate.errors import PartialFailures, TranslateError, reason
-from translate.images import NotRegularFile, check_regular, image_files, model_input, read_rgb, to_signed, to_u8
-from translate.losses import kl_per_image, recon_error
-from translate.progress import Progress
+from translate.core.checkpoints import WeightsFile, atomic_path, read_weights, with_article
+from translate.core.debias import resampling
+from translate.core.devices import DTYPES, fitting, pick_device, resolve_precision
+from translate.core.errors import PartialFailures, TranslateError, reason
+from translate.core.images import NotRegularFile, check_regular, image_files, model_input, read_rgb, to_signed, to_u8
+from translate.core.losses import kl_per_image, recon_error
+from translate.core.progress import Progress
+from translate.inference.engines import OpenVinoMethods, net_id, pick_engine
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -232,13 +232,7 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
         for j, i in enumerate(idx):
             found[i] = {k: float(v[j]) for k, v in s.items()}
     order = sorted(found, key=lambda i: -found[i]["score"])
-    if top is not None:
-        marked = set(order[:top])
-    else:
-        q = 0.99 if quantile is None else quantile
-        cut = torch.quantile(torch.tensor([found[i]["score"] for i in order], dtype=torch.float64), q).item() \
-            if order else math.inf
-        marked = {i for i in order if found[i]["score"] > cut}
+    marked = _outliers([found[i]["score"] for i in order], top, quantile, order)
     rel = {i: reading.files[i].relative_to(reading.root) for i in order}
     rows = [[str(rel[i]), f"{found[i]['score']:.4f}", f"{found[i]['recon']:.4f}", f"{found[i]['kl']:.4f}",
              int(i in marked)] for i in order]
@@ -269,6 +263,16 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
         auc, ap = rank_metrics([found[i]["score"] for i in known], [truth[str(rel[i])] for i in known])
         summary.auc = (auc, ap, len(known))
     return summary
+
+
+def _outliers(scores: list[float], top: int | None, quantile: float | None, order: list[int]) -> set[int]:
+    """The items of ``order`` (sorted by ``scores``, highest first) marked as outliers: the ``top`` N,
+    or those above the ``quantile`` of the scores (0.99 when neither is given)."""
+    if top is not None:
+        return set(order[:top])
+    q = 0.99 if quantile is None else quantile
+    cut = torch.quantile(torch.tensor(scores, dtype=torch.float64), q).item() if order else math.inf
+    return {i for i, s in zip(order, scores, strict=True) if s > cut}
 
 
 def _labels(path: str | Path, reading: Reading) -> dict[str, int]:

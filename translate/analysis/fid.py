@@ -38,17 +38,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from translate.analyze import folder as read_folder
-from translate.checkpoints import atomic_path
-from translate.devices import pick_device
-from translate.errors import TranslateError, reason
-from translate.generate import sample
-from translate.images import image_files, read_rgb, resize_u8, to_u8
-from translate.tiling import launch_fitting
-from translate.translator import load_translator
+from translate.analysis.analyze import folder as read_folder
+from translate.core.checkpoints import atomic_path
+from translate.core.devices import pick_device
+from translate.core.errors import TranslateError, reason
+from translate.core.images import image_files, read_rgb, resize_u8, to_u8
+from translate.inference.generate import sample
+from translate.inference.tiling import launch_fitting
+from translate.inference.translator import load_translator
 
 if TYPE_CHECKING:
-    from translate.recipes import Recipe
+    from translate.core.recipes import Recipe
 
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 MISSING = (f"FID and KID need the Inception weights the common FID tools use: pass --inception FILE, the "

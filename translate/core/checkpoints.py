@@ -37,9 +37,9 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from translate.devices import unwrap
-from translate.errors import TranslateError
-from translate.registry import create_net
+from translate.core.devices import unwrap
+from translate.core.errors import TranslateError
+from translate.core.registry import create_net
 
 FORMAT = "translate-weights/1"
 

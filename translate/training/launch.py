@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Any
 
-from translate.errors import exit_code
-from translate.signals import STOP_SIGNALS
+from translate.core.errors import exit_code
+from translate.core.signals import STOP_SIGNALS
 
 FAILED_PEER_GRACE_S = 30.0  # after one process fails, how long the others get to stop on SIGTERM
 

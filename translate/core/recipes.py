@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from translate import resource
-from translate.errors import TranslateError
-from translate.registry import METHODS, NETS
+from translate.core.errors import TranslateError
+from translate.core.registry import METHODS, NETS
 
 RECIPE_DIR = resource("recipes")
 SECTIONS = ("data", "model", "train", "loss")

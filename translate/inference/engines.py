@@ -1,6 +1,6 @@
 """Who runs a network over images: torch (eager), or OpenVINO's CPU compiler.
 
-A :class:`translate.translator.Translator` calls ``engine(x[, z]) -> y`` on float tensors; here is
+A :class:`translate.inference.translator.Translator` calls ``engine(x[, z]) -> y`` on float tensors; here is
 what the engine may be. ``auto`` picks the faster one as measured by bench/engines.py (2-core AMD
 EPYC Zen5, batch 1, 256x256, fastest of 12 calls; AVX2 rows with oneDNN, MKL and ATen capped to AVX2):
 
@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from translate.devices import DTYPES, cpu_bf16_native
-from translate.errors import TranslateError
+from translate.core.devices import DTYPES, cpu_bf16_native
+from translate.core.errors import TranslateError
 
 ENGINES = ("auto", "torch", "openvino")
 FORMAT = 1  # of a cache entry; bump when what is stored changes

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from translate.checkpoints import atomic_path
-from translate.errors import TranslateError
-from translate.evaluate import HIGHER_IS_BETTER
+from translate.analysis.evaluate import HIGHER_IS_BETTER
+from translate.core.checkpoints import atomic_path
+from translate.core.errors import TranslateError
 
 REPORT_NAME = "report.html"  # in the run folder, unless -o says otherwise
 STARTS_NAME = "starts.jsonl"  # one line per start of training (train.py): device, precision, processes, batch

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from translate.errors import EXIT_ERROR, Interrupted, TranslateError, exit_code
-from translate.options import RunOptions  # torch-free: the defaults `translate run --help` shows
+from translate.core.errors import EXIT_ERROR, Interrupted, TranslateError, exit_code
+from translate.core.options import RunOptions  # torch-free: the defaults `translate run --help` shows
 
 app = typer.Typer(
     name="translate",
@@ -44,7 +44,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
             try:
                 fn(*args, **kwargs)
             except Interrupted as e:  # not a mistake: what was kept and how to go on, said once per job
-                from translate.devices import is_main_process
+                from translate.core.devices import is_main_process
 
                 if is_main_process():
                     say(escape(str(e)))
@@ -66,7 +66,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
 @command("recipes")
 def recipes_cmd() -> None:
     """List the recipes, one line each."""
-    from translate.recipes import alias_of, list_recipes, load_recipe
+    from translate.core.recipes import alias_of, list_recipes, load_recipe
 
     for name in list_recipes():
         try:
@@ -98,8 +98,8 @@ def train_cmd(
     (weights for inference) and latest.state.pt (for --resume). Ctrl-C or SIGTERM finishes the
     current step, saves and exits with 130 / 143.
     """
-    from translate import train as training
-    from translate.recipes import load_recipe
+    from translate.core.recipes import load_recipe
+    from translate.training import train as training
 
     overrides = list(set_ or [])
     if devices > 1 and "WORLD_SIZE" not in os.environ:
@@ -108,7 +108,7 @@ def train_cmd(
         args += [f"--recipe={recipe}"] if recipe else []
         args += [f"--data={data.expanduser().resolve()}"] if data else []
         args += [f"--out={out_dir}"] if out_dir else []
-        from translate.launch import launch
+        from translate.training.launch import launch
 
         raise typer.Exit(launch(devices, ["train", *args]))
     if resume is not None:
@@ -122,7 +122,7 @@ def train_cmd(
             overrides.insert(0, f"data.path={data.expanduser().resolve()}")
         r = load_recipe(recipe, overrides)
         result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
-    from translate.devices import is_main_process
+    from translate.core.devices import is_main_process
 
     if not is_main_process():
         return
@@ -165,13 +165,13 @@ def import_cmd(
 
     The file is read with torch.load(weights_only=True): nothing in it is unpickled as code.
     """
-    from translate.checkpoints import save_weights
-    from translate.reference import import_reference
+    from translate.core.checkpoints import save_weights
+    from translate.inference.reference import import_reference
 
     net, spec = import_reference(checkpoint, arch=arch, norm=norm)
     nets, specs = {"G": net}, {"G": spec}
     if encoder is not None:
-        from translate.reference import import_encoder
+        from translate.inference.reference import import_encoder
 
         nets["E"], specs["E"] = import_encoder(encoder, spec)
     save_weights(output, nets, specs, "", {"source": f"reference:{checkpoint.name}"})
@@ -233,17 +233,16 @@ def run_cmd(
     with its reason; the rest were translated); 1 nothing could start (bad folder, weights, option).
     Under torchrun each process translates a disjoint share of the files on its own GPU.
     """
-    from translate.infer import run
-    from translate.progress import Progress
+    from translate.core.progress import Progress
+    from translate.inference.infer import run
 
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
-                      batch_size=batch_size, precision=precision, engine=engine, compile=compile_,
-                      format=fmt.lower(),
+                      batch_size=batch_size, precision=precision, engine=engine, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
                       device=device, samples=samples, seed=seed, style=style)
     with Progress(err, quiet=quiet) as progress:
         summary = run(in_dir, out_dir, opts, progress=progress)
-    from translate.devices import is_main_process
+    from translate.core.devices import is_main_process
 
     if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
         say(summary.line())
@@ -263,7 +262,7 @@ def sample_cmd(
     device: Device = "cpu",
 ) -> None:
     """Draw images from a generative model (gan, cgan, pggan, stylegan2, vae, ae) into a grid PNG."""
-    from translate.generate import write_samples
+    from translate.inference.generate import write_samples
 
     write_samples(weights, output, n, seed, truncation, class_name, device)
     say(f"wrote {output}: {n} images")
@@ -284,7 +283,7 @@ def interpolate_cmd(
 ) -> None:
     """Walk the latent space: spherical interpolation between Gaussian latents, or between two images;
     for a multimodal translator, the translations of one image (--input) along the paths."""
-    from translate.generate import write_interpolation
+    from translate.inference.generate import write_interpolation
 
     n_rows, per_row = write_interpolation(weights, output, steps, seed, rows, between, device, image)
     say(f"wrote {output}: {n_rows} row(s) of {per_row}")
@@ -298,7 +297,7 @@ def reconstruct_cmd(
     device: Device = "cpu",
 ) -> None:
     """Encode and decode every image with an autoencoder (ae, vae, beta-vae)."""
-    from translate.generate import reconstruct
+    from translate.inference.generate import reconstruct
 
     count = reconstruct(weights, in_dir, out_dir, device)
     say(f"wrote {count} reconstruction(s) to {out_dir}")
@@ -313,7 +312,7 @@ def encode_cmd(
     device: Device = "cpu",
 ) -> None:
     """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata."""
-    from translate.generate import encode
+    from translate.inference.generate import encode
 
     z = encode(weights, in_dir, output, device)
     say(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims")
@@ -343,8 +342,8 @@ def score_cmd(
 ) -> None:
     """Outlier scores of every image under IN with an autoencoder (ae, vae, beta-vae): how badly the
     model explains each image. Exit 3 when some files could not be read (each is named)."""
-    from translate.analyze import score
-    from translate.progress import Progress
+    from translate.analysis.analyze import score
+    from translate.core.progress import Progress
 
     with Progress(err, "scoring", quiet=quiet) as progress:
         s = score(weights, in_dir, output, samples=samples, top=top, quantile=quantile, copy_to=copy_to, sheet=sheet,
@@ -373,8 +372,8 @@ def classify_cmd(
 ) -> None:
     """The positive class's probability for every image (dbvae weights). Subfolders named as the
     model's classes count as the truth: accuracy is printed per subfolder."""
-    from translate.analyze import classify
-    from translate.progress import Progress
+    from translate.analysis.analyze import classify
+    from translate.core.progress import Progress
 
     with Progress(err, "classifying", quiet=quiet) as progress:
         s = classify(weights, in_dir, output, batch_size=batch_size, device=device, precision=precision,
@@ -401,8 +400,8 @@ def debias_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """How often the DB-VAE would draw each image: sampling probability and latent density (dbvae weights)."""
-    from translate.analyze import debias
-    from translate.progress import Progress
+    from translate.analysis.analyze import debias
+    from translate.core.progress import Progress
 
     with Progress(err, "encoding", quiet=quiet) as progress:
         s = debias(weights, in_dir, output, bins=bins, alpha=alpha, sheet=sheet, batch_size=batch_size,
@@ -444,25 +443,15 @@ def eval_cmd(
     (--images, --ref, --inception): FID and KID between two folders, features cached beside each."""
     from rich.table import Table
 
-    from translate.evaluate import evaluate
-    from translate.progress import Progress
+    from translate.analysis.evaluate import evaluate
+    from translate.core.progress import Progress
 
     if (images is None) != (ref is None):
         raise TranslateError("FID/KID compare two folders: give both --images and --ref")
     if images is None and (weights is None or data is None):
         raise TranslateError("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
     if images is not None and ref is not None:
-        from translate.fid import distances
-
-        d = distances(images, ref, inception, device=device, resize=resize, kid_subsets=kid_subsets,
-                      kid_subset_size=kid_subset_size)
-        for note in d.notes:
-            err.print(f"note: {note}")
-        cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
-        out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
-        if cached:
-            err.print(f"features read from the cache in {', '.join(cached)}")
-        return
+        return _fid(images, ref, inception, device, resize, kid_subsets, kid_subset_size)
     assert weights is not None and data is not None  # checked above, for the type checker
     with Progress(err, "evaluating", quiet=quiet) as progress:
         s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
@@ -476,6 +465,21 @@ def eval_cmd(
     raise typer.Exit(s.exit_code)
 
 
+def _fid(images: Path, ref: Path, inception: Path | None, device: str, resize: str, kid_subsets: int,
+         kid_subset_size: int | None) -> None:
+    """`translate eval --images --ref`: FID and KID between two folders."""
+    from translate.analysis.fid import distances
+
+    d = distances(images, ref, inception, device=device, resize=resize, kid_subsets=kid_subsets,
+                  kid_subset_size=kid_subset_size)
+    for note in d.notes:
+        err.print(f"note: {note}")
+    cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
+    out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
+    if cached:
+        err.print(f"features read from the cache in {', '.join(cached)}")
+
+
 @command("export")
 def export_cmd(
     weights: Weights,
@@ -485,7 +489,7 @@ def export_cmd(
 ) -> None:
     """Export a translator or a zoo generator to ONNX or TorchScript, then check the file: its
     output on a real input must match PyTorch's (ONNX: with onnxruntime, when installed)."""
-    from translate.export import describe, export
+    from translate.inference.export import describe, export
 
     s = export(weights, output, fmt.lower(), direction)
     say(describe(s))
@@ -500,7 +504,7 @@ def report_cmd(
     """One HTML page of a run: recipe, start-up facts, loss curves, eval metrics, sample grids, checkpoints.
 
     Opens from disk (no server); reads what the folder holds, so it works while the run trains."""
-    from translate.report import write_report
+    from translate.training.report import write_report
 
     say(f"wrote {write_report(run, output)}")
 
@@ -511,7 +515,7 @@ def compare_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("compare.html"),
 ) -> None:
     """Runs on one page: the loss curves they share overlaid, the recipe keys that differ, their latest samples."""
-    from translate.report import write_compare
+    from translate.training.report import write_compare
 
     say(f"wrote {write_compare(runs, output)}")
 
@@ -533,7 +537,7 @@ def zoo_cmd() -> None:
 
 def _print_networks() -> None:
     """The registered networks by role, with their facts; then the encoder + decoder pairs that fit."""
-    from translate.registry import CODES, NETS, ROLES
+    from translate.core.registry import CODES, NETS, ROLES
 
     out.print("\n[bold]networks[/] (model.generator / model.discriminator / model.encoder / model.decoder of a "
               "recipe)")
@@ -578,7 +582,7 @@ def info_cmd() -> None:
     import torch
 
     from translate import __version__
-    from translate.devices import bf16_native, cpu_name, fp16_native, resolve_precision
+    from translate.core.devices import bf16_native, cpu_name, fp16_native, resolve_precision
 
     out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}")
     devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from translate.errors import TranslateError
+from translate.core.errors import TranslateError
 
 INSTALL = "pip install 'translate[tensorboard]' (or pip install tensorboard)"
 AS_IS = {"lr": "train/lr", "images_per_s": "train/images_per_s"}  # log keys that are not losses

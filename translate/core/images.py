@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from translate.checkpoints import atomic_path
-from translate.errors import TranslateError
+from translate.core.checkpoints import atomic_path
+from translate.core.errors import TranslateError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from translate.errors import TranslateError
-from translate.registry import NETS, create_net
+from translate.core.errors import TranslateError
+from translate.core.registry import NETS, create_net
 
 RESNET_BLOCKS = {6: "resnet_6blocks", 9: "resnet_9blocks"}
 UNET_DEPTHS = {7: "unet_128", 8: "unet_256"}
@@ -80,7 +80,7 @@ def detect_arch(sd: dict[str, Tensor], arch: str | None = None, norm: str | None
     """Infer the generator from tensor names and shapes: ``{"net": name, "kwargs": {...}}``.
 
     ``kwargs`` holds ``in_ch``, ``out_ch``, ``ngf``, ``norm`` and ``dropout`` for
-    :func:`translate.registry.create_net`. ``arch``/``norm``, when given, are checked against the
+    :func:`translate.core.registry.create_net`. ``arch``/``norm``, when given, are checked against the
     tensors; a contradiction is a :class:`TranslateError` saying what the file holds.
 
     Limits that come from the format itself: instance norm has no parameters, so instance vs none

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from translate import resource
-from translate.checkpoints import atomic_path, read_weights
-from translate.errors import TranslateError
-from translate.images import list_images, read_rgb, resize_u8, to_signed
-from translate.translator import input_size, io_channels, pick_generator
+from translate.core.checkpoints import atomic_path, read_weights
+from translate.core.errors import TranslateError
+from translate.core.images import list_images, read_rgb, resize_u8, to_signed
+from translate.inference.translator import input_size, io_channels, pick_generator
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from translate.recipes import Recipe
+from translate.core.recipes import Recipe
 
 LR_RULES = {"none": "the same for any number of processes, as the reference",
             "linear": "x processes", "sqrt": "x sqrt(processes)"}

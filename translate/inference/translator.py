@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate import resource
-from translate.checkpoints import WeightsFile, read_weights
-from translate.devices import DTYPES
-from translate.engines import OpenVinoNet, pick_engine, tensors_id
-from translate.errors import TranslateError, reason
-from translate.images import LUMA, read_rgb, resize_u8, to_gray, to_signed, to_u8
-from translate.recipes import list_recipes, load_recipe
-from translate.registry import METHODS, NETS
+from translate.core.checkpoints import WeightsFile, read_weights
+from translate.core.devices import DTYPES
+from translate.core.errors import TranslateError, reason
+from translate.core.images import LUMA, read_rgb, resize_u8, to_gray, to_signed, to_u8
+from translate.core.recipes import list_recipes, load_recipe
+from translate.core.registry import METHODS, NETS
+from translate.inference.engines import OpenVinoNet, pick_engine, tensors_id
 
 if TYPE_CHECKING:
     from translate.nets.bicyclegan import EResNet

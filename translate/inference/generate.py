@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.checkpoints import WeightsFile, atomic_path, read_weights
-from translate.errors import TranslateError
-from translate.images import image_files, model_input, read_rgb, save_png_atomic, to_signed, to_unit
-from translate.translator import latent_recipes, load_translator, pad_to, padded
+from translate.core.checkpoints import WeightsFile, atomic_path, read_weights
+from translate.core.errors import TranslateError
+from translate.core.images import image_files, model_input, read_rgb, save_png_atomic, to_signed, to_unit
+from translate.inference.translator import latent_recipes, load_translator, pad_to, padded
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.devices import fitting
-from translate.images import to_signed, to_u8
-from translate.options import RunOptions
-from translate.translator import Launched, Translator, launch_batch, pad_to, padded
+from translate.core.devices import fitting
+from translate.core.images import to_signed, to_u8
+from translate.core.options import RunOptions
+from translate.inference.translator import Launched, Translator, launch_batch, pad_to, padded
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""Scoring models and outputs: outlier scores, paired metrics, FID/KID."""

@@ -1,0 +1,1 @@
+"""The `translate` command: thin over the library."""

@@ -1,0 +1,1 @@
+"""Networks over images: folders, engines, tiling, export and import of weights."""
