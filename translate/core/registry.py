@@ -111,6 +111,7 @@ class NetInfo:
     source: tuple[str, str, str] | None = None  # (zoo net, key prefix, recipe): weights it can start from
     parts: tuple[str, ...] = ()  # kwargs that are themselves net specs ({"net": ..., "kwargs": ...})
     recipe_init: bool = True  # model.init_type applies (False: it initialises itself, as StyleGAN2's)
+    power_of_two: int = 0  # built for kwargs["resolution"], a power of two >= this (halving it to 4x4); 0: no rule
     latent: bool = False  # translators: forward(x, z) takes a latent z of size kwargs["nz"] beside the image
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from translate.core.losses import recon_error
 from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
 from translate.core.registry import METHODS
-from translate.methods.base import Method, check_power_of_two, side_by_side
+from translate.methods.base import Method, side_by_side
 
 RECON_DISTANCES = ("l2", "l1")
 
@@ -53,9 +53,6 @@ class Autoencoder(Method[AutoencoderModel, AELossT]):
         self.build("AE", self.net_name, channels=data.channels, resolution=data.crop_size,
                    z_dim=self.cfg.z_dim, nf=self.cfg.nf)
         self.optimizers = {"AE": self.adam("AE")}
-
-    def check_size(self, size: int) -> None:
-        check_power_of_two(size, self.recipe.method)  # the encoder halves the image down to 4x4
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x, opt = batch["A"], self.optimizers["AE"]

@@ -147,8 +147,12 @@ class Method(Generic[ModelT, LossT]):
         """Create registered network ``net_name`` as ``name``, initialise it as the recipe says (where its
         registry entry lets ``model.init_type`` apply, or ``init`` says) or with ``start(module)``, and
         move it to the device."""
+        info, size = NETS.info(net_name), kwargs.get("resolution")
+        if info.power_of_two and size is not None and not power_of_two(size, info.power_of_two):
+            raise TranslateError(f"data.crop_size {size} must be a power of two >= {info.power_of_two} for "
+                                 f"{self.recipe.method} (e.g. 32 or 64)")
         module = create_net(net_name, **kwargs)
-        if NETS.info(net_name).recipe_init if init is None else init:
+        if info.recipe_init if init is None else init:
             self._init(module)
         if start is not None:
             start(module)

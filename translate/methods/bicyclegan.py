@@ -30,7 +30,7 @@ from translate.core.errors import TranslateError
 from translate.core.losses import GAN_MODES, GANLoss
 from translate.core.recipes import LossConfig, at_least, choice, registered
 from translate.core.registry import METHODS, NETS
-from translate.methods.base import Method, TranslatorModel, check_power_of_two, set_requires_grad, side_by_side
+from translate.methods.base import Method, TranslatorModel, set_requires_grad, side_by_side
 
 SAMPLE_LATENTS = 3  # random-z columns in the sample grid
 ENCODER = "e_resnet"  # E, the code's E_ResNet (netE resnet_256 / resnet_128: its depth follows data.crop_size)
@@ -83,7 +83,6 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
 
     def check_size(self, size: int) -> None:
         super().check_size(size)
-        check_power_of_two(size, "bicyclegan (its encoder E halves the target down to 8x8)")
         cfg = self.cfg
         multiple, _ = NETS.input_size({"net": cfg.discriminator, "kwargs": {"num_D": cfg.num_Ds}})
         if size % multiple:

@@ -32,7 +32,7 @@ from translate.core.errors import TranslateError
 from translate.core.losses import kl_per_image
 from translate.core.recipes import LossConfig, ModelConfig, at_least
 from translate.core.registry import METHODS
-from translate.methods.base import Method, check_power_of_two, side_by_side
+from translate.methods.base import Method, side_by_side
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -86,9 +86,6 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         self.weights: Tensor | None = None  # this epoch's sampling weights over the dataset (None: uniform)
         self.halves: Tensor | None = None  # per item: positive (the first half of every batch) or not
         self.spread = torch.ones(2)  # (max / min, entropy) of the positives' probabilities
-
-    def check_size(self, size: int) -> None:
-        check_power_of_two(size, "dbvae")  # the encoder halves the image down to 4x4
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x, opt = batch["A"], self.optimizers["AE"]

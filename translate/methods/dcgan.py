@@ -17,7 +17,7 @@ from torch import Tensor
 from translate.core.losses import GANLoss
 from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
 from translate.core.registry import METHODS
-from translate.methods.base import SAMPLE_COLUMNS, Method, check_power_of_two, in_rows, set_requires_grad
+from translate.methods.base import SAMPLE_COLUMNS, Method, in_rows, set_requires_grad
 
 MAX_SAMPLE_ROWS = 32  # a class-conditional grid shows at most this many classes, one per row
 
@@ -56,9 +56,6 @@ class DCGAN(Method[DCGANModel, DCGANLoss]):
     def count_classes(self) -> int:
         """0: unconditional. ``cgan`` returns the number of class subfolders."""
         return 0
-
-    def check_size(self, size: int) -> None:
-        check_power_of_two(size, self.recipe.method)  # the nets double / halve it between 4x4 and the image
 
     def _fixed_latents(self) -> tuple[Tensor, Tensor | None]:
         """The sample grid's latents (and labels). Unconditional: ``train.n_samples`` rows of distinct z.

@@ -24,7 +24,6 @@ from translate.core.registry import METHODS
 from translate.methods.base import (
     SAMPLE_COLUMNS,
     Method,
-    check_power_of_two,
     in_rows,
     make_average,
     set_requires_grad,
@@ -85,9 +84,6 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         self.step = 0
         self.pl_mean = torch.zeros((), device=self.device)
         self.fixed_z = self.fixed_noise(self.recipe.train.n_samples * SAMPLE_COLUMNS, cfg.z_dim)
-
-    def check_size(self, size: int) -> None:
-        check_power_of_two(size, "stylegan2", 8, "32")
 
     # --- training ------------------------------------------------------------------------------
     def _latents(self, n: int) -> tuple[Tensor, Tensor | None, int | None]:

@@ -143,19 +143,19 @@ class ConvDBVAE(ConvVAE):
         return self.decode(z), mu, logvar, logit
 
 
-@NETS.register("conv_ae", role="autoencoder", family="autoencoder", recipe_init=False)
+@NETS.register("conv_ae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A deterministic conv autoencoder for ``resolution`` x ``resolution`` images (a power of two >= 16)."""
     return ConvAutoencoder(channels, resolution, z_dim, nf)
 
 
-@NETS.register("conv_vae", role="autoencoder", family="autoencoder", recipe_init=False)
+@NETS.register("conv_vae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 def conv_vae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16."""
     return ConvVAE(channels, resolution, z_dim, nf)
 
 
-@NETS.register("conv_dbvae", role="autoencoder", family="autoencoder", recipe_init=False)
+@NETS.register("conv_dbvae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 def conv_dbvae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """A conv VAE whose encoder also gives a class logit (DB-VAE), for power-of-two resolutions >= 16."""
     return ConvDBVAE(channels, resolution, z_dim, nf)

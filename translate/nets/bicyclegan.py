@@ -205,7 +205,7 @@ class EResNet(nn.Module):
         return self.fc(flat), self.fcVar(flat)
 
 
-@NETS.register("e_resnet", role="style_encoder", family=FAMILY, fixed_size=True)
+@NETS.register("e_resnet", role="style_encoder", family=FAMILY, fixed_size=True, power_of_two=16)
 def e_resnet(in_ch: int = 3, nz: int = 8, nef: int = 64, resolution: int = 256, norm: str = "instance") -> nn.Module:
     """BicycleGAN's encoder E: an image to the mean and log-variance of its latent code."""
     return EResNet(in_ch, nz, nef, resolution, norm)

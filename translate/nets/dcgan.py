@@ -112,14 +112,14 @@ class ProjectionDiscriminator(nn.Module):
         return score
 
 
-@NETS.register("dcgan_g", role="generator", family="dcgan", recipe_init=False)
+@NETS.register("dcgan_g", role="generator", family="dcgan", recipe_init=False, power_of_two=16)
 def dcgan_g(z_dim: int = 100, resolution: int = 64, channels: int = 3, ngf: int = 64,
             num_classes: int = 0) -> nn.Module:
     """DCGAN generator; ``num_classes > 0`` makes it class-conditional (embedding concatenated to z)."""
     return DCGANGenerator(z_dim, resolution, channels, ngf, num_classes)
 
 
-@NETS.register("dcgan_d", role="discriminator", family="dcgan", recipe_init=False)
+@NETS.register("dcgan_d", role="discriminator", family="dcgan", recipe_init=False, power_of_two=16)
 def dcgan_d(resolution: int = 64, channels: int = 3, ndf: int = 64, norm: str = "batch",
             num_classes: int = 0) -> nn.Module:
     """DCGAN discriminator; ``num_classes > 0`` adds the class projection."""

@@ -179,14 +179,14 @@ class PGGANDiscriminator(PhaseMixin):
         return h
 
 
-@NETS.register("pggan_g", role="generator", family="pggan", recipe_init=False)
+@NETS.register("pggan_g", role="generator", family="pggan", recipe_init=False, power_of_two=4)
 def pggan_g(z_dim: int = 512, resolution: int = 32, channels: int = 3, fmap_base: int = 8192,
             fmap_max: int = 512) -> nn.Module:
     """Progressive generator; build with ``init=False`` (it initialises itself, N(0, 1))."""
     return PGGANGenerator(z_dim, resolution, channels, fmap_base, fmap_max)
 
 
-@NETS.register("pggan_d", role="discriminator", family="pggan", recipe_init=False)
+@NETS.register("pggan_d", role="discriminator", family="pggan", recipe_init=False, power_of_two=4)
 def pggan_d(resolution: int = 32, channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512) -> nn.Module:
     """Progressive critic with the minibatch standard deviation layer."""
     return PGGANDiscriminator(resolution, channels, fmap_base, fmap_max)

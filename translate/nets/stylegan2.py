@@ -298,14 +298,14 @@ class Discriminator(nn.Module):
         return self.out(self.fc(x.flatten(1)))
 
 
-@NETS.register("stylegan2_g", role="generator", family="stylegan2", recipe_init=False)
+@NETS.register("stylegan2_g", role="generator", family="stylegan2", recipe_init=False, power_of_two=8)
 def stylegan2_g(z_dim: int = 512, w_dim: int = 512, resolution: int = 256, channels: int = 3,
                 channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8) -> Generator:
     """StyleGAN2 generator (mapping + skip synthesis); initialises itself (N(0, 1), equalised lr)."""
     return Generator(z_dim, w_dim, resolution, channels, channel_base, channel_max, mapping_layers)
 
 
-@NETS.register("stylegan2_d", role="discriminator", family="stylegan2", recipe_init=False)
+@NETS.register("stylegan2_d", role="discriminator", family="stylegan2", recipe_init=False, power_of_two=8)
 def stylegan2_d(resolution: int = 256, channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
                 mbstd_group: int = 4) -> Discriminator:
     """StyleGAN2 residual discriminator with minibatch stddev; initialises itself."""
