@@ -282,7 +282,7 @@ def test_export_a_zoo_generator_and_refuse_an_autoencoder(tmp_path):
 def test_lpips_from_a_local_alexnet_file(split_pairs, tmp_path):
     import torchvision
 
-    from translate.analysis.evaluate import load_lpips
+    from translate.core.losses import load_lpips
 
     torch.manual_seed(0)
     alex = tmp_path / "alexnet-random.pth"  # the real torchvision file is not on these machines

@@ -9,7 +9,7 @@ import shutil
 import torch
 from conftest import shared
 
-from translate.analysis.evaluate import load_lpips
+from translate.core.losses import load_lpips
 from translate.core.recipes import load_recipe
 from translate.data.augment import Augment
 from translate.data.layouts import collate, open_dataset

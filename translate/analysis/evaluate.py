@@ -25,6 +25,7 @@ from translate.core.checkpoints import read_weights
 from translate.core.devices import pick_device, resolve_precision
 from translate.core.errors import PartialFailures, TranslateError
 from translate.core.images import NOT_A_FILE, to_signed
+from translate.core.losses import load_lpips
 from translate.core.progress import Progress
 from translate.core.recipes import DataConfig
 from translate.inference.tiling import launch_fitting
@@ -32,7 +33,6 @@ from translate.inference.translator import load_translator
 
 METRICS = ("psnr", "ssim", "l1")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips": False, "fid": False, "kid": False}
-ALEXNET = "alexnet-owt-7be5be79.pth"
 
 
 @dataclass
@@ -65,29 +65,6 @@ def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
     assert isinstance(ssim, Tensor)  # a tuple only with return_full_image/return_contrast_sensitivity
     return {"psnr": float(peak_signal_noise_ratio(x, y, data_range=1.0)), "ssim": float(ssim),
             "l1": float((x - y).abs().mean())}
-
-
-def load_lpips(path: str | Path, device: torch.device) -> Any:
-    """LPIPS with its AlexNet backbone from the torchvision weights file at ``path``."""
-    from torchmetrics.functional.image.lpips import _LPIPS
-
-    path = Path(path)
-    if not path.is_file():
-        raise TranslateError(f"--lpips file not found: {path} (the torchvision AlexNet weights, {ALEXNET})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    except Exception:
-        features = {}
-    if not features:
-        raise TranslateError(f"--lpips {path} does not hold torchvision AlexNet weights ({ALEXNET})")
-    net = _LPIPS(pretrained=True, net="alex", pnet_rand=True)  # the linear layers torchmetrics ships
-    mapped = {f"{name}.{key}": features[key] for name, part in net.net.named_children()
-              for child, _ in part.named_children() for key in (f"{child}.weight", f"{child}.bias") if key in features}
-    missing, _ = net.net.load_state_dict(mapped, strict=False)
-    if missing:
-        raise TranslateError(f"--lpips {path}: {len(missing)} AlexNet tensors missing ({ALEXNET} is expected)")
-    return net.to(device).eval()
 
 
 def test_config(wf: Any, data: Path, direction: str) -> Any:

@@ -1,12 +1,16 @@
-"""Losses shared by the GAN methods, and the reference's pool of past fakes."""
+"""Losses shared by the GAN methods, the reference's pool of past fakes, and LPIPS (pSp's loss term and
+`translate eval --lpips`), built from a local weights file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from translate.core.errors import TranslateError
 
 GAN_MODES = ("lsgan", "vanilla", "hinge", "wgangp")
 
@@ -121,3 +125,29 @@ def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
     """(N,) KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over z."""
     mu, logvar = mu.float(), logvar.float()
     return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum(1)
+
+
+ALEXNET = "alexnet-owt-7be5be79.pth"  # the torchvision weights file LPIPS(alex) is built from
+
+
+def load_lpips(path: str | Path, device: torch.device) -> Any:
+    """LPIPS with its AlexNet backbone from the torchvision weights file at ``path``."""
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    path = Path(path)
+    if not path.is_file():
+        raise TranslateError(f"--lpips file not found: {path} (the torchvision AlexNet weights, {ALEXNET})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    except Exception:
+        features = {}
+    if not features:
+        raise TranslateError(f"--lpips {path} does not hold torchvision AlexNet weights ({ALEXNET})")
+    net = _LPIPS(pretrained=True, net="alex", pnet_rand=True)  # the linear layers torchmetrics ships
+    mapped = {f"{name}.{key}": features[key] for name, part in net.net.named_children()
+              for child, _ in part.named_children() for key in (f"{child}.weight", f"{child}.bias") if key in features}
+    missing, _ = net.net.load_state_dict(mapped, strict=False)
+    if missing:
+        raise TranslateError(f"--lpips {path}: {len(missing)} AlexNet tensors missing ({ALEXNET} is expected)")
+    return net.to(device).eval()

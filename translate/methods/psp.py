@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from translate.analysis.evaluate import load_lpips
+from translate.core.losses import load_lpips
 from translate.core.recipes import LossConfig, at_least, registered
 from translate.core.registry import METHODS
 from translate.methods.base import Method, TranslatorModel
