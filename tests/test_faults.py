@@ -120,12 +120,13 @@ def test_a_fifo_named_like_an_image_is_skipped_not_opened(weights, tmp_path):
     assert "translated 2, skipped 1 (0 already there, 1 not image files), failed 0 of 3 images" in text
     assert len(list((tmp_path / "out").glob("*"))) == 2
 
-    # score, classify and debias read folders through analyze.folder; training and eval through datasets
-    from translate.analysis.analyze import folder
+    # score, classify, debias, reconstruct and encode read folders through images.read_folder; training
+    # and eval through datasets
+    from translate.core.images import read_folder
     from translate.core.recipes import DataConfig
     from translate.data import open_dataset
 
-    reading = folder(inputs)
+    reading = read_folder(inputs)
     assert [Path(p).name for p, _ in reading.skipped] == ["fifo.jpg"] and len(reading.files) == 2
     data = open_dataset(DataConfig(path=str(inputs), num_workers=0), "images")
     items = [data[i] for i in range(len(data))]

@@ -101,6 +101,25 @@ def test_reconstruct_and_encode(models, digits, tmp_path):
     assert z.shape[0] == len(files) == 16 and torch.isfinite(z).all()
 
 
+def test_reconstruct_and_encode_skip_a_bad_file_and_do_the_rest(models, digits, tmp_path):
+    """Batch work over a folder: an unreadable image is named with its reason and skipped, every other one
+    is written (exit 3); the codes' file lists only the images it holds rows for."""
+    import shutil
+
+    inputs = tmp_path / "in"
+    shutil.copytree(digits, inputs)
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    res = runner.invoke(app, ["reconstruct", str(inputs), str(tmp_path / "rec"), "-w", str(models["vae"])])
+    assert res.exit_code == 3, res.output
+    assert "broken.png" in res.output and "wrote 16 reconstruction(s)" in res.output and "1 failed" in res.output
+    assert len(list((tmp_path / "rec").rglob("*.png"))) == 16 and not (tmp_path / "rec" / "broken.png").exists()
+    res = runner.invoke(app, ["encode", str(inputs), "-w", str(models["vae"]), "-o", str(tmp_path / "z.safetensors")])
+    assert res.exit_code == 3 and "broken.png" in res.output, res.output
+    with safe_open(str(tmp_path / "z.safetensors"), "pt") as f:
+        files = json.loads(f.metadata()["files"])
+        assert f.get_tensor("z").shape[0] == len(files) == 16 and "broken.png" not in files
+
+
 def test_commands_that_do_not_apply_say_so(models, digits, tmp_path):
     res = runner.invoke(app, ["reconstruct", str(digits), str(tmp_path / "r"), "-w", str(models["dcgan"])])
     assert res.exit_code == 1 and "does not apply" in res.output and "Traceback" not in res.output

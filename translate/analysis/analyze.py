@@ -21,91 +21,25 @@ import csv
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from translate.core.checkpoints import WeightsFile, atomic_path, read_weights, with_article
 from translate.core.debias import resampling
 from translate.core.devices import DTYPES, fitting, pick_device, resolve_precision
-from translate.core.errors import PartialFailures, TranslateError, reason
-from translate.core.images import NotRegularFile, check_regular, image_files, model_input, read_rgb, to_signed, to_u8
+from translate.core.errors import PartialFailures, TranslateError
+from translate.core.images import Reading, model_batches, model_input, read_folder, read_rgb, to_signed, to_u8
 from translate.core.losses import kl_per_image, recon_error
 from translate.core.progress import Progress
 from translate.inference.engines import OpenVinoMethods, net_id, pick_engine
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
-
-# --- reading folders -------------------------------------------------------------------------------
-
-class _Read(Dataset):
-    def __init__(self, files: list[Path], channels: int, resolution: int) -> None:
-        self.files, self.channels, self.resolution = files, channels, resolution
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            return {"i": i, "x": model_input(read_rgb(self.files[i]), self.channels, self.resolution)}
-        except Exception as e:  # any unreadable file is that file's failure
-            return {"i": i, "error": reason(e)}
-
-
-@dataclass
-class Reading:
-    """What reading a folder found: the files, those skipped unopened (FIFOs, sockets, devices) and
-    those that failed, with their reasons."""
-
-    root: Path
-    files: list[Path]
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def folder(in_dir: str | Path) -> Reading:
-    reading = Reading(Path(in_dir), [])
-    for path in image_files(in_dir):
-        try:
-            check_regular(path)
-        except NotRegularFile as e:
-            reading.skipped.append((str(path), str(e)))
-            continue
-        except OSError:
-            pass  # (a broken link): it fails when read, with its reason
-        reading.files.append(path)
-    return reading
-
-
-def batches(reading: Reading, channels: int, resolution: int, batch_size: int, device: torch.device,
-            progress: Progress | None = None) -> Iterator[tuple[list[int], Tensor]]:
-    """(file indices, float [-1, 1] batch on ``device``) over the readable files; failures recorded."""
-    progress = progress or Progress.silent()
-    for path, why in reading.skipped:
-        progress.say(f"skipped {path}: {why}")
-    cuda = device.type == "cuda"
-    loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
-                        num_workers=4 if cuda else 0, pin_memory=cuda)
-    for items in loader:
-        good = []
-        for it in items:
-            if "error" in it:
-                reading.failed.append((str(reading.files[it["i"]]), it["error"]))
-                progress.fail(str(reading.files[it["i"]]), it["error"])
-            else:
-                good.append(it)
-        if good:
-            x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda)
-            yield [it["i"] for it in good], to_signed(x)
-            for _ in good:
-                progress.advance()
-
 
 def open_model(weights: str | Path, command: str, need: Callable[[nn.Module], bool], what: str,
                device: torch.device) -> tuple[WeightsFile, ExportedNet]:
@@ -220,14 +154,14 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     dev = pick_device(device)
     wf, net = open_model(weights, "score", lambda n: hasattr(n, "encode"), "ae, vae and beta-vae weights", dev)
     kind = recon_kind(wf)
-    reading = folder(in_dir)
+    reading = read_folder(in_dir)
     truth = _labels(labels, reading) if labels else None
     prec = resolve_precision(precision, dev)
     net, dtype = _prepared(net, dev, prec, engine, "encode_dist" if hasattr(net, "encode_dist") else "encode")
     gen = torch.Generator().manual_seed(seed)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     found: dict[int, dict[str, float]] = {}
-    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         s = fitting(lambda x: scores(net, x, kind, samples, gen), x.to(dtype), progress.say)
         for j, i in enumerate(idx):
             found[i] = {k: float(v[j]) for k, v in s.items()}
@@ -367,10 +301,10 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
         classes = list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
     except json.JSONDecodeError:
         classes = []
-    reading = folder(in_dir)
+    reading = read_folder(in_dir)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     probs: dict[int, float] = {}
-    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():
             p = torch.sigmoid(fitting(net.classify, x.to(dtype), progress.say).float()).cpu()
         probs.update({i: float(v) for i, v in zip(idx, p, strict=True)})
@@ -413,10 +347,10 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     alpha = alpha if alpha is not None else float(section.get("alpha", 0.001))
     if bins < 2 or alpha < 0:
         raise TranslateError(f"--bins must be >= 2 and --alpha >= 0 (got {bins}, {alpha})")
-    reading = folder(in_dir)
+    reading = read_folder(in_dir)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     idx_all, mus = [], []
-    for idx, x in batches(reading, net.channels, net.resolution, batch_size, dev, progress):
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, dev, progress):
         with torch.no_grad():
             mus.append(net.encode(x).float().cpu())
         idx_all += idx

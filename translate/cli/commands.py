@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.markup import escape
 
 from translate.core.errors import EXIT_ERROR, Interrupted, TranslateError, exit_code
 from translate.core.options import RunOptions  # torch-free: the defaults `translate run --help` shows
+
+if TYPE_CHECKING:
+    from translate.inference.generate import FolderSummary
 
 app = typer.Typer(
     name="translate",
@@ -295,12 +298,16 @@ def reconstruct_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Where the reconstructions go (PNG, same tree).")],
     weights: Weights,
     device: Device = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
-    """Encode and decode every image with an autoencoder (ae, vae, beta-vae)."""
+    """Encode and decode every image with an autoencoder (ae, vae, beta-vae); exit 3 if some failed."""
+    from translate.core.progress import Progress
     from translate.inference.generate import reconstruct
 
-    count = reconstruct(weights, in_dir, out_dir, device)
-    say(f"wrote {count} reconstruction(s) to {out_dir}")
+    with Progress(err, "reconstructing", quiet=quiet) as progress:
+        s = reconstruct(weights, in_dir, out_dir, device, progress)
+    say(f"wrote {s.done} reconstruction(s) to {out_dir}" + _not_done(s))
+    raise typer.Exit(s.exit_code)
 
 
 @command("encode")
@@ -310,12 +317,24 @@ def encode_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file of codes.")] = Path(
         "z.safetensors"),
     device: Device = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
-    """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata."""
+    """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata;
+    exit 3 if some failed."""
+    from translate.core.progress import Progress
     from translate.inference.generate import encode
 
-    z = encode(weights, in_dir, output, device)
-    say(f"wrote {output}: {z.shape[0]} codes of {z.shape[1]} dims")
+    with Progress(err, "encoding", quiet=quiet) as progress:
+        s = encode(weights, in_dir, output, device, progress)
+    assert s.z is not None  # (encode raises when it has no image to encode)
+    say(f"wrote {output}: {s.z.shape[0]} codes of {s.z.shape[1]} dims" + _not_done(s))
+    raise typer.Exit(s.exit_code)
+
+
+def _not_done(s: FolderSummary) -> str:
+    """", N failed, M skipped (not image files)" of a folder summary, or nothing."""
+    failed = f", {len(s.failed)} failed" if s.failed else ""
+    return failed + (f", {len(s.skipped)} skipped (not image files)" if s.skipped else "")
 
 
 @command("score")

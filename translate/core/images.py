@@ -6,17 +6,20 @@ import io
 import os
 import stat
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from translate.core.checkpoints import atomic_path
-from translate.core.errors import TranslateError
+from translate.core.errors import TranslateError, reason
+from translate.core.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 
@@ -403,3 +406,70 @@ def encode_atomic(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, ic
     with atomic_path(path) as tmp:
         im.save(tmp, format=fmt, **kwargs)
         _verify(tmp, fmt, im.size, modes)
+
+
+# --- folders as model inputs ------------------------------------------------------------------------
+
+class _Read(Dataset):
+    def __init__(self, files: list[Path], channels: int, resolution: int) -> None:
+        self.files, self.channels, self.resolution = files, channels, resolution
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return {"i": i, "x": model_input(read_rgb(self.files[i]), self.channels, self.resolution)}
+        except Exception as e:  # any unreadable file is that file's failure
+            return {"i": i, "error": reason(e)}
+
+
+@dataclass
+class Reading:
+    """What reading a folder found: the files, those skipped unopened (FIFOs, sockets, devices) and
+    those that failed, with their reasons."""
+
+    root: Path
+    files: list[Path]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_folder(in_dir: str | Path) -> Reading:
+    """The images under ``in_dir``; FIFOs, sockets and devices named like images set aside unopened."""
+    reading = Reading(Path(in_dir), [])
+    for path in image_files(in_dir):
+        try:
+            check_regular(path)
+        except NotRegularFile as e:
+            reading.skipped.append((str(path), str(e)))
+            continue
+        except OSError:
+            pass  # (a broken link): it fails when read, with its reason
+        reading.files.append(path)
+    return reading
+
+
+def model_batches(reading: Reading, channels: int, resolution: int, batch_size: int, device: torch.device,
+            progress: Progress | None = None) -> Iterator[tuple[list[int], Tensor]]:
+    """(file indices, float [-1, 1] batch on ``device``) over the readable files, each read as training
+    reads it (:func:`model_input`); a file that cannot be read is recorded in ``reading.failed`` and said."""
+    progress = progress or Progress.silent()
+    for path, why in reading.skipped:
+        progress.say(f"skipped {path}: {why}")
+    cuda = device.type == "cuda"
+    loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
+                        num_workers=4 if cuda else 0, pin_memory=cuda)
+    for items in loader:
+        good = []
+        for it in items:
+            if "error" in it:
+                reading.failed.append((str(reading.files[it["i"]]), it["error"]))
+                progress.fail(str(reading.files[it["i"]]), it["error"])
+            else:
+                good.append(it)
+        if good:
+            x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda)
+            yield [it["i"] for it in good], to_signed(x)
+            for _ in good:
+                progress.advance()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -17,8 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from translate.core.checkpoints import WeightsFile, atomic_path, read_weights
-from translate.core.errors import TranslateError
-from translate.core.images import image_files, model_input, read_rgb, save_png_atomic, to_signed, to_unit
+from translate.core.errors import PartialFailures, TranslateError
+from translate.core.images import (
+    model_batches,
+    model_input,
+    probe_size,
+    read_folder,
+    read_rgb,
+    save_png_atomic,
+    to_signed,
+    to_unit,
+)
+from translate.core.progress import Progress
 from translate.inference.translator import latent_recipes, load_translator, pad_to, padded
 
 if TYPE_CHECKING:
@@ -185,35 +196,61 @@ def _interpolate_translation(weights: str | Path, image: str | Path | None, step
     return torch.cat(out)
 
 
-def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu"
-                ) -> int:
-    """Encode and decode every image under ``in_dir`` into PNGs under ``out_dir``; returns the count."""
+@dataclass
+class FolderSummary(PartialFailures):
+    """What `reconstruct` / `encode` did with a folder: images done, those that failed (exit 3), and those
+    set aside unopened (FIFOs, sockets and devices named like images)."""
+
+    failed: list[tuple[str, str]]
+    done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    z: Tensor | None = None  # encode's codes, one row per image done
+
+
+def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu",
+                progress: Progress | None = None, batch_size: int = 16) -> FolderSummary:
+    """Encode and decode every image under ``in_dir`` into PNGs under ``out_dir`` (the same tree, each at
+    its own size); an image that cannot be read is said and skipped."""
     wf, kind = _open(weights, "reconstruct")
     device = torch.device(device)
     net = _net(wf, kind, device)
-    files = image_files(in_dir)
-    for path in files:
-        x, size = load_for(net, path, device)
+    reading = read_folder(in_dir)
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
+    done = 0
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, device, progress):
         with torch.inference_mode():
-            y = net(x).float()
-        y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-        img = to_unit(y[0].clamp(-1, 1)).expand(3, -1, -1).cpu()
-        save_png_atomic(img, Path(out_dir) / Path(path).relative_to(in_dir).with_suffix(".png"))
-    return len(files)
+            ys = net(x).float().clamp(-1, 1)
+        for y, i in zip(ys, idx, strict=True):
+            size = probe_size(reading.files[i])  # (read already: its header is not going to fail now)
+            y = F.interpolate(y[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+            rel = reading.files[i].relative_to(reading.root)
+            save_png_atomic(to_unit(y.clamp(-1, 1)).expand(3, -1, -1).cpu(), Path(out_dir) / rel.with_suffix(".png"))
+            done += 1
+    return FolderSummary(reading.failed, done, reading.skipped)
 
 
-def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str | torch.device = "cpu") -> Tensor:
-    """Latent codes of every image under ``in_dir`` as one (N, z_dim) tensor in a safetensors file;
-    its metadata lists the files in row order."""
+def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str | torch.device = "cpu",
+           progress: Progress | None = None, batch_size: int = 64) -> FolderSummary:
+    """Latent codes of every readable image under ``in_dir`` as one (N, z_dim) tensor in a safetensors
+    file; its metadata lists the files in row order."""
     from safetensors.torch import save_file
 
     wf, kind = _open(weights, "encode")
     device = torch.device(device)
     net = _net(wf, kind, device)
-    files = image_files(in_dir)
-    with torch.inference_mode():
-        z = torch.cat([net.encode(load_for(net, p, device)[0]).float().cpu() for p in files])
-    meta = {"files": json.dumps([str(Path(p).relative_to(in_dir)) for p in files]), "weights": str(weights)}
+    reading = read_folder(in_dir)
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
+    rows: list[int] = []
+    codes = []
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, device, progress):
+        with torch.inference_mode():
+            codes.append(net.encode(x).float().cpu())
+        rows += idx
+    if not rows:
+        raise TranslateError(f"no readable images under {in_dir}: nothing to encode")
+    z = torch.cat(codes)
+    meta = {"files": json.dumps([str(reading.files[i].relative_to(reading.root)) for i in rows]),
+            "weights": str(weights)}
     with atomic_path(out) as tmp:
         save_file({"z": z.contiguous()}, str(tmp), metadata=meta)
-    return z
+    return FolderSummary(reading.failed, len(rows), reading.skipped, z)
