@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -55,10 +56,29 @@ KEEP = 16  # cache entries kept, the most recently used (each about the size of 
 def openvino_version() -> str | None:
     """OpenVINO's version, or None where the package is not installed."""
     try:
-        import openvino
+        return str(_openvino().__version__)
     except ImportError:
         return None
-    return str(openvino.__version__)
+
+
+def _openvino() -> Any:
+    """``import openvino`` without the model converter its package imports for ``ov.convert_model``
+    (openvino.tools.ovc, with its telemetry: 0.09-0.17 s of every run's start-up on a 2-core Zen5), which
+    only a cache miss needs (then ``from openvino.tools.ovc import convert_model``). OpenVINO 2024-2026
+    import it under ``try/except ImportError``; where a version does not, the plain import is taken."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # makes its import fail at once
+    try:
+        import openvino
+    except ImportError:
+        sys.modules.pop("openvino.tools.ovc", None)
+        sys.modules.pop("openvino", None)
+        import openvino
+    finally:
+        if "openvino.tools.ovc" in sys.modules and sys.modules["openvino.tools.ovc"] is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
 
 
 def pick_engine(name: str, device: torch.device, precision: str, compile: bool = False,
@@ -191,9 +211,7 @@ def _core() -> Any:
     turn (one per model) left a freed stack in place, and the next signal handled on it (a child's
     SIGCHLD) killed the process with SIGSEGV (seen in the test suite: a score through OpenVINO, then
     DataLoader workers and a subprocess)."""
-    import openvino as ov
-
-    return ov.Core()
+    return _openvino().Core()
 
 
 class Compiled:
@@ -206,8 +224,7 @@ class Compiled:
                  dynamic: list[tuple[int, ...]], key: str, precision: str, threads: int | None = None,
                  root: Path | None = None) -> None:
         """``module``: or a function giving it, called only when the cache has no model for ``key``."""
-        import openvino as ov
-
+        ov = _openvino()
         parts = {"key": key, "torch": torch.__version__, "openvino": ov.__version__, "format": str(FORMAT)}
         self.cache = EngineCache(root or cache_root(), parts)
         self.converted = not self.cache.valid()  # (a miss: converted now, cached for the next run)
@@ -218,7 +235,9 @@ class Compiled:
             module = module if isinstance(module, nn.Module) else module()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = ov.convert_model(module.float().eval(), example_input=example, input=shapes)
+                from openvino.tools.ovc import convert_model
+
+                model = convert_model(module.float().eval(), example_input=example, input=shapes)
             with self.cache.writing() as tmp:
                 ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
         # OpenVINO's CPU plugin computes bf16 only where the CPU does (AVX512-BF16, AMX); elsewhere the
