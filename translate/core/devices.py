@@ -119,9 +119,9 @@ def keep_freed_memory() -> bool:
     glibc serves allocations above 128 KiB with fresh mmaps and only raises that threshold as such
     blocks are freed, so a CPU training run's first steps page-fault through their activations: on a
     2-core Zen5, pix2pix bf16 took 0.86 s for its second step and ten steps to settle at 0.39; with
-    the heap kept (mmap threshold 32 MiB, glibc's most; trimming above 1 GiB) 1.30M minor page faults
-    in 20 steps became 0.83M and steps settled from the third, at 0.34-0.38 s (peak resident memory
-    2.56 -> 2.65 GB). What jemalloc or tcmalloc preloaded would do, without a preload. Process-wide;
+    the heap kept (mmap threshold 32 MiB, glibc's most; trimming above 1 GiB) 1.10M minor page faults
+    in 20 steps became 0.89M and steps settled from the third, at 0.34-0.38 s (peak resident memory
+    2.56 -> 2.67 GB). What jemalloc or tcmalloc preloaded would do, without a preload. Process-wide;
     a no-op (False) off glibc."""
     import ctypes
     import platform
