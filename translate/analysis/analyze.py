@@ -37,6 +37,7 @@ from translate.core.images import Reading, model_batches, model_input, read_fold
 from translate.core.losses import kl_per_image, recon_error
 from translate.core.progress import Progress
 from translate.inference.engines import OpenVinoMethods, net_id, pick_engine
+from translate.inference.generate import encode_folder
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -348,15 +349,8 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     if bins < 2 or alpha < 0:
         raise TranslateError(f"--bins must be >= 2 and --alpha >= 0 (got {bins}, {alpha})")
     reading = read_folder(in_dir)
-    progress = (progress or Progress.silent()).start(total=len(reading.files))
-    idx_all, mus = [], []
-    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, dev, progress):
-        with torch.no_grad():
-            mus.append(net.encode(x).float().cpu())
-        idx_all += idx
-    if not idx_all:
-        raise TranslateError(f"no readable images in {reading.root}")
-    r = resampling(torch.cat(mus), bins, alpha)
+    idx_all, mus = encode_folder(net, reading, batch_size, dev, progress)
+    r = resampling(mus, bins, alpha)
     order = sorted(range(len(idx_all)), key=lambda k: -float(r.p[k]))
     rel = [reading.files[i].relative_to(reading.root) for i in idx_all]
     rows = [[str(rel[k]), f"{float(r.p[k]):.6g}", f"{float(r.density[k]):.6g}"] for k in order]

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from translate.core.checkpoints import WeightsFile, atomic_path, read_weights
 from translate.core.errors import PartialFailures, TranslateError
 from translate.core.images import (
+    Reading,
     model_batches,
     model_input,
     probe_size,
@@ -207,6 +208,22 @@ class FolderSummary(PartialFailures):
     z: Tensor | None = None  # encode's codes, one row per image done
 
 
+def encode_folder(net: Any, reading: Reading, batch_size: int, device: torch.device,
+                  progress: Progress | None = None) -> tuple[list[int], Tensor]:
+    """The codes (``net.encode``, the mean for VAEs) of every readable file of ``reading``, on the CPU,
+    and the files' indices in row order; a file that cannot be read is recorded and said."""
+    progress = (progress or Progress.silent()).start(total=len(reading.files))
+    rows: list[int] = []
+    codes = []
+    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, device, progress):
+        with torch.inference_mode():
+            codes.append(net.encode(x).float().cpu())
+        rows += idx
+    if not rows:
+        raise TranslateError(f"no readable images in {reading.root}")
+    return rows, torch.cat(codes)
+
+
 def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu",
                 progress: Progress | None = None, batch_size: int = 16) -> FolderSummary:
     """Encode and decode every image under ``in_dir`` into PNGs under ``out_dir`` (the same tree, each at
@@ -239,16 +256,7 @@ def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str
     device = torch.device(device)
     net = _net(wf, kind, device)
     reading = read_folder(in_dir)
-    progress = (progress or Progress.silent()).start(total=len(reading.files))
-    rows: list[int] = []
-    codes = []
-    for idx, x in model_batches(reading, net.channels, net.resolution, batch_size, device, progress):
-        with torch.inference_mode():
-            codes.append(net.encode(x).float().cpu())
-        rows += idx
-    if not rows:
-        raise TranslateError(f"no readable images under {in_dir}: nothing to encode")
-    z = torch.cat(codes)
+    rows, z = encode_folder(net, reading, batch_size, device, progress)
     meta = {"files": json.dumps([str(reading.files[i].relative_to(reading.root)) for i in rows]),
             "weights": str(weights)}
     with atomic_path(out) as tmp:
