@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -45,6 +46,18 @@ def copy_first(src: Path, dst: Path, n: int) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in src.iterdir() if p.is_file())[:n]
     return [Path(shutil.copy(p, dst / p.name)) for p in files]
+
+
+def photos_of(root: Path, sizes: list[tuple[int, int]], suffix: str = ".png") -> list[Path]:
+    """Real photos (shared/data/photos) resized to ``sizes`` (width, height), saved in ``root`` as a0, a1, ..."""
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (f, size) in enumerate(zip(copy_first(shared("photos"), root.parent / f"{root.name}_src", len(sizes)),
+                                      sizes, strict=True)):
+        with Image.open(f) as im:
+            im.convert("RGB").resize(size).save(root / f"a{i}{suffix}")
+        files.append(root / f"a{i}{suffix}")
+    return files
 
 
 @pytest.fixture(scope="session", autouse=True)

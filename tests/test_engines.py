@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import copy_first, shared
+from conftest import photos_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -65,10 +65,7 @@ def cut_weights(tmp_path_factory) -> Path:
 def photos(tmp_path) -> Path:
     """Real photos of several sizes, two of one size (a batch of 2), one large enough to be tiled."""
     root = tmp_path / "in"
-    root.mkdir()
-    for i, f in enumerate(copy_first(shared("photos"), tmp_path / "src", 3)):
-        with Image.open(f) as im:
-            im.convert("RGB").resize((160 + 32 * i, 120 + 8 * i)).save(root / f"a{i}.png")
+    photos_of(root, [(160, 120), (192, 128), (224, 136)])
     with Image.open(root / "a0.png") as im:
         im.transpose(Image.FLIP_LEFT_RIGHT).save(root / "a0_mirror.png")  # the same size as a0: one batch
         im.resize((640, 480)).save(root / "large.png")  # over --max-pixels below: tiles
@@ -202,7 +199,7 @@ def test_a_network_openvino_cannot_take_runs_in_torch_under_auto(photos, tmp_pat
     res = runner.invoke(app, ["run", str(photos), str(tmp_path / "auto"), "--format", "png"])
     assert res.exit_code == 0, res.output
     from translate.core.checkpoints import read_weights
-    from translate.inference.translator import DEFAULT_WEIGHTS
+    from translate.inference.plan import DEFAULT_WEIGHTS
 
     shipped = read_weights(DEFAULT_WEIGHTS).build("G")
     falls_back = pick_engine("auto", torch.device("cpu"), PRECISION, net=shipped) == "openvino"  # (auto picks it here)

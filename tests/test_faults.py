@@ -22,7 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from translate.cli.commands import app
-from translate.core.checkpoints import load_state, read_weights, temp_prefix, weights_save_id
+from translate.core.checkpoints import load_state, read_weights, weights_save_id
+from translate.core.files import temp_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -69,7 +70,7 @@ def test_run_stops_at_a_full_disk_and_the_rerun_does_the_rest(weights, tmp_path,
     args = [str(inputs), "", "-w", str(weights), "--format", "png", "--engine", "torch"]
     with small_disk(tmp_path / "disk", 400) as disk:
         if disk is None:  # no mount here: the same error, injected at the write call
-            from translate.inference import infer
+            from translate.inference import plan as infer
 
             real, calls = infer.encode_atomic, []
 

@@ -82,7 +82,7 @@ def test_fid_and_kid_equal_pytorch_fid_and_torch_fidelity_from_the_same_files(in
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torchmetrics.image.fid import _compute_fid
 
-    from translate.core.images import list_images
+    from translate.core.files import list_images
 
     a, b = mixed
     ours = distances(a, b, inception_file, device="cpu", kid_subsets=10, kid_subset_size=4)

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from translate.cli.commands import app
 from translate.core.checkpoints import save_weights
-from translate.core.images import CARRIED_TAGS, carried_exif, decode, encode_atomic, probe_size, read_rgb
+from translate.core.files import CARRIED_TAGS, carried_exif, decode, encode_atomic, probe_size
+from translate.core.images import read_rgb
 from translate.core.registry import create_net
 from translate.inference.infer import RunOptions, run
 
@@ -124,9 +125,11 @@ def camera_exif(orientation: int) -> Image.Exif:
     return exif
 
 
-def as_u8(t: torch.Tensor) -> np.ndarray:
-    assert t.dtype == torch.uint8
-    return t.permute(1, 2, 0).numpy()
+def as_u8(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8, a tensor (read_rgb) or an array (decode) -> (H, W, 3)."""
+    a = t.numpy() if isinstance(t, torch.Tensor) else t
+    assert a.dtype == np.uint8
+    return a.transpose(1, 2, 0)
 
 
 def readable(path: Path) -> bool:
@@ -151,11 +154,11 @@ def test_16_bit_png_fast_path_decodes_as_8_bit(tmp_path):
     write_png16(tmp_path / "rgba.png", np.concatenate([noisy, np.full((9, 11, 1), 65535, np.uint16)], -1))
     for name in ("v257", "noisy", "rgba"):
         d = decode(tmp_path / f"{name}.png")
-        assert d.rgb.dtype == torch.uint8 and np.array_equal(as_u8(d.rgb), v8), name
+        assert d.rgb.dtype == np.uint8 and np.array_equal(as_u8(d.rgb), v8), name
         # Pillow decodes the same file (it keeps the high byte of 16-bit RGB)
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")), v8), name
     alpha = decode(tmp_path / "rgba.png").alpha
-    assert alpha is not None and alpha.dtype == torch.uint8 and bool((alpha == 255).all())
+    assert alpha is not None and alpha.dtype == np.uint8 and bool((alpha == 255).all())
 
 
 def test_deep_tiffs_are_scaled_by_their_bit_depth(tmp_path):
@@ -304,8 +307,8 @@ def test_same_picture_same_pixels_and_same_output_whatever_the_file(bn_weights, 
         decoded = {name: decode(src / name) for name in names}
         first = names[0]
         for name, d in decoded.items():
-            assert d.rgb.dtype == torch.uint8 and d.rgb.shape == decoded[first].rgb.shape, name
-            assert torch.equal(d.rgb, decoded[first].rgb), (group, name, first)
+            assert d.rgb.dtype == np.uint8 and d.rgb.shape == decoded[first].rgb.shape, name
+            assert np.array_equal(d.rgb, decoded[first].rgb), (group, name, first)
             assert d.alpha is None or bool((d.alpha == 255).all()), name
     summary = run(src, tmp_path / "out", RunOptions(weights=bn_weights, format="png", precision="fp32", workers=0))
     assert summary.translated == sum(map(len, groups.values())) and not summary.failed, summary.failed

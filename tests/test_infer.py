@@ -15,8 +15,9 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from translate.cli.commands import app
-from translate.inference.infer import RunOptions, plan, run
-from translate.inference.translator import DEFAULT_WEIGHTS
+from translate.core.options import RunOptions
+from translate.inference.infer import run
+from translate.inference.plan import DEFAULT_WEIGHTS, plan
 
 runner = CliRunner()
 
@@ -303,7 +304,7 @@ def test_dockerfile_is_a_gpu_batch_image():
 
 
 def test_jpeg_truncation_detected_without_end_marker(tmp_path):
-    from translate.core.images import decode
+    from translate.core.files import decode
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="JPEG")

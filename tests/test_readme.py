@@ -30,7 +30,7 @@ from conftest import copy_first, shared, tiny
 from PIL import Image
 
 from translate.core.checkpoints import save_weights
-from translate.core.images import list_images
+from translate.core.files import list_images
 from translate.core.registry import create_net
 from translate.nets import init_weights
 from translate.training.launch import free_port

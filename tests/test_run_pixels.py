@@ -25,7 +25,8 @@ from translate.cli.commands import app
 from translate.core.checkpoints import save_weights
 from translate.core.registry import create_net
 from translate.inference.infer import RunOptions, run
-from translate.inference.translator import DEFAULT_WEIGHTS, Translator
+from translate.inference.plan import DEFAULT_WEIGHTS
+from translate.inference.translator import Translator
 from translate.nets import init_weights
 
 NGF = 8

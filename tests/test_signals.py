@@ -163,23 +163,30 @@ def test_run_stopped_by_group_signal_finishes_in_flight_and_rerun_completes(slow
     proc, err = start(cmd, tmp_path)
     wait_for(proc, err, lambda: len(list(out.rglob("*.jpg"))) >= 2, "outputs")
     rc = stop_group(proc, sig)
-    text = ANSI.sub("", err.read_text())
-    assert rc == code, text[-3000:]
-    assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]
-    m = re.search(rf"^interrupted by {signal.Signals(sig).name}: translated (\d+), .* of 12 images", text, re.M)
-    assert m, text
-    written = sorted(out.rglob("*"))
-    assert not [p for p in written if p.name.endswith(".tmp")]
-    outputs = [p for p in written if p.is_file()]
-    assert len(outputs) == int(m.group(1)) < 12
-    for p in outputs:  # nothing half-written: each output decodes whole
-        with Image.open(p) as im:
-            im.load()
-            assert im.size == (256, 256)
+    assert rc == code, err.read_text()[-3000:]
+    assert_run_stopped_whole(err, out, sig, 12, (256, 256))
 
     again = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len([p for p in out.rglob("*") if p.is_file()]) == 12
+
+
+def assert_run_stopped_whole(err: Path, out: Path, sig: int, total: int, size: tuple[int, int]) -> str:
+    """A `translate run` stopped by ``sig`` said so in one summary line, left no temporary file, and
+    every output it wrote (as many as it counted, fewer than ``total``) decodes whole at ``size``."""
+    text = ANSI.sub("", err.read_text())
+    assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]
+    m = re.search(rf"^interrupted by {signal.Signals(sig).name}: translated (\d+), .* of {total} images", text, re.M)
+    assert m, text
+    written = sorted(out.rglob("*"))
+    assert not [p for p in written if p.name.endswith(".tmp")]
+    outputs = [p for p in written if p.is_file()]
+    assert len(outputs) == int(m.group(1)) < total
+    for p in outputs:  # nothing half-written: each output decodes whole
+        with Image.open(p) as im:
+            im.load()
+            assert im.size == size
+    return text
 
 
 def cpu_seconds(pid: int) -> float:

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from translate.core.checkpoints import WeightsFile, atomic_path, read_weights, with_article
+from translate.core.checkpoints import WeightsFile, read_weights, with_article
 from translate.core.debias import resampling
 from translate.core.devices import DTYPES, fitting, pick_device, resolve_precision
 from translate.core.errors import PartialFailures, TranslateError
+from translate.core.files import atomic_path
 from translate.core.images import Reading, model_batches, model_input, read_folder, read_rgb, to_signed, to_u8
 from translate.core.losses import kl_per_image, recon_error
 from translate.core.progress import Progress

@@ -24,7 +24,8 @@ from translate.analysis.analyze import write_csv
 from translate.core.checkpoints import read_weights
 from translate.core.devices import pick_device, resolve_precision
 from translate.core.errors import PartialFailures, TranslateError
-from translate.core.images import NOT_A_FILE, to_signed
+from translate.core.files import NOT_A_FILE
+from translate.core.images import to_signed
 from translate.core.losses import load_lpips
 from translate.core.progress import Progress
 from translate.core.recipes import DataConfig

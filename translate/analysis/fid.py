@@ -38,10 +38,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from translate.core.checkpoints import atomic_path
 from translate.core.devices import pick_device
 from translate.core.errors import TranslateError, reason
-from translate.core.images import image_files, read_folder, read_rgb, resize_u8, to_u8
+from translate.core.files import atomic_path, image_files
+from translate.core.images import read_folder, read_rgb, resize_u8, to_u8
 from translate.inference.generate import sample
 from translate.inference.tiling import launch_fitting
 from translate.inference.translator import load_translator

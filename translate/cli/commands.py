@@ -47,7 +47,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
             try:
                 fn(*args, **kwargs)
             except Interrupted as e:  # not a mistake: what was kept and how to go on, said once per job
-                from translate.core.devices import is_main_process
+                from translate.core.progress import is_main_process
 
                 if is_main_process():
                     say(escape(str(e)))
@@ -125,7 +125,7 @@ def train_cmd(
             overrides.insert(0, f"data.path={data.expanduser().resolve()}")
         r = load_recipe(recipe, overrides)
         result = training.train(r, out_dir or Path("runs") / Path(recipe).stem, quiet=quiet)
-    from translate.core.devices import is_main_process
+    from translate.core.progress import is_main_process
 
     if not is_main_process():
         return
@@ -236,17 +236,19 @@ def run_cmd(
     with its reason; the rest were translated); 1 nothing could start (bad folder, weights, option).
     Under torchrun each process translates a disjoint share of the files on its own GPU.
     """
-    from translate.core.progress import Progress
-    from translate.inference.infer import run
+    from translate.core.progress import Progress, is_main_process
+    from translate.inference.cached import run_cached
 
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
                       batch_size=batch_size, precision=precision, engine=engine, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
                       device=device, samples=samples, seed=seed, style=style)
     with Progress(err, quiet=quiet) as progress:
-        summary = run(in_dir, out_dir, opts, progress=progress)
-    from translate.core.devices import is_main_process
+        summary = run_cached(in_dir, out_dir, opts, progress=progress)  # (a cached OpenVINO model: no torch)
+        if summary is None:
+            from translate.inference.infer import run
 
+            summary = run(in_dir, out_dir, opts, progress=progress)
     if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
         say(summary.line())
     raise typer.Exit(summary.exit_code)

@@ -6,8 +6,8 @@ A weights file holds the nets inference needs, under ``<net>.<param>`` keys, and
 - ``arch``: JSON ``{net: {"net": registry name, "kwargs": {...}}}``, enough to rebuild each net;
 - ``recipe``: the resolved recipe as JSON (empty for imported weights);
 - ``nets``: JSON list of the net names, in export order;
-- ``kind``: what the file is for (:data:`KIND_COMMANDS`), read by :attr:`WeightsFile.kind`, so
-  inference learns it without importing the training code.
+- ``kind``: what the file is for (files.KIND_COMMANDS), read by :attr:`WeightsFile.kind` (files.weights_kind), so
+  inference learns it without importing the training code (and a cached `translate run`, without torch).
 
 So a weights file alone is enough to run a model. Training state (optimizers, schedulers, RNG,
 image pool, step) lives beside it in ``<name>.state.pt``, written with torch.save and read with
@@ -25,9 +25,7 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,49 +37,10 @@ from torch import Tensor, nn
 
 from translate.core.devices import unwrap
 from translate.core.errors import TranslateError
+from translate.core.files import KIND_COMMANDS, TMP_SUFFIX, WEIGHTS_FORMAT, atomic_path, weights_kind
 from translate.core.registry import create_net
 
-FORMAT = "translate-weights/1"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TMP_SUFFIX)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-TMP_SUFFIX = ".tmp"
-
-
-def temp_prefix(path: Path) -> str:
-    """``.NAME.``, cut to fit the folder's name limit with mkstemp's 8 random characters and the
-    suffix: a legal 250-byte name would otherwise give an illegal 264-byte temporary one. Cut at a
-    character boundary, so a name of multi-byte characters stays valid UTF-8."""
-    try:
-        limit = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    room = limit - 8 - len(TMP_SUFFIX)
-    prefix = f".{path.name}.".encode(errors="surrogateescape")
-    if len(prefix) <= room:
-        return f".{path.name}."
-    return prefix[: room - 1].decode(errors="ignore") + "."
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+FORMAT = WEIGHTS_FORMAT
 
 
 def save_weights(path: str | Path, nets: dict[str, nn.Module], arch: dict[str, dict[str, Any]],
@@ -183,15 +142,6 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink()
 
 
-# what each kind of model is for: the commands that take it
-KIND_COMMANDS = {"translator": ("run",),
-                 "generator": ("sample", "interpolate"),
-                 "autoencoder": ("sample", "interpolate", "reconstruct", "encode", "score")}
-# files written before the kind was saved: these methods' held a generator (the rest a translator,
-# or an autoencoder, told by its ``AE`` net); frozen, as every newer file says its kind itself
-_GENERATORS_BEFORE_KIND = frozenset({"dcgan", "cgan", "pggan", "stylegan2"})
-
-
 def with_article(word: str) -> str:
     """'a cyclegan', 'an imported', 'an ae'."""
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
@@ -212,11 +162,7 @@ class WeightsFile:
     def kind(self) -> str:
         """translator | generator | autoencoder: from the metadata, or for a file written before it
         was kept, from its nets and the method that made it."""
-        if self.meta.get("kind") in KIND_COMMANDS:
-            return self.meta["kind"]
-        if "AE" in self.nets:
-            return "autoencoder"
-        return "generator" if self.meta.get("method") in _GENERATORS_BEFORE_KIND else "translator"
+        return weights_kind(self.meta, self.nets)
 
     def check_kind(self, command: str, hint: str = "") -> None:
         """One line when ``translate command`` does not apply to this kind of model."""

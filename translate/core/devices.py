@@ -290,11 +290,6 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
     return getattr(net, "module", net)
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a launched job, or a plain process: the one that reports."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def close_distributed() -> None:
     """Leave the process group together: a rank that exits while a peer still holds the connection
     can make that peer abort (SIGABRT in gloo), failing a job that did all its work."""

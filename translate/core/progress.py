@@ -8,10 +8,16 @@ gets :meth:`Progress.silent`, so the work itself never asks whether one was give
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from rich.console import Console
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched job, or a plain process: the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class Progress:

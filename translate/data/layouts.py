@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from translate.core.errors import TranslateError
-from translate.core.images import NotRegularFile, list_images, read_rgb, resize_u8, to_gray
+from translate.core.files import NotRegularFile, list_images
+from translate.core.images import read_rgb, resize_u8, to_gray
 from translate.core.recipes import DataConfig
 
 Item = dict[str, Any]

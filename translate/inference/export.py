@@ -27,10 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from translate import resource
-from translate.core.checkpoints import atomic_path, read_weights
+from translate.core.checkpoints import read_weights
 from translate.core.errors import TranslateError
-from translate.core.images import list_images, read_rgb, resize_u8, to_signed
-from translate.inference.translator import input_size, io_channels, pick_generator
+from translate.core.files import atomic_path, list_images
+from translate.core.images import read_rgb, resize_u8, to_signed
+from translate.inference.plan import pick_generator
+from translate.inference.translator import input_size, io_channels
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -105,7 +107,7 @@ def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tu
             return (module, (z1, labels[0]), (z2, labels[1]), ["z", "label"], {"z": {0: "batch"},
                     "label": {0: "batch"}, "output": {0: "batch"}}, "G")
         return module, (z1,), (z2,), ["z"], {"z": {0: "batch"}, "output": {0: "batch"}}, "G"
-    name = pick_generator(wf, direction)
+    name = pick_generator(wf.nets, wf.path, direction)
     net = wf.build(name).eval()
     multiple, fixed = input_size(wf.arch[name])
     in_ch, _ = io_channels(wf.arch[name])

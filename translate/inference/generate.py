@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate.core.checkpoints import WeightsFile, atomic_path, read_weights
+from translate.core.checkpoints import WeightsFile, read_weights
 from translate.core.errors import PartialFailures, TranslateError
+from translate.core.files import atomic_path, probe_size
 from translate.core.images import (
     Reading,
     model_batches,
     model_input,
-    probe_size,
     read_folder,
     read_rgb,
     save_png_atomic,
@@ -31,7 +31,8 @@ from translate.core.images import (
     to_unit,
 )
 from translate.core.progress import Progress
-from translate.inference.translator import latent_recipes, load_translator, pad_to, padded
+from translate.inference.plan import padded
+from translate.inference.translator import latent_recipes, load_translator, pad_to
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet

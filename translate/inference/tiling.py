@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from translate.core.devices import fitting
 from translate.core.images import to_signed, to_u8
 from translate.core.options import RunOptions
-from translate.inference.translator import Launched, Translator, launch_batch, pad_to, padded
+from translate.inference.plan import padded
+from translate.inference.translator import Launched, Translator, launch_batch, pad_to
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translate import resource
 from translate.core.checkpoints import WeightsFile, read_weights
 from translate.core.devices import DTYPES
 from translate.core.errors import TranslateError, reason
@@ -29,26 +27,10 @@ from translate.core.images import LUMA, read_rgb, resize_u8, to_gray, to_signed,
 from translate.core.recipes import list_recipes, load_recipe
 from translate.core.registry import METHODS, NETS
 from translate.inference.engines import OpenVinoNet, pick_engine, tensors_id
+from translate.inference.plan import DEFAULT_WEIGHTS, padded, pick_generator
 
 if TYPE_CHECKING:
     from translate.nets.bicyclegan import EResNet
-
-DEFAULT_WEIGHTS = resource("weights") / "default.safetensors"
-
-
-def pick_generator(wf: WeightsFile, direction: str) -> str:
-    """Which net of a weights file translates in ``direction``."""
-    if direction not in ("AtoB", "BtoA"):
-        raise TranslateError(f"--direction must be AtoB or BtoA, not {direction!r}")
-    if "G_A" in wf.nets:  # CycleGAN: G_A maps A to B, G_B maps B to A
-        return "G_A" if direction == "AtoB" else "G_B"
-    if direction == "BtoA":
-        raise TranslateError(f"{wf.path} translates one way only (its model has no B-to-A generator); "
-                             "train with data.direction=BtoA for the other way")
-    if "G" in wf.nets:
-        return "G"
-    raise TranslateError(f"{wf.path} holds no generator (nets: {', '.join(wf.nets)})")
-
 
 def input_size(spec: dict[str, Any]) -> tuple[int, int | None]:
     """(multiple, fixed resolution or None) the net's inputs need, from its registry entry (and its parts')."""
@@ -102,9 +84,11 @@ class Translator:
                  compile: bool = False, *, channels_last: bool = False, winograd: bool | None = None,
                  resolution: int | None = None, in_ch: int = 3, out_ch: int = 3, nz: int | None = None,
                  encoder: nn.Module | None = None, engine: str = "torch", weights_id: str = "", example: int = 64,
-                 fallback: bool = False) -> None:
+                 fallback: bool = False, multiple: int = 1) -> None:
         """``net``: the network, or a function that builds it (with ``nz`` given): then OpenVINO,
-        finding its model in the cache, starts without building it (0.2-0.3 s of a 2-3 s start-up)."""
+        finding its model in the cache, starts without building it (0.2-0.3 s of a 2-3 s start-up).
+        ``multiple``: the side its inputs need a multiple of, kept with an OpenVINO model for runs
+        that start from the cache without torch (inference/cached.py)."""
         self.device, self.precision, self.engine, self.note = device, precision, engine, ""
         self.encoder = encoder.to(device).eval().requires_grad_(False) if encoder is not None else None
         self.resolution, self.in_ch, self.out_ch = resolution, in_ch, out_ch
@@ -117,8 +101,10 @@ class Translator:
         if engine == "openvino":
             self.dtype, self.winograd = torch.float32, False
             try:
+                facts = {"multiple": multiple, "resolution": resolution, "in_ch": in_ch, "out_ch": out_ch,
+                         "nz": self.nz}
                 self.net: Any = OpenVinoNet(self._built, weights_id, precision, nz=self.nz, in_ch=in_ch, size=example,
-                                            fixed_size=resolution is not None)
+                                            fixed_size=resolution is not None, facts=facts)
                 return
             except Exception as e:  # (OpenVINO's converter raises many kinds)
                 if not fallback:
@@ -186,7 +172,7 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
     wf = read_weights(path)
     wf.check_kind("run", hint="translate sample")
-    name = pick_generator(wf, direction)
+    name = pick_generator(wf.nets, wf.path, direction)
     spec = wf.arch[name]
     build = functools.cache(lambda: wf.build(name))
     asked, engine = engine, pick_engine(engine, device, precision, compile=compile, net=build)
@@ -196,7 +182,8 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
     weights_id = tensors_id(wf.tensors[name], json.dumps(spec, sort_keys=True)) if engine != "torch" else ""
     tr = Translator(build, device, precision, compile, resolution=fixed, in_ch=in_ch, out_ch=out_ch,
                     nz=int(NETS.option(spec, "nz", 0)), encoder=_style_encoder(wf), engine=engine,
-                    weights_id=weights_id, example=fixed or max(64, multiple), fallback=asked == "auto", **prepare)
+                    weights_id=weights_id, example=fixed or max(64, multiple), fallback=asked == "auto",
+                    multiple=1 if fixed else multiple, **prepare)
     return tr, 1 if fixed else multiple, name  # a fixed-size net resizes: no padding
 
 
@@ -251,15 +238,6 @@ def latent_recipes() -> list[str]:
     """Shipped recipes whose model takes a latent beside the image (a ``model.nz``)."""
     return [n for n in list_recipes() if "nz" in {f.name for f in dataclasses.fields(
         METHODS.get(load_recipe(n).method).ModelConfig)}]
-
-
-MIN_SIDE = 16  # below this, the innermost feature maps of the generators shrink to a single pixel
-
-
-def padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """The size the network sees: each side a multiple of ``multiple`` and at least ``MIN_SIDE``."""
-    low = max(multiple, MIN_SIDE)
-    return max(low, math.ceil(size[0] / multiple) * multiple), max(low, math.ceil(size[1] / multiple) * multiple)
 
 
 def pad_to(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from translate.core.checkpoints import KIND_COMMANDS
 from translate.core.devices import Precision
+from translate.core.files import KIND_COMMANDS
 from translate.core.recipes import list_recipes, load_recipe
 from translate.core.registry import METHODS
 from translate.methods.base import Method

@@ -257,7 +257,7 @@ class Method(Generic[ModelT, LossT]):
 
     @classmethod
     def model_kind(cls) -> str:
-        """What its weights file holds (checkpoints.KIND_COMMANDS): an autoencoder (``AE``), a
+        """What its weights file holds (files.KIND_COMMANDS): an autoencoder (``AE``), a
         generator (a method of images without pairs), or a translator."""
         if "AE" in cls.export_names:
             return "autoencoder"

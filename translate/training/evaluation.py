@@ -14,8 +14,8 @@ import torch
 
 from translate.analysis.evaluate import HIGHER_IS_BETTER, METRICS, evaluate
 from translate.analysis.fid import FID_WEIGHTS, TrainingFID
-from translate.core.checkpoints import atomic_path
 from translate.core.errors import TranslateError
+from translate.core.files import atomic_path
 from translate.core.progress import Progress
 from translate.core.recipes import Recipe
 from translate.methods import Method

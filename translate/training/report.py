@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from translate.analysis.evaluate import HIGHER_IS_BETTER
-from translate.core.checkpoints import atomic_path
 from translate.core.errors import TranslateError
+from translate.core.files import atomic_path
 
 REPORT_NAME = "report.html"  # in the run folder, unless -o says otherwise
 STARTS_NAME = "starts.jsonl"  # one line per start of training (train.py): device, precision, processes, batch
