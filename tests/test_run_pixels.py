@@ -306,3 +306,20 @@ def test_big_image_goes_through_aligned_tiles(tmp_path, calls, size, overlap, mi
     tiled, whole = read(tmp_path / "tiled" / "big.png"), read(tmp_path / "whole" / "big.png")
     assert tiled.shape == whole.shape == (h, w, 3)
     assert psnr(tiled, whole) > min_psnr
+
+
+def test_a_one_channel_translator_sees_the_luma_training_reads():
+    """A net with in_ch 1 gets each image's luma as training reads it (images.model_input: ITU-R 601,
+    truncated to uint8), and its one-channel output comes back as gray RGB."""
+    from translate.core.images import read_rgb, to_gray, to_signed
+
+    class Echo(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    img = read_rgb(next(shared("photos").glob("*.jpg")))[:, :96, :128]
+    tr = Translator(Echo(), torch.device("cpu"), "fp32", in_ch=1, out_ch=1)
+    y = tr(to_signed(img)[None])
+    assert y.shape == (1, 3, 96, 128)
+    want = to_signed(to_gray(img))
+    assert torch.equal(y[0, :1], want) and torch.equal(y[0, 1], y[0, 0]) and torch.equal(y[0, 2], y[0, 0])

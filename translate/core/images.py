@@ -21,9 +21,9 @@ LUMA = torch.tensor([0.2989, 0.587, 0.114])  # ITU-R 601 weights of R, G, B, as 
 
 
 def to_gray(img: Tensor) -> Tensor:
-    """(3, H, W) uint8 -> (1, H, W) uint8 luma, truncated (as torchvision's rgb_to_grayscale)."""
-    r, g, b = img.float().unbind(0)
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).to(torch.uint8)[None]
+    """(..., 3, H, W) uint8 -> (..., 1, H, W) uint8 luma, truncated (as torchvision's rgb_to_grayscale)."""
+    r, g, b = img.float().unbind(-3)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).to(torch.uint8).unsqueeze(-3)
 
 
 def to_signed(x: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from translate.core.checkpoints import WeightsFile, read_weights
 from translate.core.devices import DTYPES
 from translate.core.errors import TranslateError, reason
-from translate.core.images import LUMA, read_rgb, resize_u8, to_gray, to_signed, to_u8
+from translate.core.images import read_rgb, resize_u8, to_gray, to_signed, to_u8
 from translate.core.recipes import list_recipes, load_recipe
 from translate.core.registry import METHODS, NETS
 from translate.inference.engines import OpenVinoNet, pick_engine, tensors_id
@@ -147,7 +147,7 @@ class Translator:
         """float [-1, 1] (N, 3, H, W) on the device (and a latent (nz,) or (N, nz)) -> float32 (N, 3, H, W)."""
         size = tuple(x.shape[-2:])
         if self.in_ch == 1 and x.shape[1] == 3:
-            x = (x * LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x = to_signed(to_gray(to_u8(x)))  # as training reads its images (core/images.model_input)
         if self.resolution and size != (self.resolution,) * 2:
             x = F.interpolate(x, size=(self.resolution,) * 2, mode="bicubic", antialias=True, align_corners=False)
         x = x.to(self.dtype)
