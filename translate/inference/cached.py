@@ -5,7 +5,7 @@ the first run of the same weights) needs torch for nothing: the entry is found b
 file's own bytes (ov_cache.tensors_digest, the key engines.tensors_id gives the same tensors), the
 images are decoded, padded and scaled in numpy, the compiled model runs them, and plan.py writes
 them. Importing torch is 1.4 s of a 4.9 s run of 20 photos on a 2-core Zen5; this path runs the
-same 20 in about 3.5 s, with the same output files (tests/test_cached.py compares them byte for byte).
+same 20 in about 3.2 s, with the same output files (tests/test_cached.py compares their pixels).
 
 :func:`run_cached` takes a run only where the full path (infer.run) would run this same cached
 model on the same inputs, and returns None for every other (the first run of a weights file,
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from translate.core.errors import TranslateError
 from translate.core.files import TORCH_DTYPES, WEIGHTS_FORMAT, read_safetensors, weights_kind
 from translate.core.options import RunOptions
 from translate.core.progress import Progress
@@ -70,6 +71,9 @@ class CachedTranslator:
         x = x / np.float32(127.5) - np.float32(1.0)  # images.to_signed
         inputs = [x, np.zeros((len(good), self.nz), np.float32)] if self.nz else [x]
         y = self.request.infer(inputs)[0]
+        if y.shape[-2:] != x.shape[-2:]:  # (every registered translator keeps its input's size)
+            raise TranslateError(f"the cached model returned {y.shape[-1]}x{y.shape[-2]} for {x.shape[-1]}x"
+                                 f"{x.shape[-2]}: run with --engine torch")
         u8 = ((np.clip(y, -1, 1) + np.float32(1)) * np.float32(127.5)).round().astype(np.uint8)  # images.to_u8
         return [_Host([u8[i, :, :h, :w] for i, (h, w) in enumerate(sizes)])]
 
@@ -90,15 +94,20 @@ def run_cached(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None 
     opts, progress = opts or RunOptions(), progress or Progress.silent()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     files = run_inputs(in_dir, out_dir, opts)
-    found = _cached_model(opts)
+    found = _cached(opts)
     if found is None:
         return None
-    tr, precision = found
+    entry, facts, precision, bf16 = found
     start = time.perf_counter()
     opts = dataclasses.replace(opts, batch_size=opts.batch_size or 1)
     jobs, summary = plan(in_dir, out_dir, opts, files=files)
     if any(job.size[0] * job.size[1] > opts.max_pixels for job in jobs):
         return None  # tiles: torch's (tiling.py)
+    try:
+        compiled = compile_cached(entry, bf16=bf16)
+    except (ImportError, RuntimeError):
+        return None
+    tr = CachedTranslator(compiled, int(facts["multiple"]), int(facts.get("nz") or 0))
     summary.precision, summary.device, summary.out_dir, summary.engine = precision, "cpu", out_dir, "openvino"
     outputs = Outputs(jobs, opts, summary, progress)
     batches = ({"items": [decode_job(jobs[i], i) for i in b]} for b in group_batches(jobs, tr.multiple, opts))
@@ -107,9 +116,9 @@ def run_cached(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None 
     return summary
 
 
-def _cached_model(opts: RunOptions) -> tuple[CachedTranslator, str] | None:
-    """The compiled model and precision the full path would run ``opts`` with, where it is cached
-    and the run is one this module takes; else None."""
+def _cached(opts: RunOptions) -> tuple[EngineCache, dict[str, Any], str, bool] | None:
+    """(cache entry, its facts, precision, whether OpenVINO computes bf16) of the model the full
+    path would run ``opts`` with, where it is cached and the run is one this module takes; else None."""
     if (sys.platform != "linux" or opts.engine not in ("auto", "openvino") or opts.compile or opts.samples != 1
             or opts.seed is not None or opts.style is not None or opts.size or opts.workers
             or opts.device not in ("auto", "cpu") or (opts.device == "auto" and _gpu_present())
@@ -125,11 +134,7 @@ def _cached_model(opts: RunOptions) -> tuple[CachedTranslator, str] | None:
     facts = entry.facts() if entry is not None and entry.valid() else None
     if not facts or facts.get("resolution") or facts.get("in_ch") != 3 or facts.get("out_ch") != 3:
         return None
-    try:
-        compiled = compile_cached(entry, bf16=precision == "bf16" and native)  # type: ignore[arg-type]
-    except (ImportError, RuntimeError):
-        return None
-    return CachedTranslator(compiled, int(facts["multiple"]), int(facts.get("nz") or 0)), precision
+    return entry, facts, precision, precision == "bf16" and native  # type: ignore[return-value]
 
 
 def _entry(opts: RunOptions) -> EngineCache | None:
@@ -137,12 +142,15 @@ def _entry(opts: RunOptions) -> EngineCache | None:
     None where the file is not a translator's weights as this version writes them (the full path
     then says what is wrong)."""
     try:
-        raw = read_safetensors(opts.weights or DEFAULT_WEIGHTS)
+        path = Path(opts.weights or DEFAULT_WEIGHTS)
+        if not path.is_file():  # (a folder, a FIFO, a device: the full path says what it is, unread)
+            return None
+        raw = read_safetensors(path)
         meta = raw.meta
         nets, arch = json.loads(meta["nets"]), json.loads(meta["arch"])
         if meta.get("format") != WEIGHTS_FORMAT or weights_kind(meta, nets) != "translator":
             return None
-        name = pick_generator(nets, Path(opts.weights or DEFAULT_WEIGHTS), opts.direction)
+        name = pick_generator(nets, path, opts.direction)
         tensors = [(key.partition(".")[2], TORCH_DTYPES[dtype], shape, data)
                    for key, (dtype, shape, data) in raw.tensors.items() if key.partition(".")[0] == name]
         digest = tensors_digest(json.dumps(arch[name], sort_keys=True), tensors)
@@ -155,8 +163,8 @@ def cpu_bf16_native() -> bool | None:
     """What core/devices.cpu_bf16_native (oneDNN, through torch) says, from the CPU's flags: True for
     AVX-512 (F, BW, VL, DQ: oneDNN computes bf16 there), False for a CPU with neither it nor the
     AVX-NE-CONVERT of AVX2-VNNI-2; None where it cannot be told without oneDNN (another CPU, or
-    oneDNN capped by ONEDNN_MAX_CPU_ISA)."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() != "ALL":
+    oneDNN capped by ONEDNN_MAX_CPU_ISA or its older name DNNL_MAX_CPU_ISA)."""
+    if any(os.environ.get(cap, "ALL").upper() != "ALL" for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")):
         return None
     try:
         line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))

@@ -6,7 +6,7 @@ cached model never imports torch (1.4 s of its start-up on a 2-core Zen5).
 A cache entry is keyed by what the network computes with (:func:`tensors_digest`: the weights'
 names, dtypes, shapes and bytes, and the net's spec), the versions of torch and OpenVINO installed
 and this format; the same key comes from the torch tensors (engines.tensors_id) and from the
-weights file's bytes (:func:`file_tensors_digest`).
+weights file's bytes (inference/cached.py).
 """
 
 from __future__ import annotations
@@ -68,8 +68,16 @@ def cache_key(key: str) -> dict[str, str]:
     """The parts an entry is keyed by: ``key`` (what the model computes with), the installed torch
     (which traced it) and OpenVINO, and this format. Versions as installed (package metadata), so
     the key is the same in a process that has not imported torch."""
-    return {"key": key, "torch": importlib.metadata.version("torch"),
-            "openvino": importlib.metadata.version("openvino"), "format": str(FORMAT)}
+    return {"key": key, "torch": _version("torch"), "openvino": _version("openvino"), "format": str(FORMAT)}
+
+
+def _version(package: str) -> str:
+    """``package``'s installed version; where it has no metadata (a source tree on the path), the
+    imported module's own (a process that has not imported it raises: cached.py then declines)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return str(sys.modules[package].__version__)
 
 
 def tensors_digest(name: str, tensors: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> str:
@@ -86,7 +94,9 @@ def tensors_digest(name: str, tensors: Iterable[tuple[str, str, tuple[int, ...],
 
 def ov_threads() -> int | None:
     """OpenVINO's threads: ``OMP_NUM_THREADS`` where set (as torch takes it), else OpenVINO's own choice
-    (for the LATENCY hint, the physical cores, as torch's default)."""
+    (for the LATENCY hint, the physical cores, as torch's default). Not ``torch.get_num_threads()``:
+    a run without torch must pick the same, so both paths compile the same model (its blob is keyed
+    by the settings); a ``torch.set_num_threads`` in the process no longer limits OpenVINO."""
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):

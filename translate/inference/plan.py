@@ -251,7 +251,7 @@ class Outputs:
 
     def __init__(self, jobs: list[Job], opts: RunOptions, summary: RunSummary, progress: Progress) -> None:
         self.jobs, self.opts, self.summary, self.progress = jobs, opts, summary, progress
-        self.submit: Any = None  # the writer's submit, set by _translate
+        self.submit: Any = None  # the writer's submit, set by translate_batches
         self.pending: list[Future] = []
         self._noted: set[str] = set()
         progress.start(total=len(jobs) + summary.skipped + len(summary.failed), done=summary.skipped)
