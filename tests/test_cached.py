@@ -28,6 +28,9 @@ pytest.importorskip("openvino", reason="the openvino package is a dependency; th
 if cached.cpu_bf16_native() is None:
     pytest.skip("this CPU's bf16 support cannot be told without oneDNN: the cached path declines every run here",
                 allow_module_level=True)
+# auto on a CPU without bf16 may pick torch's Winograd convolutions (engines.pick_engine), and the cached
+# path leaves auto to the full path there: name the engine
+ENGINE = "auto" if cached.cpu_bf16_native() else "openvino"
 
 
 def translate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -62,7 +65,8 @@ def photos(tmp_path) -> Path:
 
 def test_a_cached_run_writes_the_full_paths_files_without_importing_torch(weights, photos, tmp_path):
     env = {**os.environ, "TRANSLATE_CACHE": str(tmp_path / "cache")}
-    common = ["-w", str(weights), "--direction", "BtoA", "--format", "png", "-b", "2", "--keep-alpha"]
+    common = ["-w", str(weights), "--direction", "BtoA", "--format", "png", "-b", "2", "--keep-alpha",
+              "--engine", ENGINE]
     first = translate("run", str(photos), str(tmp_path / "full"), *common, env=env)
     assert "torch" in imported(first.stderr) and "compiled the network for OpenVINO" in first.stderr
     second = translate("run", str(photos), str(tmp_path / "cached"), *common, env=env)
@@ -79,7 +83,7 @@ def test_a_cached_run_writes_the_full_paths_files_without_importing_torch(weight
 
 def test_every_other_run_is_left_to_the_full_path_with_nothing_written(weights, photos, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSLATE_CACHE", str(tmp_path / "cache"))
-    base = RunOptions(weights=weights, format="png")
+    base = RunOptions(weights=weights, format="png", engine=ENGINE)
     assert cached.run_cached(photos, tmp_path / "out", base) is None  # nothing cached yet
     assert not (tmp_path / "out").exists()
     from translate.inference.infer import run
@@ -137,7 +141,7 @@ def test_a_cached_run_stopped_by_a_group_signal_finishes_in_flight_and_rerun_com
 
     def run(inp: Path, out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-X", "importtime", "-m", "translate", "run", str(inp), str(out), "-w",
-                str(slow_weights), *extra]
+                str(slow_weights), "--engine", ENGINE, *extra]
 
     copy_first(src, tmp_path / "warm", 1)
     subprocess.run(run(tmp_path / "warm", tmp_path / "warm_out"), check=True, timeout=600,

@@ -93,10 +93,10 @@ def run_cached(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None 
     or None, having written nothing, for infer.run to take."""
     opts, progress = opts or RunOptions(), progress or Progress.silent()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    files = run_inputs(in_dir, out_dir, opts)
-    found = _cached(opts)
+    found = _cached(opts)  # (first: a run it declines walks the folder once, in infer.run)
     if found is None:
         return None
+    files = run_inputs(in_dir, out_dir, opts)
     entry, facts, precision, bf16 = found
     start = time.perf_counter()
     opts = dataclasses.replace(opts, batch_size=opts.batch_size or 1)
