@@ -260,14 +260,14 @@ class Tight:
 def test_out_of_memory_halves_the_batch_then_tiles(weights):
     from translate.core.images import read_rgb, resize_u8
     from translate.inference.tiling import launch_fitting
-    from translate.inference.translator import load_translator, translate_batch
+    from translate.inference.translator import launch_batch, load_translator
 
     tr, multiple, _ = load_translator(weights, "AtoB", torch.device("cpu"), "fp32")
     rgbs = [resize_u8(read_rgb(p), (64, 64)) for p in sorted(shared("horse2zebra", "trainA").iterdir())[:8]]
     notes: list[str] = []
     tight = Tight(tr, max_batch=2, max_pixels=64 * 64)
     got = launch_fitting(tight, rgbs, multiple, note=notes.append).result()
-    want = translate_batch(tr, rgbs, multiple)
+    want = launch_batch(tr, rgbs, multiple).result()
     assert len(got) == 8 and all((g.int() - w.int()).abs().max() <= 1 for g, w in zip(got, want, strict=True))
     assert notes[:2] == ["out of GPU memory with 8 images in a batch: trying 4 at a time",
                          "out of GPU memory with 4 images in a batch: trying 2 at a time"]

@@ -134,7 +134,7 @@ def cyclegan(tmp_path_factory) -> tuple[Path, dict[str, nn.Module]]:
 @pytest.fixture
 def calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
     """Every input the network is given during a run, as (kind, copy): kind is ``batch``
-    (translate_batch), ``stats`` (the InstanceNorm statistics pass of tiling) or ``tile``."""
+    (launch_batch), ``stats`` (the InstanceNorm statistics pass of tiling) or ``tile``."""
     seen: list[tuple[str, torch.Tensor]] = []
     where: list[str] = []
     call, stats, tiled = Translator.__call__, tiling.instance_norm_stats, infer.translate_tiled

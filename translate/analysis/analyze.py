@@ -78,11 +78,17 @@ def _prepared(net: ExportedNet, device: torch.device, precision: str, engine: st
         return net.to(DTYPES[precision]), DTYPES[precision]
 
 
-def recon_kind(wf: WeightsFile) -> str:
+def json_object(text: str) -> dict[str, Any]:
+    """``text`` (a weights file's recipe or info) parsed as a JSON object; {} when it is not one."""
     try:
-        return json.loads(wf.recipe_json)["loss"].get("recon", "l2")
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return "l2"
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def recon_kind(wf: WeightsFile) -> str:
+    return json_object(wf.recipe_json).get("loss", {}).get("recon", "l2")
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:
@@ -175,22 +181,20 @@ def score(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, sampl
     summary = ScoreSummary(write_csv(out_csv, ["file", "score", "recon", "kl", "outlier"], rows), len(order),
                            [reading.files[i] for i in order if i in marked], reading.failed)
     if copy_to is not None:
-        for i in order:
-            if i in marked:
-                dst = Path(copy_to) / rel[i]
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(reading.files[i], tmp)
+        for path in summary.outliers:
+            dst = Path(copy_to) / path.relative_to(reading.root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(path, tmp)
     worst = order[:16]
     if worst:
-        sheet = Path(sheet) if sheet else Path(out_csv).with_suffix(".png")
         images = torch.stack([model_input(read_rgb(reading.files[i]), net.channels, net.resolution) for i in worst])
         x = to_signed(images.to(dev)).to(dtype)
         with torch.no_grad():
             code = net.encode_dist(x)[0] if hasattr(net, "encode_dist") else net.encode(x)
             recon = net.decode(code).float()
         captions = [f"{rel[i]}  {found[i]['score']:.1f}" for i in worst]
-        summary.sheet = contact_sheet(sheet, images, to_u8(recon).cpu(), captions)
+        summary.sheet = contact_sheet(sheet or Path(out_csv).with_suffix(".png"), images, to_u8(recon).cpu(), captions)
     if truth is not None:
         known = [i for i in order if str(rel[i]) in truth]
         summary.unlabelled = len(order) - len(known)
@@ -227,9 +231,8 @@ def _labels(path: str | Path, reading: Reading) -> dict[str, int]:
             if value not in ("0", "1", "true", "false"):
                 raise TranslateError(f"--labels {path}:{n}: is_outlier must be 0/1 or true/false, not {value!r}")
             name = Path(row["file"])
-            if name.is_absolute():
-                name = name.relative_to(reading.root.resolve()) if name.is_relative_to(reading.root.resolve()) \
-                    else name
+            if name.is_absolute() and name.is_relative_to(reading.root.resolve()):
+                name = name.relative_to(reading.root.resolve())
             out[str(name)] = int(value in ("1", "true"))
     return out
 
@@ -272,13 +275,8 @@ def contact_sheet(path: str | Path, left: Tensor, right: Tensor | None, captions
 
 # --- translate classify and translate debias (DB-VAE weights) --------------------------------------
 
-def _classifier(weights: str | Path, command: str, device: torch.device) -> tuple[WeightsFile, ExportedNet, str]:
-    wf, net = open_model(weights, command, lambda n: hasattr(n, "classify"), "dbvae weights (a classifier)", device)
-    try:
-        positive = json.loads(wf.meta.get("info", "{}")).get("positive", "positive")
-    except json.JSONDecodeError:
-        positive = "positive"
-    return wf, net, positive
+def _classifier(weights: str | Path, command: str, device: torch.device) -> tuple[WeightsFile, ExportedNet]:
+    return open_model(weights, command, lambda n: hasattr(n, "classify"), "dbvae weights (a classifier)", device)
 
 
 @dataclass
@@ -297,12 +295,10 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     path names one of the model's classes, that is its truth, and accuracy is counted per folder.
     ``engine``: engines.py."""
     dev = pick_device(device)
-    wf, net, positive = _classifier(weights, "classify", dev)
+    wf, net = _classifier(weights, "classify", dev)
     net, dtype = _prepared(net, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
-    try:
-        classes = list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
-    except json.JSONDecodeError:
-        classes = []
+    info = json_object(wf.meta.get("info", "{}"))
+    positive, classes = info.get("positive", "positive"), list(info.get("classes", []))
     reading = read_folder(in_dir)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     probs: dict[int, float] = {}
@@ -340,11 +336,8 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     training computes them for its positives; ``bins``/``alpha`` default to the model's recipe), and
     a PNG of the most (top row) and least often drawn images."""
     dev = pick_device(device)
-    wf, net, _ = _classifier(weights, "debias", dev)
-    try:
-        section = json.loads(wf.recipe_json).get("debias", {})
-    except (json.JSONDecodeError, AttributeError):
-        section = {}
+    wf, net = _classifier(weights, "debias", dev)
+    section = json_object(wf.recipe_json).get("debias", {})
     bins = bins if bins is not None else int(section.get("bins", 10))
     alpha = alpha if alpha is not None else float(section.get("alpha", 0.001))
     if bins < 2 or alpha < 0:
@@ -360,5 +353,5 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     images = torch.stack([model_input(read_rgb(reading.files[idx_all[k]]), net.channels, net.resolution) for k in show])
     captions = [f"{'most' if j < min(8, len(order)) else 'least'} p={float(r.p[k]) * len(order):.2f}/N"
                 for j, k in enumerate(show)]
-    png = contact_sheet(Path(sheet) if sheet else Path(out_csv).with_suffix(".png"), images, None, captions, cols=8)
+    png = contact_sheet(sheet or Path(out_csv).with_suffix(".png"), images, None, captions, cols=8)
     return DebiasSummary(path, png, len(order), r.max_min, r.entropy, reading.failed)

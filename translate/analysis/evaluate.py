@@ -11,7 +11,6 @@ torchmetrics' LPIPS network with the linear layers it ships, that backbone loade
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.analysis.analyze import write_csv
+from translate.analysis.analyze import json_object, write_csv
 from translate.core.checkpoints import read_weights
 from translate.core.devices import pick_device, resolve_precision
 from translate.core.errors import PartialFailures, TranslateError
@@ -71,11 +70,7 @@ def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
 def test_config(wf: Any, data: Path, direction: str) -> Any:
     """The data section evaluation reads with: the weights' recipe at test time (crop_size, no
     augmentation); ``direction`` BtoA (CycleGAN's other generator) swaps the pairs."""
-
-    try:
-        saved = json.loads(wf.recipe_json).get("data", {}) if wf.recipe_json else {}
-    except json.JSONDecodeError:
-        saved = {}
+    saved = json_object(wf.recipe_json).get("data", {})
     size = int(saved.get("crop_size", 256))
     trained = saved.get("direction", "AtoB")
     flipped = {"AtoB": "BtoA", "BtoA": "AtoB"}[trained] if direction == "BtoA" else trained

@@ -181,12 +181,11 @@ def kid(images: Tensor, ref: Tensor, subsets: int = 100, subset_size: int = KID_
     """(mean, std) of the unbiased MMD^2 with the kernel (x.y / d + 1)^3 over random subsets, drawn as
     torch-fidelity draws them. ``subset_size`` must fit both sets (:func:`kid_subset`)."""
     rng = np.random.RandomState(seed)
-    values = []
-    for _ in range(subsets):
-        x = images[torch.from_numpy(rng.choice(len(images), subset_size, replace=False))]
-        y = ref[torch.from_numpy(rng.choice(len(ref), subset_size, replace=False))]
-        values.append(_mmd2(x, y))
-    t = torch.tensor(values, dtype=torch.float64)
+
+    def pick(features: Tensor) -> Tensor:
+        return features[torch.from_numpy(rng.choice(len(features), subset_size, replace=False))]
+
+    t = torch.tensor([_mmd2(pick(images), pick(ref)) for _ in range(subsets)], dtype=torch.float64)
     return float(t.mean()), float(t.std(unbiased=False))
 
 
@@ -194,8 +193,7 @@ def _mmd2(x: Tensor, y: Tensor) -> float:
     d = x.shape[1]
     k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
     m = x.shape[0]
-    xx = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
-    yy = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    xx, yy = ((k.sum() - k.diagonal().sum()) / (m * (m - 1)) for k in (k_xx, k_yy))
     return float(xx + yy - 2 * k_xy.sum() / m**2)
 
 
@@ -215,7 +213,6 @@ def distances(images: str | Path, ref: str | Path, inception: str | Path | None,
     """FID and KID between the images in ``images`` (a model's outputs, `translate sample` grids' images)
     and a reference folder. ``kid_subset_size``: None for torch-fidelity's 1000, or the smaller
     folder's size when it has fewer (said in ``notes``)."""
-
     dev = pick_device(device)
     net, key = load_inception(inception, dev)
     a, cached_a = folder_features(net, key, images, resize)
@@ -245,11 +242,10 @@ class TrainingFID:
                 raise TranslateError(f"train.eval_every needs held-out images beside the training ones: {inputs}/ "
                                      f"and {self.ref}/; not found")
 
-            files = image_files(inputs)
             failed: list[tuple[str, str]] = []
             # read once, as test time reads them; RGB: the translator converts for a one-channel net
             self.inputs = [resize_u8(x, (d.crop_size, d.crop_size)) for b in
-                           _same_size_batches(files[: t.eval_images or None], 64, failed) for x in b]
+                           _same_size_batches(image_files(inputs)[: t.eval_images or None], 64, failed) for x in b]
             if failed:
                 raise TranslateError(f"{inputs}: {len(failed)} unreadable image(s): {failed[0][0]} ({failed[0][1]})")
         else:
@@ -271,16 +267,13 @@ class TrainingFID:
     def _outputs(self, weights: Path, n_samples: int, batch: int = 16) -> Iterator[Tensor]:
         """Features of the translator's outputs (or a generator's ``n_samples``), a batch at a time, as
         8-bit RGB images."""
-
         if self.translator:
-
             # torch, not a compiled engine: these weights are new at every evaluation
             tr, multiple, _ = load_translator(weights, "AtoB", self.device, "fp32", engine="torch")
             for i in range(0, len(self.inputs), batch):
                 ys = launch_fitting(tr, self.inputs[i : i + batch], multiple).result()
                 yield image_features(self.net, torch.stack([y.expand(3, -1, -1) for y in ys]))
         else:
-
             for i in range(0, n_samples, batch):  # seeds by batch: the same latents at every evaluation
                 x = to_u8(sample(weights, min(batch, n_samples - i), seed=i, device=self.device)).cpu()
                 yield image_features(self.net, x.expand(-1, 3, -1, -1))

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,8 @@ from translate.core.options import RunOptions  # torch-free: the defaults `trans
 
 if TYPE_CHECKING:
     from translate.inference.generate import FolderSummary
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="translate",
@@ -106,11 +108,9 @@ def train_cmd(
 
     overrides = list(set_ or [])
     if devices > 1 and "WORLD_SIZE" not in os.environ:
+        given = {"resume": resume, "recipe": recipe, "data": data and data.expanduser().resolve(), "out": out_dir}
         args = [f"--set={o}" for o in overrides] + (["--quiet"] if quiet else [])
-        args += [f"--resume={resume}"] if resume else []
-        args += [f"--recipe={recipe}"] if recipe else []
-        args += [f"--data={data.expanduser().resolve()}"] if data else []
-        args += [f"--out={out_dir}"] if out_dir else []
+        args += [f"--{key}={value}" for key, value in given.items() if value]
         from translate.training.launch import launch
 
         raise typer.Exit(launch(devices, ["train", *args]))
@@ -135,6 +135,14 @@ def train_cmd(
         f"weights {result.weights}; run folder {result.run_dir} {_size(result.run_bytes)}{skipped}")
 
 
+def _tracked(verb: str, quiet: bool, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``work(*args, **kwargs, progress=...)``, its progress shown on stderr as ``verb``."""
+    from translate.core.progress import Progress
+
+    with Progress(err, verb, quiet=quiet) as progress:
+        return work(*args, **kwargs, progress=progress)
+
+
 def _size(n_bytes: int) -> str:
     n = float(n_bytes)
     for unit in ("B", "KB", "MB", "GB"):
@@ -147,6 +155,12 @@ def _size(n_bytes: int) -> str:
 Weights = Annotated[Path, typer.Option("--weights", "-w", help="A .safetensors weights file.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]
 Device = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
+AnyDevice = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
+Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")]
+InDir = Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")]
+Direction = Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")]
 Engine = Annotated[str, typer.Option(help="auto | torch | openvino. auto: OpenVINO on the CPU where it is faster "
                                           "(bench/engines.py), torch on CUDA.")]
 
@@ -181,8 +195,7 @@ def import_cmd(
     k = spec["kwargs"]
     extras = [what for key, what in (("dropout", "dropout"), ("antialias", "anti-aliased down"),
                                      ("antialias_up", "anti-aliased up")) if k.get(key)]
-    if "nz" in k:
-        extras.append(f"latent {k['nz']}")
+    extras += [f"latent {k['nz']}"] if "nz" in k else []
     if "E" in specs:
         extras.append(f"encoder {specs['E']['net']} at {specs['E']['kwargs']['resolution']}x"
                       f"{specs['E']['kwargs']['resolution']}")
@@ -191,12 +204,11 @@ def import_cmd(
 
 @command("run")
 def run_cmd(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    in_dir: InDir,
     out_dir: Annotated[Path, typer.Argument(help="Where the translated tree goes (created; not inside IN).")],
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A .safetensors weights file "
                                                  "(default: the shipped model in weights/).")] = RunOptions.weights,
-    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other "
-                                           "generator.")] = RunOptions.direction,
+    direction: Direction = RunOptions.direction,
     size: Annotated[int | None, typer.Option(help="Resize so the shorter side is N pixels (default: keep "
                                              "each image's size).", min=1)] = RunOptions.size,
     max_pixels: Annotated[int, typer.Option(help="Images larger than this are translated in overlapping "
@@ -220,7 +232,7 @@ def run_cmd(
     workers: Annotated[int | None, typer.Option(help="Decoding processes (default: up to 8 on CUDA; none on "
                                                 "the CPU, where decoding is 0.2% of the work).",
                                                 min=0)] = RunOptions.workers,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = RunOptions.device,
+    device: AnyDevice = RunOptions.device,
     samples: Annotated[int, typer.Option(help="Translations of each image, written as name_0.ext ... "
                                          "(models with a latent code: bicyclegan).", min=1)] = RunOptions.samples,
     seed: Annotated[int | None, typer.Option(help="Seed of the latents: the same seed gives the same files "
@@ -228,7 +240,7 @@ def run_cmd(
     style: Annotated[Path | None, typer.Option(help="An example output image: its code (BicycleGAN's encoder) is "
                                                "the latent of every input, instead of z = 0 or --samples.")
                      ] = RunOptions.style,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Translate every image under IN into the same tree under OUT.
 
@@ -237,18 +249,14 @@ def run_cmd(
     Under torchrun each process translates a disjoint share of the files on its own GPU.
     """
     from translate.core.progress import Progress, is_main_process
-    from translate.inference.cached import run_cached
+    from translate.inference.cached import translate_folder
 
     opts = RunOptions(weights=weights, direction=direction, size=size, max_pixels=max_pixels, tile=tile,
                       batch_size=batch_size, precision=precision, engine=engine, compile=compile_, format=fmt.lower(),
                       quality=quality, skip_existing=skip_existing, keep_alpha=keep_alpha, workers=workers,
                       device=device, samples=samples, seed=seed, style=style)
     with Progress(err, quiet=quiet) as progress:
-        summary = run_cached(in_dir, out_dir, opts, progress=progress)  # (a cached OpenVINO model: no torch)
-        if summary is None:
-            from translate.inference.infer import run
-
-            summary = run(in_dir, out_dir, opts, progress=progress)
+        summary = translate_folder(in_dir, out_dir, opts, progress=progress)  # (torch only where needed)
     if is_main_process() and (not quiet or summary.n_failed or summary.interrupted):
         say(summary.line())
     raise typer.Exit(summary.exit_code)
@@ -300,14 +308,12 @@ def reconstruct_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Where the reconstructions go (PNG, same tree).")],
     weights: Weights,
     device: Device = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Encode and decode every image with an autoencoder (ae, vae, beta-vae); exit 3 if some failed."""
-    from translate.core.progress import Progress
     from translate.inference.generate import reconstruct
 
-    with Progress(err, "reconstructing", quiet=quiet) as progress:
-        s = reconstruct(weights, in_dir, out_dir, device, progress)
+    s = _tracked("reconstructing", quiet, reconstruct, weights, in_dir, out_dir, device)
     say(f"wrote {s.done} reconstruction(s) to {out_dir}" + _not_done(s))
     raise typer.Exit(s.exit_code)
 
@@ -319,15 +325,13 @@ def encode_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file of codes.")] = Path(
         "z.safetensors"),
     device: Device = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Latent codes of every image (ae, vae, beta-vae): one (N, z_dim) tensor "z", files in the metadata;
     exit 3 if some failed."""
-    from translate.core.progress import Progress
     from translate.inference.generate import encode
 
-    with Progress(err, "encoding", quiet=quiet) as progress:
-        s = encode(weights, in_dir, output, device, progress)
+    s = _tracked("encoding", quiet, encode, weights, in_dir, output, device)
     assert s.z is not None  # (encode raises when it has no image to encode)
     say(f"wrote {output}: {s.z.shape[0]} codes of {s.z.shape[1]} dims" + _not_done(s))
     raise typer.Exit(s.exit_code)
@@ -341,7 +345,7 @@ def _not_done(s: FolderSummary) -> str:
 
 @command("score")
 def score_cmd(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    in_dir: InDir,
     weights: Weights,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of scores, worst first.")] = Path("scores.csv"),
     samples: Annotated[int, typer.Option("--samples", "-k", help="Importance samples per image for the "
@@ -354,22 +358,20 @@ def score_cmd(
                                                "(default: the CSV's name with .png).")] = None,
     labels: Annotated[Path | None, typer.Option(help="CSV with columns file,is_outlier: print ROC-AUC and "
                                                 "average precision.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    batch_size: BatchSize = 64,
+    precision: Precision = "auto",
     engine: Engine = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: AnyDevice = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the importance samples.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Outlier scores of every image under IN with an autoencoder (ae, vae, beta-vae): how badly the
     model explains each image. Exit 3 when some files could not be read (each is named)."""
     from translate.analysis.analyze import score
-    from translate.core.progress import Progress
 
-    with Progress(err, "scoring", quiet=quiet) as progress:
-        s = score(weights, in_dir, output, samples=samples, top=top, quantile=quantile, copy_to=copy_to, sheet=sheet,
-                  labels=labels, batch_size=batch_size, device=device, precision=precision, engine=engine, seed=seed,
-                  progress=progress)
+    s = _tracked("scoring", quiet, score, weights, in_dir, output, samples=samples, top=top, quantile=quantile,
+                 copy_to=copy_to, sheet=sheet, labels=labels, batch_size=batch_size, device=device,
+                 precision=precision, engine=engine, seed=seed)
     copied = f", copied to {copy_to}" if copy_to else ""
     say(f"scored {s.scored} images ({len(s.failed)} failed); {len(s.outliers)} marked as outliers{copied}; "
         f"wrote {s.csv}" + (f" and {s.sheet}" if s.sheet else ""))
@@ -382,23 +384,21 @@ def score_cmd(
 
 @command("classify")
 def classify_cmd(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    in_dir: InDir,
     weights: Weights,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of probabilities.")] = Path("predictions.csv"),
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    batch_size: BatchSize = 64,
+    precision: Precision = "auto",
     engine: Engine = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    device: AnyDevice = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """The positive class's probability for every image (dbvae weights). Subfolders named as the
     model's classes count as the truth: accuracy is printed per subfolder."""
     from translate.analysis.analyze import classify
-    from translate.core.progress import Progress
 
-    with Progress(err, "classifying", quiet=quiet) as progress:
-        s = classify(weights, in_dir, output, batch_size=batch_size, device=device, precision=precision,
-                     engine=engine, progress=progress)
+    s = _tracked("classifying", quiet, classify, weights, in_dir, output, batch_size=batch_size, device=device,
+                 precision=precision, engine=engine)
     for group, (right, total) in sorted(s.by_folder.items()):
         out.print(f"{group}: accuracy {right / total:.3f} ({right}/{total})")
     say(f"classified {s.classified} images ({len(s.failed)} failed); wrote {s.csv}")
@@ -416,17 +416,15 @@ def debias_cmd(
     alpha: Annotated[float | None, typer.Option(help="Histogram smoothing (default: the model's recipe).")] = None,
     sheet: Annotated[Path | None, typer.Option(help="PNG of the most and least often drawn images (default: "
                                                "the CSV's name with .png).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
+    batch_size: BatchSize = 64,
+    device: AnyDevice = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """How often the DB-VAE would draw each image: sampling probability and latent density (dbvae weights)."""
     from translate.analysis.analyze import debias
-    from translate.core.progress import Progress
 
-    with Progress(err, "encoding", quiet=quiet) as progress:
-        s = debias(weights, in_dir, output, bins=bins, alpha=alpha, sheet=sheet, batch_size=batch_size,
-                   device=device, progress=progress)
+    s = _tracked("encoding", quiet, debias, weights, in_dir, output, bins=bins, alpha=alpha, sheet=sheet,
+                 batch_size=batch_size, device=device)
     say(f"{s.images} images ({len(s.failed)} failed): the most drawn {s.max_min:.1f}x as often as the least, "
         f"entropy {s.entropy:.3f} of uniform; wrote {s.csv} and {s.sheet}")
     raise typer.Exit(s.exit_code)
@@ -440,7 +438,7 @@ def eval_cmd(
                                               "side) or A/test + B/test.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of metrics per pair.")] = Path("eval.csv"),
     split: Annotated[str, typer.Option(help="Which split of the data: test, val, ...")] = "test",
-    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+    direction: Direction = "AtoB",
     images: Annotated[Path | None, typer.Option(help="A folder of generated images (FID/KID against --ref).")] = None,
     ref: Annotated[Path | None, typer.Option(help="A folder of real images (FID/KID).")] = None,
     inception: Annotated[Path | None, typer.Option(help="The FID Inception weights, "
@@ -454,9 +452,9 @@ def eval_cmd(
     resize: Annotated[str, typer.Option(help="FID/KID: pytorch-fid (native size, bilinear inside the network, "
                                         "as published FIDs) or clean (bicubic antialiased to 299 first).")
                       ] = "pytorch-fid",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    precision: Precision = "auto",
     engine: Engine = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: AnyDevice = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, failures and errors.")] = False,
 ) -> None:
     """How good a model is. Paired (--weights, --data): PSNR, SSIM and L1 of a translator's outputs
@@ -465,18 +463,25 @@ def eval_cmd(
     from rich.table import Table
 
     from translate.analysis.evaluate import evaluate
-    from translate.core.progress import Progress
 
-    if (images is None) != (ref is None):
+    if images is not None and ref is not None:  # FID and KID between two folders
+        from translate.analysis.fid import distances
+
+        d = distances(images, ref, inception, device=device, resize=resize, kid_subsets=kid_subsets,
+                      kid_subset_size=kid_subset_size)
+        for note in d.notes:
+            err.print(f"note: {note}")
+        cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
+        out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
+        if cached:
+            err.print(f"features read from the cache in {', '.join(cached)}")
+        return
+    if images is not None or ref is not None:
         raise TranslateError("FID/KID compare two folders: give both --images and --ref")
-    if images is None and (weights is None or data is None):
+    if weights is None or data is None:
         raise TranslateError("give --weights and --data (paired metrics), or --images and --ref (FID/KID)")
-    if images is not None and ref is not None:
-        return _fid(images, ref, inception, device, resize, kid_subsets, kid_subset_size)
-    assert weights is not None and data is not None  # checked above, for the type checker
-    with Progress(err, "evaluating", quiet=quiet) as progress:
-        s = evaluate(weights, data, output, split=split, direction=direction, device=device, precision=precision,
-                     progress=progress, lpips=lpips, engine=engine)
+    s = _tracked("evaluating", quiet, evaluate, weights, data, output, split=split, direction=direction,
+                 device=device, precision=precision, lpips=lpips, engine=engine)
     table = Table("metric", "mean", "median", title=f"{len(s.rows)} {s.split} pairs of {data}")
     for k in s.metrics:
         table.add_row(k, f"{s.mean(k):.4f}", f"{s.median(k):.4f}")
@@ -486,27 +491,12 @@ def eval_cmd(
     raise typer.Exit(s.exit_code)
 
 
-def _fid(images: Path, ref: Path, inception: Path | None, device: str, resize: str, kid_subsets: int,
-         kid_subset_size: int | None) -> None:
-    """`translate eval --images --ref`: FID and KID between two folders."""
-    from translate.analysis.fid import distances
-
-    d = distances(images, ref, inception, device=device, resize=resize, kid_subsets=kid_subsets,
-                  kid_subset_size=kid_subset_size)
-    for note in d.notes:
-        err.print(f"note: {note}")
-    cached = [str(f) for f, c in zip((images, ref), d.cached, strict=True) if c]
-    out.print(f"FID {d.fid:.3f}; KID {d.kid[0]:.5f} +- {d.kid[1]:.5f} ({d.n_images} images against {d.n_ref})")
-    if cached:
-        err.print(f"features read from the cache in {', '.join(cached)}")
-
-
 @command("export")
 def export_cmd(
     weights: Weights,
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (.onnx or .pt).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
-    direction: Annotated[str, typer.Option(help="AtoB, or BtoA for CycleGAN's other generator.")] = "AtoB",
+    direction: Direction = "AtoB",
 ) -> None:
     """Export a translator or a zoo generator to ONNX or TorchScript, then check the file: its
     output on a real input must match PyTorch's (ONNX: with onnxruntime, when installed)."""
@@ -606,8 +596,7 @@ def info_cmd() -> None:
     from translate.core.devices import bf16_native, cpu_name, fp16_native, resolve_precision
 
     out.print(f"translate {__version__} | python {platform.python_version()} | torch {torch.__version__}")
-    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    for d in devices:
+    for d in [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]:
         name = cpu_name() if d.type == "cpu" else torch.cuda.get_device_name(d)
         out.print(f"{str(d):<8} {name} | bf16 native: {'yes' if bf16_native(d) else 'no'} | "
                   f"fp16 native: {'yes' if fp16_native(d) else 'no'} | auto precision (inference): "

@@ -74,24 +74,22 @@ def resolve_precision(name: str, device: torch.device) -> str:
         if name not in DTYPES:
             raise TranslateError(f"unknown precision {name!r}; choose from auto, {', '.join(DTYPES)}")
         return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_bf16_native():
-        return "bf16"
-    return "fp32"
+    return _auto(device)[0]
 
 
 def precision_reason(asked: str, device: torch.device) -> str:
     """Why ``resolve_precision(asked, device)`` is what it is, for start-up lines."""
-    if asked != "auto":
-        return "as asked"
+    return "as asked" if asked != "auto" else _auto(device)[1]
+
+
+def _auto(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
-        return "auto: the GPU computes bf16" if torch.cuda.is_bf16_supported() else \
-            "auto: this GPU has no bf16, fp16 with loss scaling"
+        return ("bf16", "auto: the GPU computes bf16") if torch.cuda.is_bf16_supported() else \
+            ("fp16", "auto: this GPU has no bf16, fp16 with loss scaling")
     if device.type == "cpu":
-        return "auto: this CPU computes bf16 natively; train.precision=fp32 for full precision" \
-            if cpu_bf16_native() else "auto: this CPU has no native bf16 (emulated, it would be slower)"
-    return "auto"
+        return ("bf16", "auto: this CPU computes bf16 natively; train.precision=fp32 for full precision") \
+            if cpu_bf16_native() else ("fp32", "auto: this CPU has no native bf16 (emulated, it would be slower)")
+    return "fp32", "auto"
 
 
 def cpu_name() -> str:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from translate.core.errors import reason
+from translate.core.errors import TranslateError, reason
 from translate.core.files import NotRegularFile, atomic_path, check_regular, image_files, read_pixels
 from translate.core.progress import Progress
 
@@ -59,6 +59,14 @@ def read_rgb(path: str | Path) -> Tensor:
     whether to skip (:class:`NotRegularFile` for a FIFO, socket or device, which is not opened).
     """
     return torch.from_numpy(read_pixels(path))
+
+
+def read_named(path: str | Path, what: str = "") -> Tensor:
+    """:func:`read_rgb` of one file the user named (``what``: its option), or a one-line error."""
+    try:
+        return read_rgb(path)
+    except (OSError, ValueError) as e:
+        raise TranslateError(f"{what}{': ' if what else ''}cannot read {path}: {e}") from None
 
 
 def model_input(img: Tensor, channels: int, resolution: int) -> Tensor:

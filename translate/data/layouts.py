@@ -36,6 +36,10 @@ from translate.core.recipes import DataConfig
 Item = dict[str, Any]
 
 
+class _Unreadable(Exception):
+    """A file that cannot be read: args are the message and the path its item names."""
+
+
 def _center_crop(t: Tensor, h: int, w: int) -> Tensor:
     top, left = int(round((t.shape[-2] - h) / 2.0)), int(round((t.shape[-1] - w) / 2.0))
     return t[..., top : top + h, left : left + w]
@@ -45,85 +49,81 @@ def prepare(img: Tensor, cfg: DataConfig) -> tuple[Tensor, str | None]:
     """The deterministic part of the reference's preprocessing; returns (image, warning)."""
     h, w = img.shape[-2:]
     p, load, crop = cfg.preprocess, cfg.load_size, cfg.crop_size
-    warning = None
     if p == "resize_and_crop":
         img = resize_u8(img, (load, load))
     elif p.startswith("scale_width"):
-        new_w = load
-        new_h = max(int(round(load * h / w)), crop if "crop" in p else 1)
-        img = resize_u8(img, (new_h, new_w))
+        img = resize_u8(img, (max(int(round(load * h / w)), crop if "crop" in p else 1), load))
     elif p == "none":  # sizes a multiple of 4, as the reference's make_power_2(base=4)
         img = resize_u8(img, (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4)))
     h, w = img.shape[-2:]
     if "crop" in p and (h < crop or w < crop):
         scale = crop / min(h, w)
         img = resize_u8(img, (max(crop, round(h * scale)), max(crop, round(w * scale))))
-        warning = f"{h}x{w} is smaller than crop_size {crop}: resized up"
-    return img, warning
+        return img, f"{h}x{w} is smaller than crop_size {crop}: resized up"
+    return img, None
 
 
-def _load(path: Path, cfg: DataConfig) -> tuple[Tensor | None, list[str]]:
+def _load(path: Path, cfg: DataConfig, item: Path | None = None) -> Tensor:
+    """The image at ``path``; a file that cannot be read raises :class:`_Unreadable` naming ``item``
+    (by default ``path``) as its item's path."""
     try:
         img = read_rgb(path)
     except NotRegularFile as e:  # a FIFO named x.jpg: never opened
-        return None, [f"{path}: {e}"]
+        raise _Unreadable(f"{path}: {e}", item or path) from None
     except Exception as e:  # PIL raises many types for bad files; each is a skip, not a crash
-        return None, [f"{path}: unreadable ({type(e).__name__}: {e})"]
-    if cfg.channels == 1:
-        img = to_gray(img)
-    return img, []
+        raise _Unreadable(f"{path}: unreadable ({type(e).__name__}: {e})", item or path) from None
+    return to_gray(img) if cfg.channels == 1 else img
 
 
-class AlignedDataset(Dataset):
-    """Side-by-side pairs: the left half is A, the right half B."""
+class FileDataset(Dataset):
+    """One item per entry of ``files`` (read by ``read``); an item whose file cannot be read is
+    ``{"error": message, "path": path}``."""
 
-    def __init__(self, files: list[Path], cfg: DataConfig) -> None:
+    def __init__(self, files: list[Any], cfg: DataConfig) -> None:
         self.files, self.cfg = files, cfg
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> Item:
-        path = self.files[i]
-        img, notes = _load(path, self.cfg)
-        if img is None:
-            return {"error": notes[0], "path": str(path)}
+        try:
+            return self.read(i)
+        except _Unreadable as e:
+            return {"error": e.args[0], "path": str(e.args[1])}
+
+    def read(self, i: int) -> Item:
+        raise NotImplementedError
+
+
+class AlignedDataset(FileDataset):
+    """Side-by-side pairs: the left half is A, the right half B."""
+
+    def read(self, i: int) -> Item:
+        img = _load(self.files[i], self.cfg)
         half = img.shape[-1] // 2
-        a, b = img[..., :half], img[..., half : 2 * half]
-        return _pair(a, b, path, self.cfg, notes)
+        return _pair(img[..., :half], img[..., half : 2 * half], self.files[i], self.cfg)
 
 
-class PairedFoldersDataset(Dataset):
-    """A/name and B/name are one pair."""
+class PairedFoldersDataset(FileDataset):
+    """A/name and B/name are one pair (``files`` holds the pairs of paths)."""
 
-    def __init__(self, pairs: list[tuple[Path, Path]], cfg: DataConfig) -> None:
-        self.pairs, self.cfg = pairs, cfg
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> Item:
-        pa, pb = self.pairs[i]
-        a, na = _load(pa, self.cfg)
-        b, nb = _load(pb, self.cfg)
-        if a is None or b is None:
-            return {"error": (na + nb)[0], "path": str(pa)}
+    def read(self, i: int) -> Item:
+        pa, pb = self.files[i]
+        a, b = _load(pa, self.cfg), _load(pb, self.cfg, item=pa)
         if a.shape[-2:] != b.shape[-2:]:
             b = resize_u8(b, a.shape[-2:])
-        return _pair(a, b, pa, self.cfg, na + nb)
+        return _pair(a, b, pa, self.cfg)
 
 
-def _pair(a: Tensor, b: Tensor, path: Path, cfg: DataConfig, notes: list[str]) -> Item:
+def _pair(a: Tensor, b: Tensor, path: Path, cfg: DataConfig) -> Item:
     if cfg.direction == "BtoA":
         a, b = b, a
     a, wa = prepare(a, cfg)
     b, _ = prepare(b, cfg)
-    if wa:
-        notes = [*notes, f"{path}: {wa}"]
-    return {"A": a, "B": b, "path": str(path), "notes": notes}
+    return {"A": a, "B": b, "path": str(path), "notes": [f"{path}: {wa}"] if wa else []}
 
 
-class UnalignedDataset(Dataset):
+class UnalignedDataset(FileDataset):
     """Two unpaired domains. A is walked in order; B is drawn at random, independently.
 
     The B index depends only on (seed, epoch, index), so it is the same in any worker, after a
@@ -143,35 +143,24 @@ class UnalignedDataset(Dataset):
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i)
         return int(torch.randint(len(self.files_b), (), generator=g))
 
-    def __getitem__(self, i: int) -> Item:
+    def read(self, i: int) -> Item:
         pa, pb = self.files_a[i % len(self.files_a)], self.files_b[self.b_index(i)]
-        a, na = _load(pa, self.cfg)
-        b, nb = _load(pb, self.cfg)
-        if a is None or b is None:
-            return {"error": (na + nb)[0], "path": str(pa if a is None else pb)}
-        a, wa = prepare(a, self.cfg)
-        b, wb = prepare(b, self.cfg)
-        notes = na + nb + [f"{p}: {w}" for p, w in ((pa, wa), (pb, wb)) if w]
-        return {"A": a, "B": b, "path": str(pa), "notes": notes}
+        a, wa = prepare(_load(pa, self.cfg), self.cfg)
+        b, wb = prepare(_load(pb, self.cfg), self.cfg)
+        return {"A": a, "B": b, "path": str(pa), "notes": [f"{p}: {w}" for p, w in ((pa, wa), (pb, wb)) if w]}
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(FileDataset):
     """Single images for the generative models; with ``classes``, labelled by their subfolder."""
 
     def __init__(self, files: list[Path], cfg: DataConfig, labels: list[int] | None = None,
                  classes: list[str] | None = None) -> None:
         self.files, self.cfg, self.labels, self.classes = files, cfg, labels, classes or []
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Item:
+    def read(self, i: int) -> Item:
         path = self.files[i]
-        img, notes = _load(path, self.cfg)
-        if img is None:
-            return {"error": notes[0], "path": str(path)}
-        img, warning = prepare(img, self.cfg)
-        item = {"A": img, "path": str(path), "notes": notes + ([f"{path}: {warning}"] if warning else [])}
+        img, warning = prepare(_load(path, self.cfg), self.cfg)
+        item = {"A": img, "path": str(path), "notes": [f"{path}: {warning}"] if warning else []}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
@@ -194,12 +183,9 @@ def degrade(img: Tensor, how: str) -> Tensor:
 class DegradedDataset(ImageFolderDataset):
     """Pairs made from single images: B the image, A its degraded copy (``data.degrade``)."""
 
-    def __getitem__(self, i: int) -> Item:
-        item = super().__getitem__(i)
-        if "A" in item:
-            item["B"] = item["A"]
-            item["A"] = degrade(item["A"], self.cfg.degrade)
-        return item
+    def read(self, i: int) -> Item:
+        item = super().read(i)
+        return {**item, "A": degrade(item["A"], self.cfg.degrade), "B": item["A"]}
 
 
 def _open_images(root: Path, cfg: DataConfig, kind: str) -> ImageFolderDataset:
@@ -212,12 +198,9 @@ def _open_images(root: Path, cfg: DataConfig, kind: str) -> ImageFolderDataset:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise TranslateError(f"{folder}: class-conditional training needs one subfolder per class")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = list_images(folder / name)[:limit]
-        files += found
-        labels += [label] * len(found)
-    _need(files, folder, "class subfolders")
+    found = [list_images(folder / name)[:limit] for name in classes]
+    files = _need([f for fs in found for f in fs], folder, "class subfolders")
+    labels = [label for label, fs in enumerate(found) for _ in fs]
     return ImageFolderDataset(files, cfg, labels, classes)
 
 
@@ -235,8 +218,7 @@ def _need(files: list[Path], where: Path, what: str) -> list[Path]:
     return files
 
 
-def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train"
-                 ) -> AlignedDataset | PairedFoldersDataset | UnalignedDataset | ImageFolderDataset:
+def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train") -> FileDataset:
     """Open ``cfg.path`` for a method that wants ``kind``: paired, unpaired, images or classes.
     ``split`` (paired data): which sub-folder of the layout, ``train`` or e.g. ``test`` / ``val``
     for evaluation."""
@@ -264,9 +246,8 @@ def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train"
         for d in (a_dir, b_dir):
             if not d.is_dir():
                 raise TranslateError(f"{root}: unpaired training needs trainA/ and trainB/; missing {d.name}/")
-        files_a = _need(list_images(a_dir), a_dir, "domain A")[:limit]
-        files_b = _need(list_images(b_dir), b_dir, "domain B")[:limit]
-        return UnalignedDataset(files_a, files_b, cfg, seed)
+        return UnalignedDataset(_need(list_images(a_dir), a_dir, "domain A")[:limit],
+                                _need(list_images(b_dir), b_dir, "domain B")[:limit], cfg, seed)
     if kind != "paired":
         raise ValueError(f"unknown data kind {kind!r}")
     if layout == "unaligned":
@@ -287,8 +268,7 @@ def open_dataset(cfg: DataConfig, kind: str, seed: int = 0, split: str = "train"
     if split != "train" and not (root / split).is_dir():
         raise TranslateError(f"{root}: no {split}/ folder of {split} pairs")
     folder = root / split if (root / split).is_dir() else root
-    files = _need(list_images(folder), folder, "side-by-side A|B pairs")[:limit]
-    return AlignedDataset(files, cfg)
+    return AlignedDataset(_need(list_images(folder), folder, "side-by-side A|B pairs")[:limit], cfg)
 
 
 def collate(items: list[Item]) -> dict[str, Any]:
@@ -306,10 +286,8 @@ def collate(items: list[Item]) -> dict[str, Any]:
     if good and "label" in good[0]:
         out["label"] = torch.tensor([it["label"] for it in good])
     for key in ("A", "B"):
-        imgs = [it[key] for it in good if key in it]
-        if not imgs:
-            continue
-        h = min(t.shape[-2] for t in imgs)
-        w = min(t.shape[-1] for t in imgs)
-        out[key] = torch.stack([_center_crop(t, h, w) for t in imgs])
+        if imgs := [it[key] for it in good if key in it]:
+            h = min(t.shape[-2] for t in imgs)
+            w = min(t.shape[-1] for t in imgs)
+            out[key] = torch.stack([_center_crop(t, h, w) for t in imgs])
     return out

@@ -33,11 +33,10 @@ class ResumableSampler(Sampler[int]):
     def _indices(self) -> list[int]:
         if self.weights is not None and self.halves is not None:
             return self._balanced(self.weights, self.halves)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.weights is not None:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
         elif self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))

@@ -116,6 +116,18 @@ def run_cached(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None 
     return summary
 
 
+def translate_folder(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None, *,
+                     progress: Progress | None = None) -> RunSummary:
+    """`translate run`: :func:`run_cached` where it takes the run, else infer.run, which imports torch
+    (then, not here: 1.4 s of the start-up a cached run saves, 2-core Zen5)."""
+    summary = run_cached(in_dir, out_dir, opts, progress=progress)
+    if summary is None:
+        from translate.inference.infer import run
+
+        summary = run(in_dir, out_dir, opts, progress=progress)
+    return summary
+
+
 def _cached(opts: RunOptions) -> tuple[EngineCache, dict[str, Any], str, bool] | None:
     """(cache entry, its facts, precision, whether OpenVINO computes bf16) of the model the full
     path would run ``opts`` with, where it is cached and the run is one this module takes; else None."""

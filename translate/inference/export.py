@@ -30,7 +30,7 @@ from translate import resource
 from translate.core.checkpoints import read_weights
 from translate.core.errors import TranslateError
 from translate.core.files import atomic_path, list_images
-from translate.core.images import read_rgb, resize_u8, to_signed
+from translate.core.images import read_rgb, resize_u8, to_gray, to_signed
 from translate.inference.plan import pick_generator
 from translate.inference.translator import input_size, io_channels
 
@@ -52,28 +52,6 @@ class ExportSummary:
     note: str = ""
 
 
-class _Latent(nn.Module):
-    """A zoo generator as ``z (, label) -> image`` with fixed-noise synthesis (deterministic)."""
-
-    def __init__(self, net: nn.Module, conditional: bool) -> None:
-        super().__init__()
-        self.net, self.conditional = net, conditional
-
-    def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
-        return self.net(z, label) if self.conditional else self.net(z)
-
-
-class _WithLatent(nn.Module):
-    """A multimodal translator as ``(image, z) -> output``."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: Tensor, z: Tensor) -> Tensor:
-        return self.net(image, z)
-
-
 def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     """A real photo (the README's examples) as a (1, C, H, W) input in [-1, 1]."""
 
@@ -83,14 +61,14 @@ def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     else:  # an installed package without the examples: a smooth synthetic image
         yy, xx = torch.meshgrid(torch.linspace(0, 255, size[0]), torch.linspace(0, 255, size[1]), indexing="ij")
         img = torch.stack([yy, xx, (yy + xx) / 2]).to(torch.uint8)
-    x = to_signed(img)[None]
-    return x.mean(1, keepdim=True) if channels == 1 else x
+    return to_signed(to_gray(img) if channels == 1 else img)[None]  # (luma, as training reads images)
 
 
 def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tuple[Tensor, ...], tuple[Tensor, ...],
                                                                    list[str], dict[str, dict[int, str]], str]:
-    """(module, traced inputs, check inputs, input names, dynamic axes, net name) for a weights file."""
-
+    """(module, traced inputs, check inputs, input names, dynamic axes, net name) for a weights file: the
+    net itself, called with the inputs in order (a generator ``z`` (, ``label``); a translator ``image``
+    (, ``z``))."""
     wf = read_weights(weights)
     kind = wf.kind
     if kind == "autoencoder":
@@ -99,14 +77,12 @@ def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tu
     g = torch.Generator().manual_seed(0)
     if kind == "generator":
         G = cast("ExportedNet", wf.build("G"))
-        conditional = bool(getattr(G, "num_classes", 0))
-        module = _Latent(G, conditional).eval()
         z1, z2 = (torch.randn(n, G.z_dim, generator=g) for n in (2, 3))
-        if conditional:
+        if getattr(G, "num_classes", 0):
             labels = [torch.arange(n) % G.num_classes for n in (2, 3)]
-            return (module, (z1, labels[0]), (z2, labels[1]), ["z", "label"], {"z": {0: "batch"},
+            return (G, (z1, labels[0]), (z2, labels[1]), ["z", "label"], {"z": {0: "batch"},
                     "label": {0: "batch"}, "output": {0: "batch"}}, "G")
-        return module, (z1,), (z2,), ["z"], {"z": {0: "batch"}, "output": {0: "batch"}}, "G"
+        return G, (z1,), (z2,), ["z"], {"z": {0: "batch"}, "output": {0: "batch"}}, "G"
     name = pick_generator(wf.nets, wf.path, direction)
     net = wf.build(name).eval()
     multiple, fixed = input_size(wf.arch[name])
@@ -123,7 +99,7 @@ def prepare(weights: str | Path, direction: str = "AtoB") -> tuple[nn.Module, tu
     nz = int(getattr(net, "nz", 0))
     if nz:
         axes["z"] = {0: "batch"}
-        return (_WithLatent(net).eval(), (traced, torch.randn(2, nz, generator=g)),
+        return (net, (traced, torch.randn(2, nz, generator=g)),
                 (check, torch.randn(3, nz, generator=g)), ["image", "z"], axes, name)
     return net, (traced,), (check,), ["image"], axes, name
 
@@ -143,40 +119,29 @@ def _export(module: nn.Module, example: tuple[Tensor, ...], check: tuple[Tensor,
             axes: dict[str, dict[int, str]], name: str, out: Path, fmt: str) -> ExportSummary:
     with torch.no_grad():
         expected = module(*check).float()
-    if fmt == "torchscript":
-        with torch.no_grad():
-            scripted = torch.jit.trace(module, example, check_trace=False)
-        with atomic_path(out) as tmp:
-            torch.jit.save(scripted, str(tmp))
-        loaded = torch.jit.load(str(out))
-        with torch.no_grad():
-            got = loaded(*check).float()
-        err = float((got - expected).abs().max())
-        _verify(err, out)
-        return ExportSummary(out, fmt, name, names, True, err)
-    if importlib.util.find_spec("onnx") is None:
-        raise TranslateError("ONNX export needs the onnx package: pip install 'translate[export]'")
-    with atomic_path(out) as tmp, torch.no_grad():
-        torch.onnx.export(module, example, str(tmp), input_names=names, output_names=["output"],
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
-    if importlib.util.find_spec("onnxruntime") is None:
-        return ExportSummary(out, fmt, name, names, False, note="onnxruntime is not installed: the file is written "
-                             "but not checked (pip install 'translate[export]')")
-    import onnxruntime as ort
+        if fmt == "torchscript":
+            with atomic_path(out) as tmp:
+                torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(tmp))
+            got = torch.jit.load(str(out))(*check).float()
+        else:
+            if importlib.util.find_spec("onnx") is None:
+                raise TranslateError("ONNX export needs the onnx package: pip install 'translate[export]'")
+            with atomic_path(out) as tmp:
+                torch.onnx.export(module, example, str(tmp), input_names=names, output_names=["output"],
+                                  dynamic_axes=axes, opset_version=17, dynamo=False)
+            if importlib.util.find_spec("onnxruntime") is None:
+                return ExportSummary(out, fmt, name, names, False, note="onnxruntime is not installed: the file is "
+                                     "written but not checked (pip install 'translate[export]')")
+            import onnxruntime as ort
 
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    feed = {n: t.numpy() for n, t in zip(names, check, strict=True)}
-    got = torch.from_numpy(session.run(None, feed)[0]).float()
-    err = float((got - expected).abs().max())
-    _verify(err, out)
-    return ExportSummary(out, fmt, name, names, True, err)
-
-
-def _verify(err: float, out: Path) -> None:
+            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, check, strict=True)})[0])
+    err = float((got.float() - expected).abs().max())
     if not err <= TOLERANCE:  # NaN fails too
         out.unlink(missing_ok=True)
         raise TranslateError(f"the exported model's output differs from PyTorch's by {err:.2e} (tolerance "
                              f"{TOLERANCE:.0e}); nothing was kept")
+    return ExportSummary(out, fmt, name, names, True, err)
 
 
 def describe(s: ExportSummary) -> str:

@@ -25,7 +25,7 @@ from translate.core.images import (
     model_batches,
     model_input,
     read_folder,
-    read_rgb,
+    read_named,
     save_png_atomic,
     to_signed,
     to_unit,
@@ -38,14 +38,12 @@ if TYPE_CHECKING:
     from translate.nets import ExportedNet
 
 
-def _open(weights: str | Path, command: str) -> tuple[WeightsFile, str]:
-    wf = read_weights(weights)
+def _open(weights: str | Path, command: str, device: str | torch.device
+          ) -> tuple[WeightsFile, str, ExportedNet, torch.device]:
+    """The weights file, its kind (checked for ``command``), its net (``AE`` or ``G``) on the device."""
+    wf, device = read_weights(weights), torch.device(device)
     wf.check_kind(command)
-    return wf, wf.kind
-
-
-def _net(wf: WeightsFile, kind: str, device: torch.device) -> ExportedNet:
-    return cast("ExportedNet", wf.build("AE" if kind == "autoencoder" else "G", device))
+    return wf, wf.kind, cast("ExportedNet", wf.build("AE" if wf.kind == "autoencoder" else "G", device)), device
 
 
 def _classes(wf: WeightsFile) -> list[str]:
@@ -104,9 +102,7 @@ def save_grid(images: Tensor, cols: int, path: str | Path) -> tuple[int, int]:
 def sample(weights: str | Path, n: int = 64, seed: int = 0, truncation: float = 1.0, class_name: str | None = None,
            device: str | torch.device = "cpu") -> Tensor:
     """``n`` images from random latents (seeded), in [-1, 1]."""
-    wf, kind = _open(weights, "sample")
-    device = torch.device(device)
-    net = _net(wf, kind, device)
+    wf, kind, net, device = _open(weights, "sample", device)
     z = _latents(n, net.z_dim, seed, device)
     return _generate(net, kind, z, _labels(wf, net, n, class_name, device), truncation)
 
@@ -128,10 +124,7 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def load_for(net: ExportedNet, path: str | Path, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
     """An image file as the autoencoder's input (its channels, its resolution, [-1, 1]) and the
     image's own (H, W)."""
-    try:
-        img = read_rgb(path)
-    except (OSError, ValueError) as e:
-        raise TranslateError(f"cannot read {path}: {e}") from None
+    img = read_named(path)
     x = to_signed(model_input(img, net.channels, net.resolution))[None]
     return x.to(device), (img.shape[-2], img.shape[-1])
 
@@ -147,9 +140,7 @@ def interpolate(weights: str | Path, steps: int = 8, seed: int = 0, rows: int = 
     if image is not None:
         raise TranslateError("--input is for translators with a latent code (bicyclegan); generators walk between "
                              "random latents, autoencoders also --between two images")
-    wf, kind = _open(weights, "interpolate")
-    device = torch.device(device)
-    net = _net(wf, kind, device)
+    wf, kind, net, device = _open(weights, "interpolate", device)
     t = torch.linspace(0, 1, steps, device=device)[:, None]
     if between is not None:
         if kind != "autoencoder":
@@ -183,10 +174,7 @@ def _interpolate_translation(weights: str | Path, image: str | Path | None, step
                              f"has none (recipes with one: {', '.join(latent_recipes())})")
     if image is None:
         raise TranslateError("--input IMAGE: the image to translate along the path (a translator needs one)")
-    try:
-        rgb = read_rgb(image)
-    except (OSError, ValueError) as e:
-        raise TranslateError(f"cannot read {image}: {e}") from None
+    rgb = read_named(image)
     h, w = rgb.shape[-2:]
     x = pad_to(to_signed(rgb)[None].to(device), padded((h, w), multiple))
     t = torch.linspace(0, 1, steps, device=device)[:, None]
@@ -229,9 +217,7 @@ def reconstruct(weights: str | Path, in_dir: str | Path, out_dir: str | Path, de
                 progress: Progress | None = None, batch_size: int = 16) -> FolderSummary:
     """Encode and decode every image under ``in_dir`` into PNGs under ``out_dir`` (the same tree, each at
     its own size); an image that cannot be read is said and skipped."""
-    wf, kind = _open(weights, "reconstruct")
-    device = torch.device(device)
-    net = _net(wf, kind, device)
+    _, _, net, device = _open(weights, "reconstruct", device)
     reading = read_folder(in_dir)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     done = 0
@@ -253,9 +239,7 @@ def encode(weights: str | Path, in_dir: str | Path, out: str | Path, device: str
     file; its metadata lists the files in row order."""
     from safetensors.torch import save_file
 
-    wf, kind = _open(weights, "encode")
-    device = torch.device(device)
-    net = _net(wf, kind, device)
+    _, _, net, device = _open(weights, "encode", device)
     reading = read_folder(in_dir)
     rows, z = encode_folder(net, reading, batch_size, device, progress)
     meta = {"files": json.dumps([str(reading.files[i].relative_to(reading.root)) for i in rows]),

@@ -120,11 +120,8 @@ def compile_cached(entry: EngineCache, bf16: bool, threads: int | None = None) -
 
 
 def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class EngineCache:

@@ -48,10 +48,8 @@ def load_reference_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]
         obj = torch.load(name, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
-            raise TranslateError(
-                f"{name} holds pickled objects other than tensors and was refused "
-                "(only plain state dicts are loaded, so no code can run)"
-            ) from None
+            raise TranslateError(f"{name} holds pickled objects other than tensors and was refused "
+                                 "(only plain state dicts are loaded, so no code can run)") from None
         raise TranslateError(f"{name} is not a PyTorch checkpoint ({_first_line(err)})") from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise TranslateError(f"{name} is not a PyTorch checkpoint ({_first_line(err)})") from None
@@ -62,9 +60,7 @@ def load_reference_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]
         raise TranslateError(f"{name} does not hold a state dict (found {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise TranslateError(
-            f"{name} does not hold a state dict of tensors (e.g. entry {bad[0]!r} is not a tensor)"
-        )
+        raise TranslateError(f"{name} does not hold a state dict of tensors (e.g. entry {bad[0]!r} is not a tensor)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -90,9 +86,7 @@ def detect_arch(sd: dict[str, Tensor], arch: str | None = None, norm: str | None
     """
     generators = NETS.names(role="translator", reference=True)
     if arch is not None and arch not in generators:
-        raise TranslateError(
-            f"arch {arch!r} is not a reference generator; choose from: {', '.join(generators)}"
-        )
+        raise TranslateError(f"arch {arch!r} is not a reference generator; choose from: {', '.join(generators)}")
     if "model.down.0.weight" in sd:  # the BicycleGAN code's generator
         spec, found_norm = _detect_bicycle_unet(sd, norm)
     elif "model.model.0.weight" in sd:
@@ -102,18 +96,15 @@ def detect_arch(sd: dict[str, Tensor], arch: str | None = None, norm: str | None
         spec = _detect_resnet(sd)
         found_norm = _detect_norm(sd, first_conv="model.1", first_norm="model.2")
     else:
-        raise TranslateError(
-            "the checkpoint does not look like a reference generator (resnet_*/unet_*): "
-            f"no 'model.model.0.weight' or 'model.N.conv_block' keys (first key: {next(iter(sd))!r})"
-        )
+        raise TranslateError("the checkpoint does not look like a reference generator (resnet_*/unet_*): "
+                             f"no 'model.model.0.weight' or 'model.N.conv_block' keys (first key: {next(iter(sd))!r})")
 
     spec["kwargs"]["norm"] = found_norm
     if arch is not None and arch != spec["net"]:
         raise TranslateError(f"arch {arch!r} contradicts the checkpoint, which holds a {spec['net']} net")
     if norm is not None and norm != found_norm:
-        raise TranslateError(
-            f"norm {norm!r} contradicts the checkpoint, which holds {spec['net']} with norm {found_norm!r}"
-        )
+        raise TranslateError(f"norm {norm!r} contradicts the checkpoint, which holds {spec['net']} with norm "
+                             f"{found_norm!r}")
     return spec
 
 
@@ -138,10 +129,8 @@ def _detect_resnet(sd: dict[str, Tensor]) -> dict[str, Any]:
     if blocks != list(range(start, start + n_blocks)):
         raise TranslateError(f"the checkpoint's resnet blocks sit at unexpected indices {blocks}")
     if n_blocks not in RESNET_BLOCKS:
-        raise TranslateError(
-            f"the checkpoint holds a resnet generator with {n_blocks} blocks; "
-            f"only {', '.join(map(str, RESNET_BLOCKS))} are supported"
-        )
+        raise TranslateError(f"the checkpoint holds a resnet generator with {n_blocks} blocks; "
+                             f"only {', '.join(map(str, RESNET_BLOCKS))} are supported")
     ngf, in_ch = _shape(sd, "model.1.weight")[:2]
     # After the blocks: 2 x (convT, norm, relu) or 2 x (blur, conv, norm, relu), then pad, the output conv, tanh.
     out_ch = _shape(sd, f"model.{start + n_blocks + (8 if antialias_up else 6) + 1}.weight")[0]
@@ -164,10 +153,8 @@ def _detect_unet(sd: dict[str, Tensor]) -> dict[str, Any]:
         depth += 1
         prefix += "3.model."
     if depth not in UNET_DEPTHS:
-        raise TranslateError(
-            f"the checkpoint holds a U-Net with {depth} levels; only {', '.join(map(str, UNET_DEPTHS))} "
-            "(unet_128, unet_256) are supported"
-        )
+        raise TranslateError(f"the checkpoint holds a U-Net with {depth} levels; only "
+                             f"{', '.join(map(str, UNET_DEPTHS))} (unet_128, unet_256) are supported")
     kwargs = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "dropout": False}
     return {"net": UNET_DEPTHS[depth], "kwargs": kwargs}
 
@@ -185,9 +172,8 @@ def _detect_norm(sd: dict[str, Tensor], first_conv: str, first_norm: str) -> str
 # --------------------------------------------------------------------------------------------- import
 
 
-def import_reference(
-    path: str | os.PathLike[str], arch: str | None = None, norm: str | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+def import_reference(path: str | os.PathLike[str], arch: str | None = None, norm: str | None = None
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """Build our network for a reference checkpoint and load its weights (strictly).
 
     Returns the network in eval mode and the spec from :func:`detect_arch`.
@@ -195,30 +181,24 @@ def import_reference(
     name = os.fspath(path)
     sd = load_reference_state_dict(name)
     spec = detect_arch(sd, arch=arch, norm=norm)
+    return _load_strict(sd, spec, name), spec
+
+
+def _load_strict(sd: dict[str, Tensor], spec: dict[str, Any], name: str) -> nn.Module:
+    """Our network of ``spec`` with the checkpoint's tensors, every one in its place, in eval mode; a
+    file that does not fit is one line naming the keys that did not."""
     net: nn.Module = create_net(spec["net"], **spec["kwargs"])
     mapped = _map_keys(sd, net)
-
     expected = net.state_dict()
-    unmapped = [k for k in mapped if k not in expected]
-    missing = [k for k in expected if k not in mapped]
-    mismatched = [
-        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if unmapped or missing or mismatched:
-        parts = [
-            f"{label}: {_list_keys(keys)}"
-            for label, keys in (
-                ("unmapped", unmapped),
-                ("missing", missing),
-                ("shape mismatch (file vs ours)", mismatched),
-            )
-            if keys
-        ]
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+                  for k, v in mapped.items() if k in expected and v.shape != expected[k].shape]
+    parts = [f"{label}: {_list_keys(keys)}" for label, keys in (
+        ("unmapped", [k for k in mapped if k not in expected]), ("missing", [k for k in expected if k not in mapped]),
+        ("shape mismatch (file vs ours)", mismatched)) if keys]
+    if parts:
         raise TranslateError(f"{name} does not fit {spec['net']} {spec['kwargs']}: " + "; ".join(parts))
     net.load_state_dict(mapped, strict=True)
-    return net.eval(), spec
+    return net.eval()
 
 
 def _map_keys(sd: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
@@ -234,13 +214,8 @@ def _map_keys(sd: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
         owner, _, leaf = key.rpartition(".")
-        if (
-            key not in expected
-            and leaf in RUNNING_STATS
-            and isinstance(modules.get(owner), nn.InstanceNorm2d)
-        ):
-            continue
-        out[key] = value
+        if not (key not in expected and leaf in RUNNING_STATS and isinstance(modules.get(owner), nn.InstanceNorm2d)):
+            out[key] = value
     for key, value in expected.items():
         if key.endswith(".num_batches_tracked") and key not in out:
             out[key] = torch.zeros_like(value)
@@ -309,13 +284,4 @@ def import_encoder(path: str | os.PathLike[str], generator: dict[str, Any]) -> t
     spec: dict[str, Any] = {"net": "e_resnet", "kwargs": {"in_ch": in_ch, "nz": nz, "nef": nef,
                                                           "resolution": 8 * 2 ** (blocks + 1),
                                                           "norm": norm}}
-    net: nn.Module = create_net(spec["net"], **spec["kwargs"])
-    mapped = _map_keys(sd, net)
-    expected = net.state_dict()
-    wrong = [k for k in expected if k not in mapped or mapped[k].shape != expected[k].shape]
-    extra = [k for k in mapped if k not in expected]
-    if wrong or extra:
-        raise TranslateError(f"{name} does not fit {spec['net']} {spec['kwargs']}: "
-                             f"{_list_keys(wrong + extra)}")
-    net.load_state_dict(mapped, strict=True)
-    return net.eval(), spec
+    return _load_strict(sd, spec, name), spec

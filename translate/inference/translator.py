@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from translate.core.checkpoints import WeightsFile, read_weights
 from translate.core.devices import DTYPES
 from translate.core.errors import TranslateError, reason
-from translate.core.images import read_rgb, resize_u8, to_gray, to_signed, to_u8
+from translate.core.images import read_named, resize_u8, to_gray, to_signed, to_u8
 from translate.core.recipes import list_recipes, load_recipe
 from translate.core.registry import METHODS, NETS
 from translate.inference.engines import OpenVinoNet, pick_engine, tensors_id
@@ -225,10 +225,7 @@ def style_code(tr: Translator, example: Path) -> Tensor:
     if E is None:
         raise TranslateError("--style needs the model's encoder E, which these weights do not hold (weights of "
                              "`translate train --recipe bicyclegan` do; an import needs `--encoder latest_net_E.pth`)")
-    try:
-        rgb = read_rgb(example)
-    except (OSError, ValueError) as e:
-        raise TranslateError(f"--style: cannot read {example}: {e}") from None
+    rgb = read_named(example, "--style")
     img = to_gray(rgb) if E.in_ch == 1 else rgb
     x = to_signed(resize_u8(img, (E.resolution, E.resolution)))[None].to(tr.device)
     return E(x)[0][0].float()
@@ -283,7 +280,3 @@ def launch_batch(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int, z: 
     done.record()
     return Launched(host, sizes, done)
 
-
-def translate_batch(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int) -> list[Tensor]:
-    """Translate images of one padded size together; returns uint8 (3, h, w) on the CPU."""
-    return launch_batch(tr, rgbs, multiple).result()

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
-import torch
 from torch import Tensor
 
 from translate.core.losses import recon_error
 from translate.core.recipes import LossConfig, ModelConfig, at_least, choice
 from translate.core.registry import METHODS
-from translate.methods.base import Method, side_by_side
+from translate.methods.base import Method
 
 RECON_DISTANCES = ("l2", "l1")
 
@@ -31,17 +30,12 @@ class AELoss(LossConfig):
     recon: str = choice("l2", *RECON_DISTANCES)
 
 
-def recon_loss(x_hat: Tensor, x: Tensor, distance: str) -> Tensor:
-    """:func:`recon_error`, mean over the batch."""
-    return recon_error(x_hat, x, distance).mean()
-
-
 AELossT = TypeVar("AELossT", bound=AELoss)  # the VAE's loss section adds to the autoencoder's
 
 
 @METHODS.register("ae")
 class Autoencoder(Method[AutoencoderModel, AELossT]):
-    """A deterministic conv autoencoder. Exports ``AE``."""
+    """A deterministic conv autoencoder. Exports ``AE``; samples are rows of input | reconstruction."""
 
     data_kind = "images"
     export_names = ("AE",)
@@ -55,19 +49,10 @@ class Autoencoder(Method[AutoencoderModel, AELossT]):
         self.optimizers = {"AE": self.adam("AE")}
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x, opt = batch["A"], self.optimizers["AE"]
-        opt.zero_grad(set_to_none=True)
+        x = batch["A"]
         with self.amp.autocast():
             x_hat = self.nets["AE"](x)
-        loss = recon_loss(x_hat, x, self.loss_cfg.recon)
-        self.amp.backward(loss)
-        self.amp.step(opt)
+        loss = recon_error(x_hat, x, self.loss_cfg.recon).mean()
+        self.descend(loss, "AE")
         self.amp.update()
         return {"recon": loss.detach()}
-
-    @torch.no_grad()
-    def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows of input | reconstruction."""
-        with self.evaluating("AE") as (AE,):
-            x_hat = AE(batch["A"]).float()
-        return side_by_side(batch["A"], x_hat)

@@ -62,11 +62,12 @@ class TranslatorModel(recipes.ModelConfig):
 
 class Method(Generic[ModelT, LossT]):
     """Base class. Subclasses set the class attributes and implement ``setup``, ``train_step`` and
-    ``sample`` (unless input | translation | target of net ``G`` suits).
+    ``sample`` (unless input | output of the first exported net | target suits).
 
     ``nets`` (all networks, saved for resume) and ``optimizers`` are filled by ``setup``;
-    ``export_names`` lists the nets inference needs (saved in the weights file). ``cfg`` and
-    ``loss_cfg`` are the recipe's model and loss sections, typed by the subclass: ``Method[Pix2PixModel, ...]``.
+    ``export_names`` lists the nets inference needs (saved in the weights file), ``export_from`` the
+    nets exported under another's name (an average of G as ``G``). ``cfg`` and ``loss_cfg`` are the
+    recipe's model and loss sections, typed by the subclass: ``Method[Pix2PixModel, ...]``.
     """
 
     ModelConfig: ClassVar[type[recipes.ModelConfig]] = TranslatorModel  # (set from the type parameters)
@@ -74,7 +75,8 @@ class Method(Generic[ModelT, LossT]):
     _params: ClassVar[tuple[Any, ...]] = ()  # the (model, loss) type arguments; TypeVars where still open
     Sections: ClassVar[dict[str, type]] = {}  # sections of its own (e.g. the DB-VAE's debias): recipe.<name>
     data_kind: ClassVar[str] = "paired"  # what open_dataset must provide: "paired" | "unpaired" | "images" | "classes"
-    export_names: ClassVar[tuple[str, ...]] = ()
+    export_names: ClassVar[tuple[str, ...]] = ("G",)
+    export_from: ClassVar[dict[str, str]] = {}
     world_size: int = 1  # processes training together (set by the Trainer); each takes train.batch_size images
     steps_done: int = 0  # steps before the coming one (set by the Trainer)
 
@@ -136,10 +138,11 @@ class Method(Generic[ModelT, LossT]):
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows for the sample grid: (N, C, H, k*W) in [-1, 1]. Here input | translation | target."""
-        with self.evaluating("G") as (G,):
-            fake = G(batch["A"]).float()
-        return side_by_side(batch["A"], fake, batch["B"])
+        """Rows for the sample grid: (N, C, H, k*W) in [-1, 1]. Here input | output of the first exported
+        net (a translation, a reconstruction) | target, where the data has targets."""
+        with self.evaluating(self.export_names[0]) as (net,):
+            out = net(batch["A"]).float()
+        return side_by_side(batch["A"], out, *([batch["B"]] if "B" in batch else []))
 
     # --- building ------------------------------------------------------------------------------
     def build(self, name: str, net_name: str, init: bool | None = None,
@@ -148,9 +151,8 @@ class Method(Generic[ModelT, LossT]):
         registry entry lets ``model.init_type`` apply, or ``init`` says) or with ``start(module)``, and
         move it to the device."""
         info, size = NETS.info(net_name), kwargs.get("resolution")
-        if info.power_of_two and size is not None and not power_of_two(size, info.power_of_two):
-            raise TranslateError(f"data.crop_size {size} must be a power of two >= {info.power_of_two} for "
-                                 f"{self.recipe.method} (e.g. 32 or 64)")
+        if info.power_of_two and size is not None:
+            check_power_of_two(size, self.recipe.method, info.power_of_two)
         module = create_net(net_name, **kwargs)
         if info.recipe_init if init is None else init:
             self._init(module)
@@ -214,6 +216,16 @@ class Method(Generic[ModelT, LossT]):
         return torch.optim.Adam(params, lr=train.lr * ratio, betas=(train.beta1**ratio, train.beta2**ratio),
                                 fused=fused or None)
 
+    def descend(self, loss: Tensor, *names: str) -> None:
+        """A step of the optimizers ``names`` down ``loss``: their gradients zeroed, the backward, the
+        halves frozen for their first steps held (:meth:`hold_frozen`), the steps."""
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        self.amp.backward(loss)
+        self.hold_frozen()
+        for name in names:
+            self.amp.step(self.optimizers[name])
+
     def fixed_noise(self, *shape: int) -> Tensor:
         """N(0, I) latents of ``shape`` for sample grids, from their own generator seeded by ``train.seed``:
         grids stay comparable over training, and the global RNG is left alone."""
@@ -253,7 +265,7 @@ class Method(Generic[ModelT, LossT]):
 
     def export(self) -> dict[str, nn.Module]:
         """The nets inference needs, unwrapped from DDP."""
-        return {n: self.net(n) for n in self.export_names}
+        return {n: self.net(self.export_from.get(n, n)) for n in self.export_names}
 
     @classmethod
     def model_kind(cls) -> str:

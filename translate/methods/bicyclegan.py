@@ -61,7 +61,6 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
     """Multimodal paired translation A -> B. Exports ``G`` (takes an optional z) and ``E`` (an
     example image's code, for ``translate run --style``)."""
 
-    data_kind = "paired"
     export_names = ("G", "E")
 
     def setup(self) -> None:
@@ -158,12 +157,10 @@ class BicycleGAN(Method[BicycleGANModel, BicycleGANLoss]):
 
     def _d_step(self, name: str, D: nn.Module, fake: Tensor, real: Tensor) -> Tensor:
         """One discriminator step: fake + real (no halving, as the code's backward_D)."""
-        self.optimizers[name].zero_grad(set_to_none=True)
         with self.amp.autocast():
             pred_fake, pred_real = D(fake.detach()), D(real)
             loss = self._gan(pred_fake, False) + self._gan(pred_real, True)
-        self.amp.backward(loss)
-        self.amp.step(self.optimizers[name])
+        self.descend(loss, name)
         return loss.detach()
 
     @torch.no_grad()

@@ -59,7 +59,6 @@ class CUT(Method[CUTModel, CUTLoss]):
     """Unpaired translation A -> B with PatchNCE. Exports ``G``."""
 
     data_kind = "unpaired"
-    export_names = ("G",)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -107,25 +106,18 @@ class CUT(Method[CUTModel, CUTLoss]):
         fake_b, idt_b = fakes[:n], fakes[n:]  # (idt_b empty without nce_idt)
 
         set_requires_grad([D], True)
-        self.optimizers["D"].zero_grad(set_to_none=True)
         with self.amp.autocast():
             d_fake = self.gan(D(fake_b.detach()), False)
             d_real = self.gan(D(real_b), True)
-        self.amp.backward((d_fake + d_real) * 0.5)
-        self.amp.step(self.optimizers["D"])
+        self.descend((d_fake + d_real) * 0.5, "D")
 
         set_requires_grad([D], False)
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        self.optimizers["F"].zero_grad(set_to_none=True)
         with self.amp.autocast():
             g_gan = self.gan(D(fake_b), True, for_discriminator=False) * loss_cfg.lambda_gan
             nce = self.nce(real_a, fake_b, flipped)
             nce_y = self.nce(real_b, idt_b, flipped) if loss_cfg.nce_idt else None
         nce_both = (nce + nce_y) * 0.5 if nce_y is not None else nce
-        self.amp.backward(g_gan + nce_both)
-        self.hold_frozen()
-        self.amp.step(self.optimizers["G"])
-        self.amp.step(self.optimizers["F"])
+        self.descend(g_gan + nce_both, "G", "F")
         self.amp.update()
         losses = {"G_GAN": g_gan.detach(), "NCE": nce.detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach()}
         if nce_y is not None:

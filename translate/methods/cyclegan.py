@@ -59,7 +59,6 @@ class CycleGAN(Method[TranslatorModel, CycleGANLoss]):
 
         # Generators: fool both discriminators, keep cycles and identities.
         set_requires_grad([D_A, D_B], False)
-        self.optimizers["G"].zero_grad(set_to_none=True)
         with self.amp.autocast():
             fake_b = G_A(real_a)
             rec_a = G_B(fake_b)
@@ -74,18 +73,13 @@ class CycleGAN(Method[TranslatorModel, CycleGANLoss]):
         zero = real_a.new_zeros(())
         idt_loss_a = F.l1_loss(idt_a.float(), real_b.float()) if idt_a is not None else zero
         idt_loss_b = F.l1_loss(idt_b.float(), real_a.float()) if idt_b is not None else zero
-        loss_g = g_a + g_b + (cycle_a + cycle_b) * lam + (idt_loss_a + idt_loss_b) * lam_idt
-        self.amp.backward(loss_g)
-        self.hold_frozen()
-        self.amp.step(self.optimizers["G"])
+        self.descend(g_a + g_b + (cycle_a + cycle_b) * lam + (idt_loss_a + idt_loss_b) * lam_idt, "G")
 
         # Discriminators: real vs. a fake drawn through the pool of past fakes.
         set_requires_grad([D_A, D_B], True)
-        self.optimizers["D"].zero_grad(set_to_none=True)
         d_a = self._d_loss(D_A, real_b, self.pool_b.query(fake_b.float()))
         d_b = self._d_loss(D_B, real_a, self.pool_a.query(fake_a.float()))
-        self.amp.backward(d_a + d_b)
-        self.amp.step(self.optimizers["D"])
+        self.descend(d_a + d_b, "D")
         self.amp.update()
         return {"G_A": g_a.detach(), "G_B": g_b.detach(), "cycle_A": cycle_a.detach(),
                 "cycle_B": cycle_b.detach(), "idt_A": idt_loss_a.detach(), "idt_B": idt_loss_b.detach(),

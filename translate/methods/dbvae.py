@@ -32,7 +32,7 @@ from translate.core.errors import TranslateError
 from translate.core.losses import kl_per_image
 from translate.core.recipes import LossConfig, ModelConfig, at_least
 from translate.core.registry import METHODS
-from translate.methods.base import Method, side_by_side
+from translate.methods.base import Method
 
 if TYPE_CHECKING:
     from translate.nets import ExportedNet
@@ -59,7 +59,7 @@ class DebiasConfig:
 @METHODS.register("dbvae")
 class DBVAE(Method[DBVAEModel, DBVAELoss]):
     """A debiased binary classifier on ``classes`` data (one subfolder per class). Exports ``AE``
-    (``classify``, ``encode``, ``decode``)."""
+    (``classify``, ``encode``, ``decode``); samples are rows of input | reconstruction (of the mean code)."""
 
     Sections = {"debias": DebiasConfig}
     data_kind = "classes"
@@ -88,9 +88,8 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         self.spread = torch.ones(2)  # (max / min, entropy) of the positives' probabilities
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x, opt = batch["A"], self.optimizers["AE"]
+        x = batch["A"]
         y = (batch["label"] == self.positive).float()
-        opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
             x_hat, mu, logvar, logit = self.nets["AE"](x, sample=True)
         bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
@@ -99,8 +98,7 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         kl = kl_per_image(mu, logvar)
         vae = recon + self.loss_cfg.kl_weight * kl
         loss = (bce + y * vae).mean()
-        self.amp.backward(loss)
-        self.amp.step(opt)
+        self.descend(loss, "AE")
         self.amp.update()
         positives = y.sum().clamp_min(1)
         accuracy = ((logit.detach() > 0).float() == y).float().mean()
@@ -138,13 +136,6 @@ class DBVAE(Method[DBVAEModel, DBVAELoss]):
         # both classes present: half of every batch each (the lab's get_batch); else the one there is
         self.halves = torch.zeros(n, dtype=torch.bool).index_fill_(0, index[pos], True) \
             if pos.any() and not pos.all() else None
-
-    @torch.no_grad()
-    def sample(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rows of input | reconstruction (of the mean code)."""
-        with self.evaluating("AE") as (AE,):
-            x_hat = AE(batch["A"]).float()
-        return side_by_side(batch["A"], x_hat)
 
     def extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights if self.weights is not None else torch.zeros(0),

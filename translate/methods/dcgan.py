@@ -40,7 +40,6 @@ class DCGAN(Method[DCGANModel, DCGANLoss]):
     """Unconditional DCGAN on every image under the folder. Exports ``G``."""
 
     data_kind = "images"
-    export_names = ("G",)
 
     def setup(self) -> None:
         cfg, data = self.cfg, self.recipe.data
@@ -68,7 +67,6 @@ class DCGAN(Method[DCGANModel, DCGANLoss]):
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
-        opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
         real = batch["A"]
         n = real.shape[0]
         real_labels = batch["label"] if self.num_classes else None
@@ -80,20 +78,16 @@ class DCGAN(Method[DCGANModel, DCGANLoss]):
 
         # Discriminator: real -> real, generated -> fake.
         set_requires_grad([D], True)
-        opt_D.zero_grad(set_to_none=True)
         with self.amp.autocast():
             d_real = self.gan(D(real, real_labels), True)
             d_fake = self.gan(D(fake.detach(), fake_labels), False)
-        self.amp.backward(d_real + d_fake)
-        self.amp.step(opt_D)
+        self.descend(d_real + d_fake, "D")
 
         # Generator: make D call its images real.
         set_requires_grad([D], False)
-        opt_G.zero_grad(set_to_none=True)
         with self.amp.autocast():
             g_gan = self.gan(D(fake, fake_labels), True, for_discriminator=False)
-        self.amp.backward(g_gan)
-        self.amp.step(opt_G)
+        self.descend(g_gan, "G")
         self.amp.update()
         return {"G": g_gan.detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach()}
 

@@ -77,7 +77,7 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
     """Unconditional progressive GAN on a folder of images. Exports ``G`` (the moving average G_ema)."""
 
     data_kind = "images"
-    export_names = ("G",)
+    export_from = {"G": "G_ema"}  # the averaged generator, under the name inference looks for
 
     def setup(self) -> None:
         cfg, crop_size = self.cfg, self.recipe.data.crop_size
@@ -117,10 +117,9 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
-        opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
         level, alpha = self.phase()
         if level != cast(PhaseMixin, G).phase[0]:
-            for opt in (opt_G, opt_D):
+            for opt in self.optimizers.values():
                 opt.state.clear()
         self._set_phase(level, alpha)
         real = self._reals(batch["A"], level, alpha)
@@ -130,22 +129,18 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
 
         # Critic: raise D(real), lower D(fake); gradient penalty; drift keeps D(real) near 0.
         set_requires_grad([D], True)
-        opt_D.zero_grad(set_to_none=True)
         fake_d = fake.detach().to(real.dtype)
         with self.amp.autocast():
             d_real, d_fake = D(real).float(), D(fake_d).float()
             gp = gradient_penalty(D, real, fake_d, self.loss_cfg.lambda_gp)
             loss_d = d_fake.mean() - d_real.mean() + gp + self.loss_cfg.epsilon_drift * d_real.pow(2).mean()
-        self.amp.backward(loss_d)
-        self.amp.step(opt_D)
+        self.descend(loss_d, "D")
 
         # Generator: raise the (updated) critic's score of the same fakes.
         set_requires_grad([D], False)
-        opt_G.zero_grad(set_to_none=True)
         with self.amp.autocast():
             loss_g = -D(fake).float().mean()
-        self.amp.backward(loss_g)
-        self.amp.step(opt_G)
+        self.descend(loss_g, "G")
         self.amp.update()
         update_average(self.nets["G_ema"], G, self.loss_cfg.ema_beta)
         self.step += 1
@@ -160,10 +155,6 @@ class PGGAN(Method[PGGANModel, PGGANLoss]):
         with self.amp.autocast():  # (G_ema is always in eval mode)
             images = self.nets["G_ema"](self.fixed_z).float()
         return in_rows(images)
-
-    def export(self) -> dict[str, nn.Module]:
-        """The averaged generator, under the name inference looks for."""
-        return {"G": self.nets["G_ema"]}
 
     def extra_state(self) -> dict[str, Any]:
         return {"step": self.step}

@@ -36,9 +36,6 @@ class Pix2PixLoss(LossConfig):
 class Pix2Pix(Method[Pix2PixModel, Pix2PixLoss]):
     """Paired translation A -> B. Exports ``G``."""
 
-    data_kind = "paired"
-    export_names = ("G",)
-
     def setup(self) -> None:
         self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
         self.build_discriminator("D", self.cfg.input_nc + self.cfg.output_nc)  # judges (input, output) pairs
@@ -47,14 +44,12 @@ class Pix2Pix(Method[Pix2PixModel, Pix2PixLoss]):
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         G, D = self.nets["G"], self.nets["D"]
-        opt_G, opt_D = self.optimizers["G"], self.optimizers["D"]
         real_a, real_b = batch["A"], batch["B"]
         with self.amp.autocast():
             fake_b = G(real_a)
 
         # Discriminator: real pairs -> real, generated pairs -> fake.
         set_requires_grad([D], True)
-        opt_D.zero_grad(set_to_none=True)
         real_ab = torch.cat([real_a, real_b], 1)
         fake_ab = torch.cat([real_a, fake_b.detach().to(real_a.dtype)], 1)
         with self.amp.autocast():
@@ -63,18 +58,14 @@ class Pix2Pix(Method[Pix2PixModel, Pix2PixLoss]):
             loss_d = (d_fake + d_real) * 0.5
             if self.loss_cfg.gan_mode == "wgangp":
                 loss_d = loss_d + gradient_penalty(D, real_ab, fake_ab, self.loss_cfg.lambda_gp)
-        self.amp.backward(loss_d)
-        self.amp.step(opt_D)
+        self.descend(loss_d, "D")
 
         # Generator: fool D, stay close to the target in L1.
         set_requires_grad([D], False)
-        opt_G.zero_grad(set_to_none=True)
         with self.amp.autocast():
             g_gan = self.gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
         g_l1 = F.l1_loss(fake_b.float(), real_b.float())
-        self.amp.backward(g_gan + g_l1 * self.loss_cfg.lambda_l1)
-        self.hold_frozen()
-        self.amp.step(opt_G)
+        self.descend(g_gan + g_l1 * self.loss_cfg.lambda_l1, "G")
         self.amp.update()
         return {"G_GAN": g_gan.detach(), "G_L1": g_l1.detach(), "D_real": d_real.detach(),
                 "D_fake": d_fake.detach()}

@@ -45,9 +45,6 @@ class PSPLoss(LossConfig):
 class PSP(Method[PSPModel, PSPLoss]):
     """Paired translation A -> B through a StyleGAN2's W+. Exports ``G`` (encoder + generator)."""
 
-    data_kind = "paired"
-    export_names = ("G",)
-
     def setup(self) -> None:
         self.build_generator("G", self.cfg.input_nc, self.cfg.output_nc)
         self.optimizers = {"G": self.adam("G")}
@@ -59,9 +56,8 @@ class PSP(Method[PSPModel, PSPLoss]):
                               "AlexNet weights, loss.lpips_weights=alexnet-owt-7be5be79.pth (nothing is downloaded)")
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        G, opt, loss_cfg = self.nets["G"], self.optimizers["G"], self.loss_cfg
+        G, loss_cfg = self.nets["G"], self.loss_cfg
         real_a, real_b = batch["A"], batch["B"]
-        opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
             fake_b, code = G(real_a, return_code=True)
         fake, real = fake_b.float(), real_b.float()
@@ -76,9 +72,7 @@ class PSP(Method[PSPModel, PSPLoss]):
             perceptual = self.lpips(*(_lpips_size(t) for t in (fake, real))).mean()
             loss = loss + perceptual * loss_cfg.lambda_lpips
             losses["LPIPS"] = perceptual.detach()
-        self.amp.backward(loss)
-        self.hold_frozen()
-        self.amp.step(opt)
+        self.descend(loss, "G")
         self.amp.update()
         return losses
 

@@ -66,7 +66,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
     """Unconditional StyleGAN2 on ``images`` data. Exports ``G`` (the EMA generator)."""
 
     data_kind = "images"
-    export_names = ("G",)
+    export_from = {"G": "G_ema"}  # the EMA generator, under the name inference looks for
 
     def setup(self) -> None:
         cfg, data, loss_cfg = self.cfg, self.recipe.data, self.loss_cfg
@@ -103,27 +103,23 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
 
         # G: make D call the fakes real (non-saturating: softplus(-D(G(z)))).
         set_requires_grad([D], False)
-        opt_G.zero_grad(set_to_none=True)
         z, z2, mix = self._latents(n)
         with self.amp.autocast():
             g_loss = F.softplus(-D(G(z, z2=z2, mix_layer=mix, noise_mode="random")).float()).mean()
-        self.amp.backward(g_loss)
-        self.amp.step(opt_G)
+        self.descend(g_loss, "G")
         losses["G"] = g_loss.detach()
         if loss_cfg.pl_weight > 0 and self.step % loss_cfg.pl_interval == 0:
             losses["PL"] = self._path_length_step(G, opt_G, max(1, n // loss_cfg.pl_batch_shrink))
 
         # D: real -> 1, fake -> 0 (softplus(D(fake)) + softplus(-D(real))).
         set_requires_grad([D], True)
-        opt_D.zero_grad(set_to_none=True)
         z, z2, mix = self._latents(n)
         with torch.no_grad(), self.amp.autocast():
             fake = G(z, z2=z2, mix_layer=mix, noise_mode="random")
         with self.amp.autocast():
             d_fake = F.softplus(D(fake).float()).mean()
             d_real = F.softplus(-D(real).float()).mean()
-        self.amp.backward(d_fake + d_real)
-        self.amp.step(opt_D)
+        self.descend(d_fake + d_real, "D")
         losses["D_real"], losses["D_fake"] = d_real.detach(), d_fake.detach()
         if loss_cfg.r1_gamma > 0 and self.step % loss_cfg.r1_interval == 0:
             losses["R1"] = self._r1_step(D, opt_D, real)
@@ -174,11 +170,7 @@ class StyleGAN2(Method[StyleGAN2Model, StyleGAN2Loss]):
         beta = 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
         update_average(self.nets["G_ema"], self.net("G"), beta)
 
-    # --- export, samples, state ----------------------------------------------------------------
-    def export(self) -> dict[str, nn.Module]:
-        """The EMA generator, under the name inference looks for."""
-        return {"G": self.nets["G_ema"]}
-
+    # --- samples, state -------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows of G_ema's images from the fixed latents (constant noise: comparable over time)."""

@@ -10,7 +10,7 @@ generator, so resume is exact) is decoded and the loss is
   ``capacity_max`` nats over ``capacity_steps`` (Burgess et al.; ``beta`` is then unused).
 
 ``recon`` is per image and summed over pixels (``l2``: Gaussian NLL with variance 1/2, ``l1``: Laplace
-NLL with scale 1, constants dropped; see :func:`translate.methods.ae.recon_loss`), so ``elbo`` =
+NLL with scale 1, constants dropped; see :func:`translate.core.losses.recon_error`), so ``elbo`` =
 recon + KL is the negative ELBO per image in those units, whatever beta is.
 """
 
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
-from translate.core.losses import kl_per_image
+from translate.core.losses import kl_per_image, recon_error
 from translate.core.recipes import RecipeError, at_least
 from translate.core.registry import METHODS
-from translate.methods.ae import AELoss, Autoencoder, recon_loss
+from translate.methods.ae import AELoss, Autoencoder
 from translate.methods.base import side_by_side
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ class VAELoss(AELoss):
         if self.capacity_max > 0 and self.kl_warmup_steps > 0:
             raise RecipeError("loss.kl_warmup_steps and loss.capacity_max both schedule the KL term; "
                               "set one of them to 0")
-
-
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
-    """:func:`kl_per_image`, mean over the batch."""
-    return kl_per_image(mu, logvar).mean()
 
 
 @METHODS.register("vae")
@@ -71,16 +66,14 @@ class VAE(Autoencoder[VAELoss]):
         return loss_cfg.beta * ramp, 0.0
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x, opt, capped = batch["A"], self.optimizers["AE"], self.loss_cfg.capacity_max > 0
+        x, capped = batch["A"], self.loss_cfg.capacity_max > 0
         weight, capacity = self.schedule()
-        opt.zero_grad(set_to_none=True)
         with self.amp.autocast():
             x_hat, mu, logvar = self.nets["AE"](x, sample=True)
-        recon = recon_loss(x_hat, x, self.loss_cfg.recon)
-        kl = kl_to_standard_normal(mu, logvar)
+        recon = recon_error(x_hat, x, self.loss_cfg.recon).mean()
+        kl = kl_per_image(mu, logvar).mean()
         loss = recon + weight * ((kl - capacity).abs() if capped else kl)
-        self.amp.backward(loss)
-        self.amp.step(opt)
+        self.descend(loss, "AE")
         self.amp.update()
         self.steps += 1
         losses = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": (recon + kl).detach()}

@@ -62,8 +62,11 @@ class ConvDecoder(nn.Module):
         return self.convs(self.fc(z).view(-1, self.start, 4, 4))
 
 
+@NETS.register("conv_ae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 class ConvAutoencoder(nn.Module):
-    """Deterministic autoencoder: ``encode(x) -> z``, ``decode(z) -> x``."""
+    """A deterministic conv autoencoder for ``resolution`` x ``resolution`` images (a power of two >= 16).
+
+    ``encode(x) -> z``, ``decode(z) -> x``."""
 
     def __init__(self, channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> None:
         super().__init__()
@@ -84,12 +87,13 @@ class ConvAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
+@NETS.register("conv_vae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 class ConvVAE(ConvAutoencoder):
-    """Variational autoencoder: the encoder gives q(z|x) = N(mu, diag(exp(logvar))); ``encode`` is its mean.
+    """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16.
 
-    ``forward(x, sample=True)`` is the training pass (one call, so DDP sees it): z = mu + sigma * eps
-    with eps from torch's global generator, returning ``(x_hat, mu, logvar)``.
-    """
+    The encoder gives q(z|x) = N(mu, diag(exp(logvar))). ``forward(x, sample=True)`` is the training
+    pass (one call, so DDP sees it): z = mu + sigma * eps with eps from torch's global generator,
+    returning ``(x_hat, mu, logvar)``."""
 
     def _code_size(self) -> int:
         return 2 * self.z_dim
@@ -116,8 +120,11 @@ class ConvVAE(ConvAutoencoder):
         return self.decode(z), mu, logvar
 
 
+@NETS.register("conv_dbvae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
 class ConvDBVAE(ConvVAE):
-    """DB-VAE (Amini et al. 2019): the VAE's encoder also classifies. Its output is one logit (is the
+    """A conv VAE whose encoder also gives a class logit (DB-VAE), for power-of-two resolutions >= 16.
+
+    DB-VAE (Amini et al. 2019): the VAE's encoder also classifies. Its output is one logit (is the
     image of the positive class), then the mean and log-variance of q(z|x); the decoder is the VAE's.
     ``forward(x, sample=True)`` -> ``(x_hat, mu, logvar, logit)``."""
 
@@ -143,29 +150,19 @@ class ConvDBVAE(ConvVAE):
         return self.decode(z), mu, logvar, logit
 
 
-@NETS.register("conv_ae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
-def conv_ae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
-    """A deterministic conv autoencoder for ``resolution`` x ``resolution`` images (a power of two >= 16)."""
-    return ConvAutoencoder(channels, resolution, z_dim, nf)
-
-
-@NETS.register("conv_vae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
-def conv_vae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
-    """A conv VAE (Gaussian encoder, ``encode`` = mean) for power-of-two resolutions >= 16."""
-    return ConvVAE(channels, resolution, z_dim, nf)
-
-
-@NETS.register("conv_dbvae", role="autoencoder", family="autoencoder", recipe_init=False, power_of_two=16)
-def conv_dbvae(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
-    """A conv VAE whose encoder also gives a class logit (DB-VAE), for power-of-two resolutions >= 16."""
-    return ConvDBVAE(channels, resolution, z_dim, nf)
-
-
 # --- encoders for composed translators: the zoo's AE/VAE encoders, loadable from their weights ----
 
+def _code_options(c: dict) -> dict:
+    return {"channels": c["in_ch"], "resolution": c["size"], "z_dim": c["z_dim"], "nf": c["ngf"]}
+
+
+@NETS.register("vae_encoder", role="encoder", family="autoencoder", fixed_size=True, gives="vector", recipe_init=False,
+               options=_code_options, source=("conv_vae", "encoder.", "vae"))
 class VAEEncoder(ConvEncoder):
-    """The VAE's encoder alone: ``forward`` gives the mean code (as ``ConvVAE.encode``), with
-    ``logvar=True`` the mean and the log-variance."""
+    """The conv VAE's encoder (the mean code); starts from `translate train --recipe vae` weights.
+
+    ``forward`` gives the mean code (as ``ConvVAE.encode``), with ``logvar=True`` the mean and the
+    log-variance."""
 
     def __init__(self, channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> None:
         super().__init__(channels, resolution, nf, 2 * z_dim)
@@ -183,19 +180,8 @@ class VAEEncoder(ConvEncoder):
         return (mu, log_var) if logvar else mu
 
 
-def _code_options(c: dict) -> dict:
-    return {"channels": c["in_ch"], "resolution": c["size"], "z_dim": c["z_dim"], "nf": c["ngf"]}
-
-
 @NETS.register("ae_encoder", role="encoder", family="autoencoder", fixed_size=True, gives="vector", recipe_init=False,
                options=_code_options, source=("conv_ae", "encoder.", "ae"))
 def ae_encoder(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
     """The conv autoencoder's encoder (a ``z_dim`` code); starts from `translate train --recipe ae` weights."""
     return ConvEncoder(channels, resolution, nf, z_dim)
-
-
-@NETS.register("vae_encoder", role="encoder", family="autoencoder", fixed_size=True, gives="vector", recipe_init=False,
-               options=_code_options, source=("conv_vae", "encoder.", "vae"))
-def vae_encoder(channels: int = 3, resolution: int = 64, z_dim: int = 64, nf: int = 32) -> nn.Module:
-    """The conv VAE's encoder (the mean code); starts from `translate train --recipe vae` weights."""
-    return VAEEncoder(channels, resolution, z_dim, nf)

@@ -86,8 +86,7 @@ def compose(cfg: TranslatorModel, in_ch: int, out_ch: int, size: int, nz: int = 
         options = NETS.info(name).options
         assert options is not None, f"{name} registers no options"  # every encoder and decoder does
         kwargs = options(ctx)
-        init = getattr(cfg, f"init_{role}")
-        if init:
+        if init := getattr(cfg, f"init_{role}"):
             kwargs, states[role] = _from_file(Path(init), role, name, kwargs)
         specs[role] = {"net": name, "kwargs": kwargs}
         ctx[role] = kwargs
@@ -108,7 +107,6 @@ def _latent(generator: str, nz: int) -> dict[str, int]:
 
 def _from_file(path: Path, role: str, name: str, needed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The half's kwargs and weights from ``path``, checked against what the recipe needs."""
-
     key = f"model.init_{role}"
     try:
         wf = read_weights(path)

@@ -176,8 +176,11 @@ class ResBlockDown(nn.Module):
         return self.conv(x) + self.shortcut(x)
 
 
+@NETS.register("e_resnet", role="style_encoder", family=FAMILY, fixed_size=True, power_of_two=16)
 class EResNet(nn.Module):
-    """The code's ``E_ResNet`` (VAE-like): a 4x4 stride-2 conv, residual blocks that halve the image
+    """BicycleGAN's encoder E: an image to the mean and log-variance of its latent code.
+
+    The code's ``E_ResNet`` (VAE-like): a 4x4 stride-2 conv, residual blocks that halve the image
     down to 8x8 (widths nef, 2nef, 3nef, then 4nef), leaky ReLU, an 8x8 mean; ``fc`` and ``fcVar``
     give the mean and log-variance of q(z|x). ``forward(x) -> (mu, logvar)``.
 
@@ -203,12 +206,6 @@ class EResNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat = self.conv(x).view(x.size(0), -1)
         return self.fc(flat), self.fcVar(flat)
-
-
-@NETS.register("e_resnet", role="style_encoder", family=FAMILY, fixed_size=True, power_of_two=16)
-def e_resnet(in_ch: int = 3, nz: int = 8, nef: int = 64, resolution: int = 256, norm: str = "instance") -> nn.Module:
-    """BicycleGAN's encoder E: an image to the mean and log-variance of its latent code."""
-    return EResNet(in_ch, nz, nef, resolution, norm)
 
 
 # --- D: PatchGANs at several scales -----------------------------------------------------------------

@@ -65,14 +65,10 @@ class Composed(nn.Module):
         return self
 
 
-def _check(encoder: dict[str, Any], decoder: dict[str, Any]) -> None:
-    gives, takes = NETS.info(encoder["net"]).gives, NETS.info(decoder["net"]).takes
-    if gives not in takes:
-        raise ValueError(f"{encoder['net']} gives a {gives} code; {decoder['net']} takes {', '.join(takes)}")
-
-
 @NETS.register("composed", role="translator", family="image", parts=("encoder", "decoder"))
 def composed(encoder: dict[str, Any], decoder: dict[str, Any], nz: int = 0) -> nn.Module:
     """An encoder and a decoder of the registry, joined by the code they share."""
-    _check(encoder, decoder)
+    gives, takes = NETS.info(encoder["net"]).gives, NETS.info(decoder["net"]).takes
+    if gives not in takes:
+        raise ValueError(f"{encoder['net']} gives a {gives} code; {decoder['net']} takes {', '.join(takes)}")
     return Composed(encoder, decoder, nz)

@@ -55,8 +55,11 @@ def dcgan_init(net: nn.Module) -> nn.Module:
     return net
 
 
+@NETS.register("dcgan_g", role="generator", family="dcgan", recipe_init=False, power_of_two=16)
 class DCGANGenerator(nn.Module):
-    """(N, z_dim) noise (and (N,) labels if ``num_classes``) -> (N, channels, R, R) images in [-1, 1]."""
+    """DCGAN generator; ``num_classes > 0`` makes it class-conditional (embedding concatenated to z).
+
+    (N, z_dim) noise (and (N,) labels if ``num_classes``) -> (N, channels, R, R) images in [-1, 1]."""
 
     def __init__(self, z_dim: int = 100, resolution: int = 64, channels: int = 3, ngf: int = 64,
                  num_classes: int = 0) -> None:
@@ -83,8 +86,11 @@ class DCGANGenerator(nn.Module):
         return self.main(z[:, :, None, None])
 
 
+@NETS.register("dcgan_d", role="discriminator", family="dcgan", recipe_init=False, power_of_two=16)
 class ProjectionDiscriminator(nn.Module):
-    """(N, channels, R, R) images (and (N,) labels if ``num_classes``) -> (N,) real/fake logits."""
+    """DCGAN discriminator; ``num_classes > 0`` adds the class projection.
+
+    (N, channels, R, R) images (and (N,) labels if ``num_classes``) -> (N,) real/fake logits."""
 
     def __init__(self, resolution: int = 64, channels: int = 3, ndf: int = 64, norm: str = "batch",
                  num_classes: int = 0) -> None:
@@ -111,16 +117,3 @@ class ProjectionDiscriminator(nn.Module):
             score = score + (self.embed(label).to(phi.dtype) * phi).sum(1)
         return score
 
-
-@NETS.register("dcgan_g", role="generator", family="dcgan", recipe_init=False, power_of_two=16)
-def dcgan_g(z_dim: int = 100, resolution: int = 64, channels: int = 3, ngf: int = 64,
-            num_classes: int = 0) -> nn.Module:
-    """DCGAN generator; ``num_classes > 0`` makes it class-conditional (embedding concatenated to z)."""
-    return DCGANGenerator(z_dim, resolution, channels, ngf, num_classes)
-
-
-@NETS.register("dcgan_d", role="discriminator", family="dcgan", recipe_init=False, power_of_two=16)
-def dcgan_d(resolution: int = 64, channels: int = 3, ndf: int = 64, norm: str = "batch",
-            num_classes: int = 0) -> nn.Module:
-    """DCGAN discriminator; ``num_classes > 0`` adds the class projection."""
-    return ProjectionDiscriminator(resolution, channels, ndf, norm, num_classes)

@@ -8,8 +8,11 @@ from torch import Tensor, nn
 from translate.core.registry import NETS
 
 
+@NETS.register("patch_mlp", role="head", family="image")
 class PatchSampleMLP(nn.Module):
-    """For each feature map: the features at ``patch_ids`` (or at ``num_patches`` random positions, drawn
+    """CUT's projection heads: a two-layer MLP per feature layer, on sampled patches, L2-normalised.
+
+    For each feature map: the features at ``patch_ids`` (or at ``num_patches`` random positions, drawn
     from torch's global generator), through Linear-ReLU-Linear to ``nc`` values, L2-normalised.
 
     Sized by the channels of the layers it serves (known when it is built, so it is in the state from
@@ -40,9 +43,3 @@ def _unit(x: Tensor) -> Tensor:
     row of zeros (every ReLU of the head off) and its gradient is NaN (seen here in a FastCUT test);
     no value above the clamp changes."""
     return x / (x.pow(2).sum(-1, keepdim=True).clamp_min(1e-30).pow(0.5) + 1e-7)
-
-
-@NETS.register("patch_mlp", role="head", family="image")
-def patch_mlp(channels: list[int], nc: int = 256) -> nn.Module:
-    """CUT's projection heads: a two-layer MLP per feature layer, on sampled patches, L2-normalised."""
-    return PatchSampleMLP(channels, nc)

@@ -13,9 +13,11 @@ from translate.core.registry import NETS
 from translate.nets.layers import BlurDown, norm_layer, uses_bias
 
 
+@NETS.register("n_layers", role="discriminator", family="image")
 class NLayerDiscriminator(nn.Module):
-    """Conv-LeakyReLU stack scoring overlapping patches; ``n_layers=3`` sees 70x70 patches.
+    """PatchGAN with a chosen depth (receptive field grows with ``n_layers``).
 
+    A Conv-LeakyReLU stack scoring overlapping patches; ``n_layers=3`` sees 70x70 patches.
     ``n_layers`` stride-2 convs then one stride-1 conv widen the features by ``min(2**n, 8)``;
     a final stride-1 conv maps to one channel. The first conv (no norm after it) and the last
     one always carry a bias. ``antialias``: each stride-2 conv is a stride-1 conv and a blur-pool
@@ -79,13 +81,6 @@ def basic(in_ch: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instanc
           ) -> nn.Module:
     """The standard 70x70 PatchGAN; ``n_layers`` is accepted for a uniform signature but fixed at 3."""
     return NLayerDiscriminator(in_ch, ndf, n_layers=3, norm=norm, antialias=antialias)
-
-
-@NETS.register("n_layers", role="discriminator", family="image")
-def n_layers(in_ch: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance", antialias: bool = False
-             ) -> nn.Module:
-    """PatchGAN with a chosen depth (receptive field grows with ``n_layers``)."""
-    return NLayerDiscriminator(in_ch, ndf, n_layers=n_layers, norm=norm, antialias=antialias)
 
 
 @NETS.register("pixel", role="discriminator", family="image")

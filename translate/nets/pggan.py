@@ -89,8 +89,11 @@ def _widths(fmap_base: int, fmap_max: int):
     return lambda stage: max(1, min(fmap_base // 2**stage, fmap_max))
 
 
+@NETS.register("pggan_g", role="generator", family="pggan", recipe_init=False, power_of_two=4)
 class PGGANGenerator(PhaseMixin):
-    """z -> image. ``forward`` draws at the current level and (by default) upsamples, nearest, to
+    """Progressive generator; build with ``init=False`` (it initialises itself, N(0, 1)).
+
+    z -> image. ``forward`` draws at the current level and (by default) upsamples, nearest, to
     ``resolution``; in eval mode the output is clamped to [-1, 1] (training sees the paper's linear
     output)."""
 
@@ -138,8 +141,11 @@ class PGGANGenerator(PhaseMixin):
         return out if self.training else out.clamp(-1.0, 1.0)
 
 
+@NETS.register("pggan_d", role="discriminator", family="pggan", recipe_init=False, power_of_two=4)
 class PGGANDiscriminator(PhaseMixin):
-    """Image at the current level's size -> one score per image (WGAN critic, no sigmoid)."""
+    """Progressive critic with the minibatch standard deviation layer.
+
+    Image at the current level's size -> one score per image (WGAN critic, no sigmoid)."""
 
     def __init__(self, resolution: int = 32, channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512) -> None:
         super().__init__()
@@ -178,15 +184,3 @@ class PGGANDiscriminator(PhaseMixin):
             h = self._block(i, h)
         return h
 
-
-@NETS.register("pggan_g", role="generator", family="pggan", recipe_init=False, power_of_two=4)
-def pggan_g(z_dim: int = 512, resolution: int = 32, channels: int = 3, fmap_base: int = 8192,
-            fmap_max: int = 512) -> nn.Module:
-    """Progressive generator; build with ``init=False`` (it initialises itself, N(0, 1))."""
-    return PGGANGenerator(z_dim, resolution, channels, fmap_base, fmap_max)
-
-
-@NETS.register("pggan_d", role="discriminator", family="pggan", recipe_init=False, power_of_two=4)
-def pggan_d(resolution: int = 32, channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512) -> nn.Module:
-    """Progressive critic with the minibatch standard deviation layer."""
-    return PGGANDiscriminator(resolution, channels, fmap_base, fmap_max)

@@ -62,8 +62,17 @@ class StyleHead(nn.Module):
         return self.fc(self.convs(x).mean((2, 3)))
 
 
+def _options(c: dict) -> dict:
+    decoder = c["decoder"]  # the W+ it writes must fit the decoder's synthesis network
+    return {"in_ch": c["in_ch"], "num_ws": num_ws(decoder["resolution"]), "w_dim": decoder["w_dim"], "nf": c["ngf"]}
+
+
+@NETS.register("psp_encoder", role="encoder", family="stylegan2", size_multiple=16, gives="wplus",
+               recipe_init=False, options=_options)
 class PSPEncoder(nn.Module):
-    """(N, in_ch, H, W) -> (N, num_ws, w_dim) style offsets; H and W multiples of 16."""
+    """pSp's feature-pyramid encoder: an image to W+ style offsets for a StyleGAN2 decoder.
+
+    (N, in_ch, H, W) -> (N, num_ws, w_dim) style offsets; H and W multiples of 16."""
 
     def __init__(self, in_ch: int = 3, num_ws: int = 14, w_dim: int = 512, nf: int = 32) -> None:
         super().__init__()
@@ -88,14 +97,3 @@ class PSPEncoder(nn.Module):
         maps = [coarse if i < COARSE else medium if i < MEDIUM else fine for i in range(self.num_ws)]
         return torch.stack([head(m) for head, m in zip(self.heads, maps, strict=True)], 1)
 
-
-def _options(c: dict) -> dict:
-    decoder = c["decoder"]  # the W+ it writes must fit the decoder's synthesis network
-    return {"in_ch": c["in_ch"], "num_ws": num_ws(decoder["resolution"]), "w_dim": decoder["w_dim"], "nf": c["ngf"]}
-
-
-@NETS.register("psp_encoder", role="encoder", family="stylegan2", size_multiple=16, gives="wplus",
-               recipe_init=False, options=_options)
-def psp_encoder(in_ch: int = 3, num_ws: int = 14, w_dim: int = 512, nf: int = 32) -> nn.Module:
-    """pSp's feature-pyramid encoder: an image to W+ style offsets for a StyleGAN2 decoder."""
-    return PSPEncoder(in_ch, num_ws, w_dim, nf)

@@ -129,9 +129,12 @@ class ResnetGenerator(nn.Module):
         return [feats[i] for i in layers]
 
 
+@NETS.register("resnet_encoder", role="encoder", family="image", size_multiple=4, gives="features",
+               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"], "dropout": c["dropout"]})
 class ResnetEncoder(nn.Module):
-    """The first half of the ResNet generator: stem, downsampling and the residual blocks; gives
-    a ``features`` code (4 ngf x H/4 x W/4)."""
+    """ResNet generator's stem, downsampling and residual blocks (a feature map at 1/4 size).
+
+    The first half of the ResNet generator; gives a ``features`` code (4 ngf x H/4 x W/4)."""
 
     def __init__(self, in_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
                  n_blocks: int = 9) -> None:
@@ -142,8 +145,12 @@ class ResnetEncoder(nn.Module):
         return self.model(x)
 
 
+@NETS.register("resnet_decoder", role="decoder", family="image", size_multiple=4, takes=("features",),
+               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"]})
 class ResnetDecoder(nn.Module):
-    """The second half: upsampling and the output conv, from a ``features`` code to an image."""
+    """ResNet generator's upsampling and output conv.
+
+    The second half, from a ``features`` code to an image."""
 
     def __init__(self, out_ch: int = 3, ngf: int = 64, norm: str = "instance") -> None:
         super().__init__()
@@ -171,18 +178,3 @@ def resnet_6blocks(
     """The lighter variant the CycleGAN paper uses for 128x128 images."""
     return ResnetGenerator(in_ch, out_ch, ngf, norm=norm, dropout=dropout, n_blocks=6, antialias=antialias,
                            antialias_up=antialias_up)
-
-
-@NETS.register("resnet_encoder", role="encoder", family="image", size_multiple=4, gives="features",
-               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"], "dropout": c["dropout"]})
-def resnet_encoder(in_ch: int = 3, ngf: int = 64, norm: str = "instance", dropout: bool = False,
-                   n_blocks: int = 9) -> nn.Module:
-    """ResNet generator's stem, downsampling and residual blocks (a feature map at 1/4 size)."""
-    return ResnetEncoder(in_ch, ngf, norm, dropout, n_blocks)
-
-
-@NETS.register("resnet_decoder", role="decoder", family="image", size_multiple=4, takes=("features",),
-               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"]})
-def resnet_decoder(out_ch: int = 3, ngf: int = 64, norm: str = "instance") -> nn.Module:
-    """ResNet generator's upsampling and output conv."""
-    return ResnetDecoder(out_ch, ngf, norm)

@@ -186,12 +186,13 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
+@NETS.register("stylegan2_g", role="generator", family="stylegan2", recipe_init=False, power_of_two=8)
 class Generator(nn.Module):
-    """StyleGAN2 generator: ``forward(z) -> images`` of ``channels`` x ``resolution``^2.
+    """StyleGAN2 generator (mapping + skip synthesis); initialises itself (N(0, 1), equalised lr).
 
-    Contract attributes: ``z_dim``, ``resolution``, ``channels``, ``num_classes`` (0: unconditional).
-    In eval mode the output is clamped to [-1, 1] (the inference contract); training sees the raw
-    output, as in the paper.
+    ``forward(z) -> images`` of ``channels`` x ``resolution``^2. Contract attributes: ``z_dim``,
+    ``resolution``, ``channels``, ``num_classes`` (0: unconditional). In eval mode the output is
+    clamped to [-1, 1] (the inference contract); training sees the raw output, as in the paper.
     """
 
     num_classes = 0
@@ -238,8 +239,15 @@ def num_ws(resolution: int) -> int:
     return 2 * int(math.log2(resolution)) - 2
 
 
+@NETS.register("stylegan2_decoder", role="decoder", family="stylegan2", fixed_size=True, takes=("vector", "wplus"),
+               recipe_init=False, source=("stylegan2_g", "", "stylegan2"),
+               options=lambda c: {"z_dim": c["z_dim"], "w_dim": c["z_dim"], "resolution": c["size"],
+                                  "channels": c["out_ch"], "channel_base": c["ngf"] * 512,
+                                  "channel_max": c["ngf"] * 8})
 class StyleDecoder(Generator):
-    """The generator as the decoder of a composed translator: constant noise when it translates
+    """StyleGAN2 synthesis from a z (vector) or W+ code; starts from `translate train --recipe stylegan2` weights.
+
+    The generator as the decoder of a composed translator: constant noise when it translates
     (deterministic), random noise while the translator trains (as pSp's training draws it).
 
     It takes a ``vector`` code as z (through the mapping network) or a ``wplus`` code, one style
@@ -274,8 +282,11 @@ class DiscriminatorBlock(nn.Module):
         return self.skip(x) + self.conv1(self.conv0(x))
 
 
+@NETS.register("stylegan2_d", role="discriminator", family="stylegan2", recipe_init=False, power_of_two=8)
 class Discriminator(nn.Module):
-    """StyleGAN2's residual discriminator: image -> one logit per sample, shape (N, 1)."""
+    """StyleGAN2 residual discriminator with minibatch stddev; initialises itself.
+
+    Image -> one logit per sample, shape (N, 1)."""
 
     def __init__(self, resolution: int = 256, channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
                  mbstd_group: int = 4) -> None:
@@ -297,27 +308,3 @@ class Discriminator(nn.Module):
         x = self.conv(self.mbstd(x))
         return self.out(self.fc(x.flatten(1)))
 
-
-@NETS.register("stylegan2_g", role="generator", family="stylegan2", recipe_init=False, power_of_two=8)
-def stylegan2_g(z_dim: int = 512, w_dim: int = 512, resolution: int = 256, channels: int = 3,
-                channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8) -> Generator:
-    """StyleGAN2 generator (mapping + skip synthesis); initialises itself (N(0, 1), equalised lr)."""
-    return Generator(z_dim, w_dim, resolution, channels, channel_base, channel_max, mapping_layers)
-
-
-@NETS.register("stylegan2_d", role="discriminator", family="stylegan2", recipe_init=False, power_of_two=8)
-def stylegan2_d(resolution: int = 256, channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
-                mbstd_group: int = 4) -> Discriminator:
-    """StyleGAN2 residual discriminator with minibatch stddev; initialises itself."""
-    return Discriminator(resolution, channels, channel_base, channel_max, mbstd_group)
-
-
-@NETS.register("stylegan2_decoder", role="decoder", family="stylegan2", fixed_size=True, takes=("vector", "wplus"),
-               recipe_init=False, source=("stylegan2_g", "", "stylegan2"),
-               options=lambda c: {"z_dim": c["z_dim"], "w_dim": c["z_dim"], "resolution": c["size"],
-                                  "channels": c["out_ch"], "channel_base": c["ngf"] * 512,
-                                  "channel_max": c["ngf"] * 8})
-def stylegan2_decoder(z_dim: int = 512, w_dim: int = 512, resolution: int = 256, channels: int = 3,
-                      channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8) -> StyleDecoder:
-    """StyleGAN2 synthesis from a z (vector) or W+ code; starts from `translate train --recipe stylegan2` weights."""
-    return StyleDecoder(z_dim, w_dim, resolution, channels, channel_base, channel_max, mapping_layers)

@@ -119,9 +119,8 @@ class UnetGenerator(nn.Module):
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm=norm, innermost=True)
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, dropout=dropout)
-        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
-        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
-        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm=norm)
+        for mult in (4, 2, 1):
+            block = UnetSkipConnectionBlock(ngf * mult, ngf * mult * 2, submodule=block, norm=norm)
         self.model = UnetSkipConnectionBlock(
             out_ch, ngf, in_ch=in_ch, submodule=block, outermost=True, norm=norm
         )
@@ -162,8 +161,17 @@ def unet_depth(size: int) -> int:
     return min(8, max(5, size.bit_length() - 1))
 
 
+def _depth_multiple(num_downs: int = 8, **_: object) -> int:
+    return 2**num_downs
+
+
+@NETS.register("unet_encoder", role="encoder", family="image", size_multiple=_depth_multiple, gives="skips",
+               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"],
+                                  "num_downs": unet_depth(c["size"])})
 class UnetEncoder(nn.Module):
-    """Stride-2 4x4 convs (LeakyReLU before and norm after each but the first), giving every
+    """U-Net's down path, every level's features kept for the decoder's skips.
+
+    Stride-2 4x4 convs (LeakyReLU before and norm after each but the first), giving every
     level's output: ``skips[i]`` is ``widths[i]`` x H/2^(i+1) x W/2^(i+1)."""
 
     def __init__(self, in_ch: int = 3, ngf: int = 64, norm: str = "batch", num_downs: int = 8) -> None:
@@ -171,9 +179,8 @@ class UnetEncoder(nn.Module):
         w, make_norm, bias = _widths(ngf, num_downs), norm_layer(norm), uses_bias(norm)
         downs: list[nn.Module] = [nn.Conv2d(in_ch, w[0], kernel_size=4, stride=2, padding=1, bias=bias)]
         for i in range(1, num_downs):
-            innermost = i == num_downs - 1
             downs.append(nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(w[i - 1], w[i], 4, 2, 1, bias=bias),
-                                       nn.Identity() if innermost else make_norm(w[i])))
+                                       nn.Identity() if i == num_downs - 1 else make_norm(w[i])))  # innermost: none
         self.downs = nn.ModuleList(downs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -184,9 +191,14 @@ class UnetEncoder(nn.Module):
         return skips
 
 
+@NETS.register("unet_decoder", role="decoder", family="image", size_multiple=_depth_multiple, takes=("skips",),
+               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"],
+                                  "dropout": c["dropout"], "num_downs": unet_depth(c["size"])})
 class UnetDecoder(nn.Module):
-    """Transposed convs back up, each level fed its own output beside the encoder's skip
-    (LeakyReLU of it, as the reference's in-place activation leaves it); tanh at the end."""
+    """U-Net's up path with skip connections, to a tanh image.
+
+    Transposed convs back up, each level fed its own output beside the encoder's skip
+    (LeakyReLU of it, as the reference's in-place activation leaves it)."""
 
     def __init__(self, out_ch: int = 3, ngf: int = 64, norm: str = "batch", dropout: bool = False,
                  num_downs: int = 8) -> None:
@@ -207,24 +219,3 @@ class UnetDecoder(nn.Module):
         for i in range(len(skips) - 2, -1, -1):
             y = self.ups[i](torch.cat([self.leaky(skips[i]), y], 1))
         return y
-
-
-def _depth_multiple(num_downs: int = 8, **_: object) -> int:
-    return 2**num_downs
-
-
-@NETS.register("unet_encoder", role="encoder", family="image", size_multiple=_depth_multiple, gives="skips",
-               options=lambda c: {"in_ch": c["in_ch"], "ngf": c["ngf"], "norm": c["norm"],
-                                  "num_downs": unet_depth(c["size"])})
-def unet_encoder(in_ch: int = 3, ngf: int = 64, norm: str = "batch", num_downs: int = 8) -> nn.Module:
-    """U-Net's down path, every level's features kept for the decoder's skips."""
-    return UnetEncoder(in_ch, ngf, norm, num_downs)
-
-
-@NETS.register("unet_decoder", role="decoder", family="image", size_multiple=_depth_multiple, takes=("skips",),
-               options=lambda c: {"out_ch": c["out_ch"], "ngf": c["ngf"], "norm": c["norm"],
-                                  "dropout": c["dropout"], "num_downs": unet_depth(c["size"])})
-def unet_decoder(out_ch: int = 3, ngf: int = 64, norm: str = "batch", dropout: bool = False,
-                 num_downs: int = 8) -> nn.Module:
-    """U-Net's up path with skip connections, to a tanh image."""
-    return UnetDecoder(out_ch, ngf, norm, dropout, num_downs)

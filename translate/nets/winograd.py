@@ -303,13 +303,6 @@ class WinogradConv2d(nn.Module):
         self._cache = None  # .to(), .cuda(), .double(), ...: the cached weight would be stale
         return super()._apply(fn, recurse)
 
-    def _conv2d(self, x: Tensor) -> Tensor:
-        """nn.Conv2d's own forward."""
-        p = self.padding
-        if self.padding_mode == "reflect" and p:
-            return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.weight, self.bias)
-        return F.conv2d(x, self.weight, self.bias, padding=p)
-
     def _transformed(self) -> Tensor:
         w = self.weight
         if torch.is_grad_enabled() and w.requires_grad:
@@ -323,7 +316,9 @@ class WinogradConv2d(nn.Module):
         return c[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
+        w, pad = self.weight, self.padding
+        if self.padding_mode == "reflect" and pad:  # as nn.Conv2d: reflect-padded, then a conv without padding
+            x, pad = F.pad(x, (pad, pad, pad, pad), mode="reflect"), 0
         if (
             torch.compiler.is_compiling()  # a traced graph runs the compiler's own conv
             or x.device.type != "cpu"
@@ -332,16 +327,13 @@ class WinogradConv2d(nn.Module):
             or w.dtype != torch.float32
             or x.dim() not in (3, 4)
             or x.numel() == 0
-            or x.shape[-1] + 2 * self.padding < 3
-            or x.shape[-2] + 2 * self.padding < 3
+            or x.shape[-1] + 2 * pad < 3
+            or x.shape[-2] + 2 * pad < 3
         ):
-            return self._conv2d(x)
+            return F.conv2d(x, w, self.bias, padding=pad)  # nn.Conv2d's own
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
-        pad = self.padding
-        if self.padding_mode == "reflect" and pad:
-            x, pad = F.pad(x, (pad, pad, pad, pad), mode="reflect"), 0
         U = self._transformed()
         if torch.is_grad_enabled() and (
             x.requires_grad or w.requires_grad or (self.bias is not None and self.bias.requires_grad)

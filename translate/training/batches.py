@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import torch
@@ -16,16 +17,15 @@ from translate.core.progress import Progress
 from translate.core.recipes import Recipe
 from translate.core.signals import blocked, ignore_in_worker
 from translate.data import Augment, collate
-from translate.data.layouts import AlignedDataset, ImageFolderDataset, PairedFoldersDataset, UnalignedDataset
+from translate.data.layouts import FileDataset
 from translate.data.sampler import Indexed, ResumableSampler
 
 BATCH_KEYS = ("A", "B", "label")  # what a collated batch may carry to the device
 Batch = dict[str, torch.Tensor]
-TrainingData = AlignedDataset | PairedFoldersDataset | UnalignedDataset | ImageFolderDataset  # open_dataset's
 
 
 class Batches:
-    def __init__(self, recipe: Recipe, dataset: TrainingData, paired: bool, device: torch.device, rank: int,
+    def __init__(self, recipe: Recipe, dataset: FileDataset, paired: bool, device: torch.device, rank: int,
                  world_size: int, progress: Progress) -> None:
         self.recipe, self.dataset, self.device, self.progress = recipe, dataset, device, progress
         self.augment = Augment(recipe.data, paired=paired)
@@ -71,13 +71,8 @@ class Batches:
 
     def fixed(self) -> Batch:
         """The first ``train.n_samples`` readable items, centre-cropped: grids comparable over time."""
-        items = []
-        for i in range(len(self.dataset)):
-            item = self.dataset[i]
-            if "error" not in item:
-                items.append(item)
-            if len(items) == self.recipe.train.n_samples:
-                break
+        good = (item for i in range(len(self.dataset)) if "error" not in (item := self.dataset[i]))
+        items = list(islice(good, self.recipe.train.n_samples))
         if not items:
             raise TranslateError(f"no readable images in {self.recipe.data.path}")
         raw = collate(items)

@@ -75,7 +75,6 @@ class Checkpointer:
                               f"checkpoint took {last / 2**20:.0f} MB: this save may not fit")
 
 
-
 def snapshot(tr: Trainer) -> dict[str, Any]:
     """A training state: where the run is (step, epoch, samples of the epoch, processes), its method's
     nets and optimizers, schedules, loss scaler, torch's random streams, the method's own extras (an
@@ -100,10 +99,9 @@ def restore(tr: Trainer, state: dict[str, Any]) -> None:
     method, recipe = tr.method, tr.recipe
     for name, sd in state["nets"].items():
         unwrap(method.nets[name]).load_state_dict(sd)
-    for name, sd in state["optimizers"].items():
-        method.optimizers[name].load_state_dict(sd)
-    for name, sd in state["schedulers"].items():
-        tr.schedulers[name].load_state_dict(sd)
+    for key, objects in (("optimizers", method.optimizers), ("schedulers", tr.schedulers)):
+        for name, sd in state[key].items():
+            objects[name].load_state_dict(sd)
     if tr.precision.scaler and state.get("scaler"):
         tr.precision.scaler.load_state_dict(state["scaler"])
     method.load_extra_state(state.get("extra", {}))

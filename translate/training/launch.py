@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from translate.core.errors import exit_code
@@ -54,43 +55,41 @@ def launch(nproc: int, args: list[str]) -> int:
 
     def forward(signum: int, frame: Any) -> None:
         if received:  # a second Ctrl-C: stop now, without saving
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+            _to_running(procs, subprocess.Popen.kill)
             return
         received.append(signum)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        _to_running(procs, lambda p: p.send_signal(signum))
 
     old = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         failed_at, first_failure = None, 0
         while any(p.poll() is None for p in procs):
-            # After a stop signal, 130/143 is how a process ends well; anything else is a failure.
-            ok = (0, exit_code(received[0])) if received else (0,)
-            codes = [_status(p.returncode) for p in procs if p.returncode is not None]
-            failures = [c for c in codes if c not in ok]
+            failures = _failures(procs, received)
             if failures and failed_at is None:
                 # A failed process leaves its peers waiting in a collective: ask them to stop, and
                 # kill them after a grace period (after a signal they ignore a repeated one).
                 failed_at, first_failure = time.monotonic(), failures[0]
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+                _to_running(procs, subprocess.Popen.terminate)
             if failed_at is not None and time.monotonic() - failed_at > FAILED_PEER_GRACE_S:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
+                _to_running(procs, subprocess.Popen.kill)
             time.sleep(0.2)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    failures = [first_failure] if first_failure else _failures(procs, received)
+    return failures[0] if failures else exit_code(received[0]) if received else 0
+
+
+def _to_running(procs: list[subprocess.Popen], act: Callable[[subprocess.Popen], Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            act(p)
+
+
+def _failures(procs: list[subprocess.Popen], received: list[int]) -> list[int]:
+    """The statuses of processes that failed: after a stop signal, 130/143 is how one ends well."""
     ok = (0, exit_code(received[0])) if received else (0,)
-    failures = [c for c in (_status(p.returncode) for p in procs) if c not in ok]
-    if first_failure or failures:
-        return first_failure or failures[0]
-    return exit_code(received[0]) if received else 0
+    return [c for c in (_status(p.returncode) for p in procs if p.returncode is not None) if c not in ok]
 
 
 def _status(returncode: int) -> int:

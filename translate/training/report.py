@@ -79,17 +79,11 @@ class Run:
     @property
     def losses(self) -> list[str]:
         """Loss names in the order the log first shows them."""
-        names: dict[str, None] = {}
-        for line in self.steps:
-            names.update((k, None) for k in line if k not in NOT_LOSSES)
-        return list(names)
+        return list(dict.fromkeys(k for line in self.steps for k in line if k not in NOT_LOSSES))
 
     @property
     def metrics(self) -> list[str]:
-        names: dict[str, None] = {}
-        for line in self.evals:
-            names.update((k[len("eval_"):], None) for k in line if k.startswith("eval_"))
-        return list(names)
+        return list(dict.fromkeys(k[len("eval_"):] for line in self.evals for k in line if k.startswith("eval_")))
 
     def series(self, key: str, lines: list[dict[str, Any]] | None = None) -> tuple[list[int], list[float | None]]:
         """Steps and values of one key; a NaN or inf value (a diverged step) is a gap, as JSON has no NaN."""
@@ -139,8 +133,7 @@ def _json_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
         try:
             value = json.loads(text)
         except ValueError:
-            bad += 1
-            continue
+            value = None
         if isinstance(value, dict):
             good.append(value)
         else:
@@ -232,8 +225,7 @@ def _curve(xs: list[int], ys: list[float | None], name: str, color: str, legend:
     ``raw=False``: the logged curve alone."""
     group = legend or name
     keep = _spread(range(len(xs)), MAX_POINTS)  # smoothed over every line, drawn at a browser's pace
-    smoothed_ys = smooth(ys)
-    xs, ys, smoothed_ys = ([v[i] for i in keep] for v in (xs, ys, smoothed_ys))
+    xs, ys, smoothed_ys = ([v[i] for i in keep] for v in (xs, ys, smooth(ys)))
     if not raw:  # a value set, not measured (the learning rate): drawn as it is
         return [{"x": xs, "y": ys, "name": name, "mode": "lines", "legendgroup": group, "line": {"color": color}}]
     smoothed = {"x": xs, "y": smoothed_ys, "name": f"{name} (smoothed)", "mode": "lines", "legendgroup": group,
@@ -248,7 +240,6 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 
 def _eval_figure(metric: str, runs: list[Run]) -> dict[str, Any]:
     """One eval metric over steps per run, the best evaluation of each marked (a star and its value)."""
-
     higher = HIGHER_IS_BETTER.get(metric)
     traces: list[dict[str, Any]] = []
     for i, run in enumerate(runs):
@@ -359,10 +350,9 @@ FACTS = [("device", "device"), ("precision", "precision"), ("processes", "proces
 def _facts_section(run: Run) -> str:
     if not run.starts:
         train = run.recipe.get("train", {})
+        device, precision, batch = (html.escape(str(train.get(k, "?"))) for k in ("device", "precision", "batch_size"))
         return ("<h2>Start-up</h2><p>Not recorded (the run began before starts.jsonl); from its recipe: device "
-                f"{html.escape(str(train.get('device', '?')))}, precision "
-                f"{html.escape(str(train.get('precision', '?')))}, batch per process "
-                f"{html.escape(str(train.get('batch_size', '?')))}.</p>")
+                f"{device}, precision {precision}, batch per process {batch}.</p>")
     rows = [[label, run.starts[-1].get(key, "")] for label, key in FACTS]
     rows.append(["started", ", ".join(f"{_time(s['time']) if 'time' in s else '?'} at step {s.get('step', '?')}"
                                       for s in run.starts)])
@@ -492,7 +482,6 @@ def _write_page(out: Path, title: str, status: str, sections: list[str]) -> None
     """The page with plotly.js inside it, written to a temporary name and renamed: a browser (or the
     next report_every) never reads half a page."""
     from plotly.offline import get_plotlyjs
-
 
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"

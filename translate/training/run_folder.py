@@ -14,6 +14,7 @@ from translate.core.errors import TranslateError
 from translate.core.images import save_png_atomic, to_unit
 from translate.core.progress import Progress
 from translate.training.report import STARTS_NAME, start_facts, write_report
+from translate.training.tensorboard import Board  # it imports torch's SummaryWriter only when a Board opens
 
 
 class RunPaths:
@@ -33,13 +34,11 @@ class RunLog:
 
     def __init__(self, paths: RunPaths, progress: Progress, main: bool) -> None:
         self.paths, self.progress, self.main = paths, progress, main
-        self.board: Any = None  # TensorBoard's writer, once opened
+        self.board: Board | None = None  # TensorBoard's writer, once opened
 
     def open_board(self, step: int) -> None:
         """train.tensorboard: event files beside the log, from ``step`` on."""
         if self.main:
-            from translate.training.tensorboard import Board  # torch's SummaryWriter: imported only when asked for
-
             self.board = Board(self.paths.root, step)
 
     def write(self, line: dict[str, Any]) -> None:

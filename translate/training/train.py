@@ -15,14 +15,13 @@ with the same next loss, as one that was never stopped.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,6 @@ class Trainer:
         self.checkpoints = Checkpointer(self.paths, recipe.to_json(), t.keep_last, self.progress)
         # train.batch_size is per process, as the reference's --batch_size under DDP: any number of
         # processes runs the recipe unchanged, and the global batch grows with them.
-        self.local_batch = t.batch_size
         self.global_batch = t.batch_size * self.dist.world_size
         self.lr_factor = lr_factor(t.lr_scale, self.dist.world_size)
 
@@ -184,7 +182,7 @@ class Trainer:
         self.losses: dict[str, float] = {}
         with self.signals, deterministic(t.deterministic), self.progress.start(self.total_steps, self.step), \
                 self._out_of_memory():
-            while not self._done() and self.stopped is None:
+            while self.epoch < t.epochs + t.epochs_decay and self.step < self.total_steps and self.stopped is None:
                 # An epoch: this epoch's remaining batches, on the device and augmented.
                 for batch in self._epoch_batches():
                     # One step of the method; then the NaN guard, log, progress and sample grid.
@@ -211,9 +209,8 @@ class Trainer:
             self.log.report()
         self._close()
         seconds = time.perf_counter() - self._start_time
-        done = self.step - self._start_step
-        return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds,
-                           done * self.global_batch / seconds if seconds > 0 else 0.0, self.batches.skipped,
+        rate = (self.step - self._start_step) * self.global_batch / seconds if seconds > 0 else 0.0
+        return TrainResult(paths.root, self.step, self.epoch, paths.weights, seconds, rate, self.batches.skipped,
                            self.losses, sum(p.stat().st_size for p in paths.root.rglob("*") if p.is_file()),
                            peak_gpu_bytes(self.device))
 
@@ -228,10 +225,6 @@ class Trainer:
                 f"out of GPU memory at step {self.step + 1}: train.batch_size={t.batch_size} of data.crop_size="
                 f"{d.crop_size} images does not fit on {self.device}; try --set train.batch_size="
                 f"{max(1, t.batch_size // 2)} or a smaller data.crop_size; {self.guard.kept()}") from None
-
-    def _done(self) -> bool:
-        t = self.recipe.train
-        return self.epoch >= t.epochs + t.epochs_decay or self.step >= self.total_steps
 
     def _epoch_batches(self) -> Iterator[Batch]:
         """This epoch's remaining batches, weighed first by a method that weighs its data (DB-VAE)."""
@@ -298,13 +291,13 @@ class Trainer:
         facts = self.log.start(
             method=r.method, step=self.step, epoch=self.epoch, total_steps=self.total_steps,
             device=f"{d} ({name})" if name else str(d), precision=f"{self.precision.name} "
-            f"({precision_reason(t.precision, d)})", processes=self.dist.world_size, batch=self.local_batch,
+            f"({precision_reason(t.precision, d)})", processes=self.dist.world_size, batch=t.batch_size,
             global_batch=self.global_batch, lr=t.lr * self.lr_factor, images=len(self.dataset), data=r.data.path,
             torch=torch.__version__)
         self.progress.say(
             f"{'resuming' if self.step else 'training'} {r.method} on {len(self.dataset)} images from {r.data.path} "
             f"| device {d} | precision {facts['precision']} | {self.dist.world_size} process(es) x batch "
-            f"{self.local_batch} = global batch {self.global_batch} | lr {facts['lr']:g} (train.lr {t.lr:g}, "
+            f"{t.batch_size} = global batch {self.global_batch} | lr {facts['lr']:g} (train.lr {t.lr:g}, "
             f"lr_scale {t.lr_scale}: {LR_RULES[t.lr_scale]}) | step {self.step}/{self.total_steps} | "
             f"run {self.paths.root}")
         for note in self.method.notes:
@@ -337,7 +330,7 @@ def _startable(recipe: Recipe, weights: Path, resume: bool) -> Recipe:
     moved = {f"init_{p}": str(weights) for p in ("encoder", "decoder") if getattr(recipe.model, f"init_{p}", "")}
     if not (resume and moved and weights.is_file()):
         return recipe
-    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, **moved))
+    return replace(recipe, model=replace(recipe.model, **moved))
 
 
 def train(recipe: Recipe, out_dir: str | Path, *, console: Console | None = None, quiet: bool = False) -> TrainResult:
