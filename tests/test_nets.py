@@ -159,7 +159,7 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path, pairs4, singl
 
     from translate.cli.commands import app
     from translate.core.recipes import RecipeError, load_recipe
-    from translate.inference.translator import size_multiple
+    from translate.inference.translator import input_size
 
     monkeypatch.setattr(NETS, "_items", dict(NETS._items))  # the registration ends with the test
     monkeypatch.setattr(NETS, "_info", dict(NETS._info))
@@ -171,7 +171,7 @@ def test_a_new_backbone_is_one_registration(monkeypatch, tmp_path, pairs4, singl
 
     recipe = load_recipe("pix2pix", ["model.generator=toy_translator", "data.crop_size=64"])
     assert recipe.model.generator == "toy_translator"
-    assert size_multiple({"net": "toy_translator"}) == 8
+    assert input_size({"net": "toy_translator"}) == (8, None)
     from translate.methods.base import Method
 
     with pytest.raises(TranslateError, match="needs a multiple of 8"):

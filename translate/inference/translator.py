@@ -40,11 +40,6 @@ def input_size(spec: dict[str, Any]) -> tuple[int, int | None]:
     return NETS.input_size(spec)
 
 
-def size_multiple(spec: dict[str, Any]) -> int:
-    """Inputs must be a multiple of this for the net to return the same size."""
-    return input_size(spec)[0]
-
-
 def io_channels(spec: dict[str, Any]) -> tuple[int, int]:
     """(input, output) image channels of a translator's spec; a composed one's from its halves."""
     kw = spec.get("kwargs", {})
