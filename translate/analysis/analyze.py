@@ -18,7 +18,6 @@ with variance 1/2, ``l1``: Laplace with scale 1, constants dropped, as methods/a
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 from collections.abc import Callable
@@ -78,17 +77,8 @@ def _prepared(net: ExportedNet, device: torch.device, precision: str, engine: st
         return net.to(DTYPES[precision]), DTYPES[precision]
 
 
-def json_object(text: str) -> dict[str, Any]:
-    """``text`` (a weights file's recipe or info) parsed as a JSON object; {} when it is not one."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def recon_kind(wf: WeightsFile) -> str:
-    return json_object(wf.recipe_json).get("loss", {}).get("recon", "l2")
+    return wf.recipe.get("loss", {}).get("recon", "l2")
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:
@@ -297,8 +287,7 @@ def classify(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, ba
     dev = pick_device(device)
     wf, net = _classifier(weights, "classify", dev)
     net, dtype = _prepared(net, dev, resolve_precision(precision, dev), engine, "classify", decode=False)
-    info = json_object(wf.meta.get("info", "{}"))
-    positive, classes = info.get("positive", "positive"), list(info.get("classes", []))
+    positive, classes = wf.info.get("positive", "positive"), list(wf.info.get("classes", []))
     reading = read_folder(in_dir)
     progress = (progress or Progress.silent()).start(total=len(reading.files))
     probs: dict[int, float] = {}
@@ -337,7 +326,7 @@ def debias(weights: str | Path, in_dir: str | Path, out_csv: str | Path, *, bins
     a PNG of the most (top row) and least often drawn images."""
     dev = pick_device(device)
     wf, net = _classifier(weights, "debias", dev)
-    section = json_object(wf.recipe_json).get("debias", {})
+    section = wf.recipe.get("debias", {})
     bins = bins if bins is not None else int(section.get("bins", 10))
     alpha = alpha if alpha is not None else float(section.get("alpha", 0.001))
     if bins < 2 or alpha < 0:

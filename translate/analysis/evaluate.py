@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from translate.analysis.analyze import json_object, write_csv
+from translate.analysis.analyze import write_csv
 from translate.core.checkpoints import read_weights
 from translate.core.devices import pick_device, resolve_precision
 from translate.core.errors import PartialFailures, TranslateError
@@ -70,7 +70,7 @@ def pair_metrics(output: Tensor, target: Tensor) -> dict[str, float]:
 def test_config(wf: Any, data: Path, direction: str) -> Any:
     """The data section evaluation reads with: the weights' recipe at test time (crop_size, no
     augmentation); ``direction`` BtoA (CycleGAN's other generator) swaps the pairs."""
-    saved = json_object(wf.recipe_json).get("data", {})
+    saved = wf.recipe.get("data", {})
     size = int(saved.get("crop_size", 256))
     trained = saved.get("direction", "AtoB")
     flipped = {"AtoB": "BtoA", "BtoA": "AtoB"}[trained] if direction == "BtoA" else trained

@@ -159,6 +159,16 @@ class WeightsFile:
     tensors: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe (``recipe_json``) as a dict; {} for imported weights or one that does not parse."""
+        return _json_object(self.recipe_json)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the method said of its model (``info``: classes, the positive class ...); {} where nothing."""
+        return _json_object(self.meta.get("info", "{}"))
+
+    @property
     def kind(self) -> str:
         """translator | generator | autoencoder: from the metadata, or for a file written before it
         was kept, from its nets and the method that made it."""
@@ -187,6 +197,14 @@ class WeightsFile:
             raise TranslateError(f"{self.path}: weights of {name!r} do not fit its architecture "
                                  f"(missing {len(missing)}, unexpected {len(unexpected)} keys)")
         return net.to(device).eval()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def read_weights(path: str | Path) -> WeightsFile:

@@ -46,13 +46,6 @@ def _open(weights: str | Path, command: str, device: str | torch.device
     return wf, wf.kind, cast("ExportedNet", wf.build("AE" if wf.kind == "autoencoder" else "G", device)), device
 
 
-def _classes(wf: WeightsFile) -> list[str]:
-    try:
-        return list(json.loads(wf.meta.get("info", "{}")).get("classes", []))
-    except json.JSONDecodeError:
-        return []
-
-
 def _labels(wf: WeightsFile, net: nn.Module, n: int, class_name: str | None, device: torch.device) -> Tensor | None:
     k = int(getattr(net, "num_classes", 0) or 0)
     if not k:
@@ -61,7 +54,7 @@ def _labels(wf: WeightsFile, net: nn.Module, n: int, class_name: str | None, dev
         return None
     if class_name is None:
         return torch.arange(n, device=device) % k
-    names = _classes(wf)
+    names = list(wf.info.get("classes", []))
     if class_name not in names:
         raise TranslateError(f"--class {class_name!r}: the model knows {', '.join(names) or f'{k} classes'}")
     return torch.full((n,), names.index(class_name), device=device, dtype=torch.long)
