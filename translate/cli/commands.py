@@ -558,25 +558,17 @@ def _print_networks() -> None:
             continue
         out.print(f"[bold]{role}s[/] ({what})")
         for name in names:
-            info = NETS.info(name)
-            facts = [f"family {info.family}"]
-            if callable(info.size_multiple):
-                facts.append("sides a multiple of 2^levels")
-            elif info.size_multiple > 1:
-                facts.append(f"sides a multiple of {info.size_multiple}")
-            if info.fixed_size:
-                facts.append("works at its trained resolution")
-            if info.gives:
-                facts.append(f"gives {info.gives}")
-            if info.takes:
-                facts.append(f"takes {' or '.join(info.takes)}")
-            if info.source:
-                facts.append(f"starts from `--recipe {info.source[2]}` weights")
-            if info.reference:
-                facts.append("reference checkpoints import")
-            if role in ("translator", "generator", "autoencoder") and (
-                    partners := NETS.partners(name, "discriminator")):
-                facts.append(f"trains with {', '.join(partners)}")
+            info, m = NETS.info(name), NETS.info(name).size_multiple
+            partners = NETS.partners(name, "discriminator") if role in ("translator", "generator", "autoencoder") \
+                else []
+            facts = [fact for shown, fact in (
+                (True, f"family {info.family}"),
+                (callable(m) or m > 1, "sides a multiple of " + ("2^levels" if callable(m) else str(m))),
+                (info.fixed_size, "works at its trained resolution"), (info.gives, f"gives {info.gives}"),
+                (info.takes, f"takes {' or '.join(info.takes)}"),
+                (info.source, f"starts from `--recipe {info.source and info.source[2]}` weights"),
+                (info.reference, "reference checkpoints import"), (partners, f"trains with {', '.join(partners)}"),
+            ) if shown]
             shown = name.removesuffix(f"_{role}") if role in ("encoder", "decoder") else name
             out.print(f"  {shown:<15} {info.summary}  [dim]({'; '.join(facts)})[/]")
     out.print("[bold]pairs that fit[/] (model.encoder + model.decoder: the code one gives, the other takes)")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from translate.core.errors import TranslateError
 
@@ -264,20 +266,15 @@ class Dist:
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``t`` summed over ranks (or their maximum, ``op="max"``), on the collectives' device."""
-        if not self.enabled:
-            return t
-        import torch.distributed as dist
-
-        t = t.to(self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if self.enabled:
+            t = t.to(self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return t
 
     def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``t`` on every rank, on the CPU (what must agree to the last bit, e.g. sampling weights)."""
         if not self.enabled:
             return t
-        import torch.distributed as dist
-
         t = t.to(self.device)
         dist.broadcast(t, src=0)
         return t.cpu()
@@ -291,8 +288,6 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
 def close_distributed() -> None:
     """Leave the process group together: a rank that exits while a peer still holds the connection
     can make that peer abort (SIGABRT in gloo), failing a job that did all its work."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -300,8 +295,6 @@ def close_distributed() -> None:
 
 def ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``net`` wrapped for DistributedDataParallel training on ``device``."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     # Batch statistics over the global batch, as one process would have them. PyTorch's
     # SyncBatchNorm runs on GPUs only; CPU processes (gloo) normalise over their own batch.
     cuda = device.type == "cuda"
@@ -309,7 +302,7 @@ def ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     # Methods call a net several times per step (CycleGAN's G_A: fake_B, rec_B, identity):
     # a static graph lets DDP reduce each parameter once per backward all the same.
-    return DDP(net, device_ids=[device.index] if cuda else None, static_graph=True)
+    return DistributedDataParallel(net, device_ids=[device.index] if cuda else None, static_graph=True)
 
 
 def init_distributed(device: torch.device) -> Dist:
@@ -317,8 +310,6 @@ def init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

@@ -81,11 +81,6 @@ def to_grid(images: Tensor, nrow: int) -> Tensor:
     return make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
 
 
-def grid_side(n: int) -> int:
-    """Columns of the near-square grid of ``n`` samples."""
-    return max(1, math.ceil(math.sqrt(n)))
-
-
 def save_grid(images: Tensor, cols: int, path: str | Path) -> tuple[int, int]:
     """``images`` in [-1, 1] as a PNG grid of ``cols`` columns, written atomically; (rows, cols)."""
     save_png_atomic(to_grid(images, cols), path)
@@ -103,7 +98,7 @@ def sample(weights: str | Path, n: int = 64, seed: int = 0, truncation: float = 
 def write_samples(weights: str | Path, output: str | Path, n: int = 64, seed: int = 0, truncation: float = 1.0,
                   class_name: str | None = None, device: str | torch.device = "cpu") -> tuple[int, int]:
     """`translate sample`: :func:`sample`'s images as a near-square PNG grid in ``output``."""
-    return save_grid(sample(weights, n, seed, truncation, class_name, device), grid_side(n), output)
+    return save_grid(sample(weights, n, seed, truncation, class_name, device), max(1, math.ceil(math.sqrt(n))), output)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
