@@ -55,8 +55,7 @@ def _write_weights(path: Path, nets: dict[str, nn.Module], arch: dict[str, dict[
                    extra: dict[str, str] | None) -> None:
     tensors: dict[str, Tensor] = {}
     for name, net in nets.items():
-        net = unwrap(net)
-        for key, value in net.state_dict().items():
+        for key, value in unwrap(net).state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
     meta = {"format": FORMAT, "arch": json.dumps({n: arch[n] for n in nets}), "recipe": recipe_json,
             "nets": json.dumps(list(nets))}
@@ -170,8 +169,7 @@ class WeightsFile:
 
     @property
     def kind(self) -> str:
-        """translator | generator | autoencoder: from the metadata, or for a file written before it
-        was kept, from its nets and the method that made it."""
+        """translator | generator | autoencoder (files.weights_kind)."""
         return weights_kind(self.meta, self.nets)
 
     def check_kind(self, command: str, hint: str = "") -> None:
@@ -228,8 +226,7 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise TranslateError(f"{path} is a safetensors file but not a translate weights file "
                              "(no translate format in its metadata)")
     try:
-        arch = json.loads(meta["arch"])
-        nets = json.loads(meta["nets"])
+        arch, nets = json.loads(meta["arch"]), json.loads(meta["nets"])
     except (KeyError, json.JSONDecodeError):
         raise TranslateError(f"{path}: damaged metadata (arch/nets)") from None
     tensors: dict[str, dict[str, Tensor]] = {n: {} for n in nets}

@@ -1,15 +1,12 @@
-"""Device choice, precision from what the hardware runs natively, and distributed set-up.
-
-Precision is decided here and nowhere else. ``auto`` means: bf16 where the device computes it
-natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX, as oneDNN reports), fp32
-elsewhere. On an AVX2-only CPU bf16 is emulated and several times slower than fp32, so it is never
-picked there by ``auto``.
-"""
+"""Device choice, precision from what the hardware runs natively (decided here and nowhere else:
+:func:`resolve_precision`), and distributed set-up."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,15 +93,10 @@ def _auto(device: torch.device) -> tuple[str, str]:
 
 def cpu_name() -> str:
     """The CPU's model name (for benchmark headers)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -123,9 +115,6 @@ def keep_freed_memory() -> bool:
     in 20 steps became 0.89M and steps settled from the third, at 0.34-0.38 s (peak resident memory
     2.56 -> 2.67 GB). What jemalloc or tcmalloc preloaded would do, without a preload. Process-wide;
     a no-op (False) off glibc."""
-    import ctypes
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -311,10 +300,9 @@ def init_distributed(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                 device if device.type == "cuda" else torch.device("cpu"))
 

@@ -67,10 +67,6 @@ def _umask() -> int:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 class NotRegularFile(OSError):
     """A path named like an image that is a FIFO, socket or device: never opened, as opening a FIFO
     blocks until something writes to it (a `translate run` once hung there for good)."""
@@ -97,7 +93,8 @@ def list_images(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
+        found += [Path(dirpath) / f for f in filenames
+                  if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")]
     return sorted(found)
 
 
@@ -202,7 +199,7 @@ def _decode_stored(im: Image.Image, orientation: int, with_alpha: bool) -> tuple
 def _tiff_orientation_1(data: bytes) -> bytes:
     """TIFF (or BigTIFF) bytes with the Orientation tag of the first IFD set to 1."""
     e = "<" if data[:2] == b"II" else ">"
-    try:
+    with contextlib.suppress(struct.error):
         big = struct.unpack_from(e + "H", data, 2)[0] == 43
         ifd = struct.unpack_from(e + ("Q" if big else "I"), data, 8 if big else 4)[0]
         n = struct.unpack_from(e + ("Q" if big else "H"), data, ifd)[0]
@@ -214,8 +211,6 @@ def _tiff_orientation_1(data: bytes) -> bytes:
                 out = bytearray(data)
                 struct.pack_into(e + ("H" if kind == 3 else "I"), out, at + (12 if big else 8), 1)
                 return bytes(out)
-    except struct.error:
-        pass
     return data
 
 
@@ -318,10 +313,8 @@ def probe_size(path: str | Path) -> tuple[int, int]:
     with Image.open(path) as im:
         w, h = im.size
         if im.format == "TIFF":  # Pillow 11+ gives a TIFF's upright size here, 10.x the stored one
-            from PIL import TiffImagePlugin  # loaded already: it opened this file
-
-            assert isinstance(im, TiffImagePlugin.TiffImageFile)
-            w, h = im.tag_v2.get(256, w), im.tag_v2.get(257, h)
+            tags = getattr(im, "tag_v2", {})
+            w, h = tags.get(256, w), tags.get(257, h)
         if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
             w, h = h, w
         return h, w
@@ -387,13 +380,9 @@ def encode_atomic(path: str | Path, rgb: Any, alpha: Any = None, icc: bytes | No
     if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
         im.putalpha(Image.fromarray(np.ascontiguousarray(np.asarray(alpha)[0])))
         modes = ("RGBA", "RGB") if fmt == "WEBP" else ("RGBA",)  # libwebp may drop an opaque alpha
-    kwargs: dict = {}
-    if fmt in ("JPEG", "WEBP"):
-        kwargs["quality"] = quality
-    if icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-        kwargs["icc_profile"] = icc
-    if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-        kwargs["exif"] = exif
+    kwargs: dict = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):  # the formats that carry ICC and EXIF
+        kwargs.update({key: value for key, value in (("icc_profile", icc), ("exif", exif)) if value})
     with atomic_path(path) as tmp:
         im.save(tmp, format=fmt, **kwargs)
         _verify(tmp, fmt, im.size, modes)

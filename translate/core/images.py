@@ -53,11 +53,7 @@ def resize_u8(img: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def read_rgb(path: str | Path) -> Tensor:
-    """Decode a file to a (3, H, W) uint8 tensor, EXIF orientation applied.
-
-    Raises OSError (or PIL's subclasses) for unreadable or truncated files: callers decide
-    whether to skip (:class:`NotRegularFile` for a FIFO, socket or device, which is not opened).
-    """
+    """:func:`files.read_pixels` (its errors too) as a (3, H, W) uint8 tensor, EXIF orientation applied."""
     return torch.from_numpy(read_pixels(path))
 
 
@@ -78,8 +74,6 @@ def model_input(img: Tensor, channels: int, resolution: int) -> Tensor:
 
 def save_png_atomic(image: Tensor, path: str | Path) -> None:
     """Save a (3, H, W) float image in [0, 1] (or uint8) as PNG via a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if image.dtype != torch.uint8:
         image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     arr = image.permute(1, 2, 0).contiguous().cpu().numpy()
@@ -140,13 +134,11 @@ def model_batches(reading: Reading, channels: int, resolution: int, batch_size: 
     loader = DataLoader(_Read(reading.files, channels, resolution), batch_size=batch_size, collate_fn=list,
                         num_workers=4 if cuda else 0, pin_memory=cuda)
     for items in loader:
-        good = []
         for it in items:
             if "error" in it:
                 reading.failed.append((str(reading.files[it["i"]]), it["error"]))
                 progress.fail(str(reading.files[it["i"]]), it["error"])
-            else:
-                good.append(it)
+        good = [it for it in items if "error" not in it]
         if good:
             x = torch.stack([it["x"] for it in good]).to(device, non_blocking=cuda)
             yield [it["i"] for it in good], to_signed(x)

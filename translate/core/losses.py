@@ -30,12 +30,10 @@ class GANLoss(nn.Module):
 
     def forward(self, pred: Tensor, target_is_real: bool, for_discriminator: bool = True) -> Tensor:
         pred = pred.float()
-        if self.mode == "lsgan":
+        if self.mode in ("lsgan", "vanilla"):
             target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
-            return F.mse_loss(pred, target)
-        if self.mode == "vanilla":
-            target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
-            return F.binary_cross_entropy_with_logits(pred, target)
+            loss = F.mse_loss if self.mode == "lsgan" else F.binary_cross_entropy_with_logits
+            return loss(pred, target)
         if self.mode == "hinge" and for_discriminator:
             return F.relu(1 - pred).mean() if target_is_real else F.relu(1 + pred).mean()
         # wgangp, and hinge for the generator: raise D's score on fakes
@@ -46,8 +44,7 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, weight: float = 1
     """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on random interpolates of real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    out = D(x_hat)
-    (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(D(x_hat).float().sum(), x_hat, create_graph=True)
     norm = grad.flatten(1).norm(2, dim=1)
     return weight * ((norm - 1) ** 2).mean()
 

@@ -27,6 +27,7 @@ from translate.core.registry import METHODS, NETS
 
 RECIPE_DIR = resource("recipes")
 SECTIONS = ("data", "model", "train", "loss")
+TOP_KEYS = ("method", "description")  # the keys outside any section
 
 
 class RecipeError(TranslateError):
@@ -238,9 +239,8 @@ def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
             raise RecipeError(f"unknown key {section}.{k}{_nearest(k, list(fields))}")
         kwargs[k] = _coerce(f"{section}.{k}", v, fields[k])
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check()
+    if hasattr(obj, "validate"):
+        obj.validate()
     return obj
 
 
@@ -251,8 +251,7 @@ def parse_override(text: str, sections: tuple[str, ...] = SECTIONS) -> tuple[str
     key, value = text.split("=", 1)
     key = key.strip()
     if "." not in key:
-        top = ("method", "description")
-        if key in top:
+        if key in TOP_KEYS:
             return "", key, value.strip()
         raise RecipeError(f"--set {key}: expected section.key (sections: {', '.join(sections)})")
     section, name = key.split(".", 1)
@@ -264,10 +263,9 @@ def parse_override(text: str, sections: tuple[str, ...] = SECTIONS) -> tuple[str
 def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
     """Validate a parsed TOML dict (plus ``--set`` overrides) into a :class:`Recipe`."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    top = ("method", "description")
     for text in overrides or []:  # the method first: it decides which sections there are
         key, _, value = text.partition("=")
-        if key.strip() in top:
+        if key.strip() in TOP_KEYS:
             raw[key.strip()] = value.strip()
     method = raw.get("method")
     if not isinstance(method, str) or not method:
@@ -281,8 +279,8 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
         if section:
             raw.setdefault(section, {})[name] = value
     for k in raw:
-        if k not in (*classes, *top):
-            raise RecipeError(f"unknown key {k}{_nearest(k, [*classes, *top])}")
+        if k not in (*classes, *TOP_KEYS):
+            raise RecipeError(f"unknown key {k}{_nearest(k, [*classes, *TOP_KEYS])}")
     sections = {s: _build_section(s, cls, raw.get(s, {})) for s, cls in classes.items()}
     extra = {s: sections.pop(s) for s in list(sections) if s not in SECTIONS}
     return Recipe(method=method, description=str(raw.get("description", "")), **sections, extra=extra)

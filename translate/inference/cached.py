@@ -118,8 +118,7 @@ def run_cached(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None 
 
 def translate_folder(in_dir: str | Path, out_dir: str | Path, opts: RunOptions | None = None, *,
                      progress: Progress | None = None) -> RunSummary:
-    """`translate run`: :func:`run_cached` where it takes the run, else infer.run, which imports torch
-    (then, not here: 1.4 s of the start-up a cached run saves, 2-core Zen5)."""
+    """`translate run`: :func:`run_cached` where it can, else infer.run (which imports torch, only then)."""
     summary = run_cached(in_dir, out_dir, opts, progress=progress)
     if summary is None:
         from translate.inference.infer import run

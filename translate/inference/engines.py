@@ -67,9 +67,8 @@ def pick_engine(name: str, device: torch.device, precision: str, compile: bool =
         if openvino_version() is None:
             raise TranslateError("--engine openvino needs the openvino package: pip install openvino")
         return name
-    if name == "torch" or compile or device.type != "cpu" or precision not in ("fp32", "bf16"):
-        return "torch"
-    if openvino_version() is None:
+    if (name == "torch" or compile or device.type != "cpu" or precision not in ("fp32", "bf16")
+            or openvino_version() is None):
         return "torch"
     # (imported here: translate.nets imports every network, 0.22 s that a run whose OpenVINO model
     # is cached never needs)

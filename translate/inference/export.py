@@ -54,7 +54,6 @@ class ExportSummary:
 
 def _example_image(size: tuple[int, int], channels: int) -> Tensor:
     """A real photo (the README's examples) as a (1, C, H, W) input in [-1, 1]."""
-
     files = list_images(resource("examples") / "photos")
     if files:
         img = resize_u8(read_rgb(files[0]), size)
@@ -110,14 +109,8 @@ def export(weights: str | Path, out: str | Path, fmt: str = "onnx", direction: s
         raise TranslateError(f"--format must be onnx or torchscript, not {fmt!r}")
     module, example, check, names, axes, name = prepare(weights, direction)
     out = Path(out)
-    with warnings.catch_warnings():  # the tracers' notes on Python-side constants and InstanceNorm's
-        warnings.simplefilter("ignore")  # input statistics; the check below is what says the file is right
-        return _export(module, example, check, names, axes, name, out, fmt)
-
-
-def _export(module: nn.Module, example: tuple[Tensor, ...], check: tuple[Tensor, ...], names: list[str],
-            axes: dict[str, dict[int, str]], name: str, out: Path, fmt: str) -> ExportSummary:
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():  # the tracers' notes on Python-side constants and
+        warnings.simplefilter("ignore")  # InstanceNorm's input statistics; the check below says the file is right
         expected = module(*check).float()
         if fmt == "torchscript":
             with atomic_path(out) as tmp:

@@ -155,7 +155,6 @@ def write_interpolation(weights: str | Path, output: str | Path, steps: int = 8,
 def _interpolate_translation(weights: str | Path, image: str | Path | None, steps: int, seed: int, rows: int,
                              device: torch.device) -> Tensor:
     """``rows`` x (the input, then ``steps`` translations with z slerped between two seeded latents)."""
-
     tr, multiple, _ = load_translator(Path(weights), "AtoB", device, "fp32")
     if not tr.nz:
         raise TranslateError(f"`translate interpolate` on a translator walks its latent code, and {Path(weights).name} "

@@ -171,8 +171,7 @@ class EngineCache:
                 (tmp / "facts.json").write_text(json.dumps(facts, sort_keys=True))
             files = {p.name: file_hash(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / "manifest.json").write_text(json.dumps({"key": self.key, "files": files}, indent=1))
-            if self.dir.exists():
-                shutil.rmtree(self.dir, ignore_errors=True)
+            shutil.rmtree(self.dir, ignore_errors=True)  # a broken entry, if there is one
             os.replace(tmp, self.dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

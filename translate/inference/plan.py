@@ -194,13 +194,6 @@ def decode_job(job: Job, index: int) -> dict[str, Any]:
 def run_inputs(in_dir: Path, out_dir: Path, opts: RunOptions) -> list[Path]:
     """The images under ``in_dir``, or one line: no images, an output inside the input, a format unknown."""
     files = image_files(in_dir)
-    check_output(in_dir, out_dir)
-    if opts.format != "keep" and opts.format not in FORMATS:
-        raise TranslateError(f"--format must be keep, png, jpg or webp, not {opts.format!r}")
-    return files
-
-
-def check_output(in_dir: Path, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TranslateError(f"output {out_dir} is a file, not a folder: give a folder to write the "
                              "translated images to")
@@ -208,6 +201,9 @@ def check_output(in_dir: Path, out_dir: Path) -> None:
     if o == i or i in o.parents:
         raise TranslateError(f"output folder {out_dir} is inside the input folder {in_dir}: "
                              "outputs would be read as inputs next time; choose another place")
+    if opts.format != "keep" and opts.format not in FORMATS:
+        raise TranslateError(f"--format must be keep, png, jpg or webp, not {opts.format!r}")
+    return files
 
 
 def translate_batches(batches: Iterable[dict[str, Any]], launch: Callable[[dict[str, Any], list[dict[str, Any]]],
@@ -315,11 +311,9 @@ def _write(job: Job, rgbs: tuple[Any, ...], alpha: Any, item: dict[str, Any], qu
     try:
         for dst, rgb in zip(job.outputs, rgbs, strict=True):
             encode_atomic(dst, rgb, alpha, item["icc"], item["exif"], quality)
-    except OSError as e:
-        if e.errno in _STOP_WRITING:
+    except Exception as e:  # this file fails, the run goes on (unless every later write would fail too)
+        if isinstance(e, OSError) and e.errno in _STOP_WRITING:
             return job, f"stop: {_STOP_WRITING[e.errno]}"
-        return job, f"write failed: {reason(e)}"
-    except Exception as e:  # this file fails, the run goes on
         return job, f"write failed: {reason(e)}"
     return job, None
 

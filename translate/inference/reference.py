@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from translate.core.errors import TranslateError
+from translate.core.errors import TranslateError, reason
 from translate.core.registry import NETS, create_net
 
 RESNET_BLOCKS = {6: "resnet_6blocks", 9: "resnet_9blocks"}
@@ -46,13 +46,11 @@ def load_reference_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]
         raise TranslateError(f"reference checkpoint {name} is a directory, not a .pth file")
     try:
         obj = torch.load(name, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
             raise TranslateError(f"{name} holds pickled objects other than tensors and was refused "
                                  "(only plain state dicts are loaded, so no code can run)") from None
-        raise TranslateError(f"{name} is not a PyTorch checkpoint ({_first_line(err)})") from None
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise TranslateError(f"{name} is not a PyTorch checkpoint ({_first_line(err)})") from None
+        raise TranslateError(f"{name} is not a PyTorch checkpoint ({reason(err)})") from None
 
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -62,11 +60,6 @@ def load_reference_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]
     if bad:
         raise TranslateError(f"{name} does not hold a state dict of tensors (e.g. entry {bad[0]!r} is not a tensor)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------- detection

@@ -80,8 +80,7 @@ def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device: torch.devi
 def _starts(length: int, tile: int, step: int) -> list[int]:
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile, step))
-    return [*starts, length - tile]
+    return [*range(0, length - tile, step), length - tile]
 
 
 def translate_tiled(tr: Translator, rgb: Tensor, multiple: int, opts: RunOptions, z: Tensor | None = None) -> Tensor:
@@ -149,13 +148,12 @@ def launch_fitting(tr: Translator, rgbs: list[Tensor] | Tensor, multiple: int, z
     out is stopped by the kernel before Python sees it."""
 
     def launch(part: list[Tensor] | Tensor) -> Launched | Joined:
-        if len(part) > 1:
-            return launch_batch(tr, part, multiple, z)
         try:
             return launch_batch(tr, part, multiple, z)
         except torch.cuda.OutOfMemoryError:
-            pass  # (outside the handler: the failed attempt's tensors are freed first)
-        if tr.device.type == "cuda":
+            if len(part) > 1:
+                raise  # fitting halves it
+        if tr.device.type == "cuda":  # (outside the handler: the failed attempt's tensors are freed first)
             torch.cuda.empty_cache()
         return _tiled_to_fit(tr, part[0], multiple, z, opts or RunOptions(), note)
 

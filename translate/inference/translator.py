@@ -110,8 +110,7 @@ class Translator:
         from translate.nets.winograd import use_winograd, winograd_pays  # (here: see engines.pick_engine)
 
         self.winograd = winograd_pays(device, self.dtype) if winograd is None else winograd
-        net = self._built().to(device, self.dtype).eval()
-        net.requires_grad_(False)
+        net = self._built().to(device, self.dtype)  # (_built: in eval mode, without gradients)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.winograd:
@@ -162,10 +161,9 @@ def load_translator(weights: Path | None, direction: str, device: torch.device, 
                     compile: bool = False, engine: str = "torch", **prepare: bool) -> tuple[Translator, int, str]:
     """Weights file -> (Translator, size multiple, net name). ``engine``: auto, torch or openvino
     (engines.pick_engine decides auto; a net OpenVINO cannot take then falls back to torch)."""
-    path = weights or DEFAULT_WEIGHTS
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise TranslateError(f"no --weights given and the shipped default model is missing ({DEFAULT_WEIGHTS})")
-    wf = read_weights(path)
+    wf = read_weights(weights or DEFAULT_WEIGHTS)
     wf.check_kind("run", hint="translate sample")
     name = pick_generator(wf.nets, wf.path, direction)
     spec = wf.arch[name]
